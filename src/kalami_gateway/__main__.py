@@ -1,0 +1,3 @@
+from kalami_gateway.app.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""The outermost ASGI layer: request ids, CORS, one log line and metrics per request, dispatch.
+
+``/api`` and ``/api/...`` go to the raw proxy; everything else (the gateway's own routes and
+the WebSocket) to the Litestar app. CORS lives here, not in Litestar, so that one policy
+covers both.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Final
+
+import structlog
+
+from kalami_gateway.adapters.asgi import ASGIApp, Message, Receive, Scope, Send
+
+ProxyCall = Callable[[Scope, Receive, Send, str], Awaitable[None]]
+RecordRequest = Callable[[str, int], None]
+
+log = structlog.get_logger("kalami_gateway.http")
+
+_MAX_REQUEST_ID: Final = 128
+_CORS_MAX_AGE: Final = b"600"
+_CORS_METHODS: Final = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+class CorsPolicy:
+    """Which origins may call the gateway from a browser: exact origins, or ``*`` for any."""
+
+    def __init__(self, origins: Iterable[str]) -> None:
+        listed = tuple(origins)
+        self.any_origin = "*" in listed
+        self._origins = frozenset(o.encode("latin-1") for o in listed if o != "*")
+
+    def allows(self, origin: bytes) -> bool:
+        return self.any_origin or origin in self._origins
+
+    def response_headers(self, origin: bytes) -> list[tuple[bytes, bytes]]:
+        if self.any_origin:
+            return [
+                (b"access-control-allow-origin", b"*"),
+                (b"access-control-expose-headers", b"x-request-id"),
+            ]
+        return [
+            (b"access-control-allow-origin", origin),
+            (b"access-control-allow-credentials", b"true"),
+            (b"access-control-expose-headers", b"x-request-id"),
+            (b"vary", b"Origin"),
+        ]
+
+    def preflight_headers(
+        self, origin: bytes, requested_headers: bytes | None
+    ) -> list[tuple[bytes, bytes]]:
+        headers = [
+            *self.response_headers(origin),
+            (b"access-control-allow-methods", _CORS_METHODS),
+            (b"access-control-max-age", _CORS_MAX_AGE),
+        ]
+        if requested_headers:
+            headers.append((b"access-control-allow-headers", requested_headers))
+        return headers
+
+
+class HttpEdge:
+    """Wraps the Litestar app and the ``/api`` proxy into the ASGI app uvicorn serves."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        proxy: ProxyCall,
+        cors: CorsPolicy,
+        record_request: RecordRequest,
+        known_routes: Iterable[str],
+    ) -> None:
+        self._app = app
+        self._proxy = proxy
+        self._cors = cors
+        self._record = record_request
+        self._known_routes = frozenset(known_routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id: str | None = None
+        origin: bytes | None = None
+        requested_method: bytes | None = None
+        requested_headers: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = _clean_request_id(value)
+            elif name == b"origin":
+                origin = value
+            elif name == b"access-control-request-method":
+                requested_method = value
+            elif name == b"access-control-request-headers":
+                requested_headers = value
+        if request_id is None:
+            request_id = uuid.uuid4().hex
+        path: str = scope["path"]
+        is_api = path == "/api" or path.startswith("/api/")
+        route = "/api/{path}" if is_api else (path if path in self._known_routes else "other")
+        status = 500
+        extra_headers: list[tuple[bytes, bytes]] = [(b"x-request-id", request_id.encode())]
+        if origin is not None and self._cors.allows(origin):
+            extra_headers.extend(self._cors.response_headers(origin))
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *(h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"),
+                    *extra_headers,
+                ]
+            await send(message)
+
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            if scope["method"] == "OPTIONS" and origin is not None and requested_method is not None:
+                status = await self._preflight(send, origin, requested_headers, request_id)
+            elif is_api:
+                await self._proxy(scope, receive, send_with_headers, request_id)
+            else:
+                await self._app(scope, receive, send_with_headers)
+        finally:
+            self._record(route, status)
+            log.info(
+                "http_request",
+                method=scope["method"],
+                path=path,
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+
+    async def _preflight(
+        self, send: Send, origin: bytes, requested_headers: bytes | None, request_id: str
+    ) -> int:
+        if not self._cors.allows(origin):
+            body = b'{"error":"Origin not allowed"}'
+            status = 403
+            headers = [(b"content-type", b"application/json")]
+        else:
+            body = b""
+            status = 204
+            headers = self._cors.preflight_headers(origin, requested_headers)
+        headers.append((b"x-request-id", request_id.encode()))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return status
+
+
+def _clean_request_id(value: bytes) -> str | None:
+    """A client's request id, if it is short printable ASCII; otherwise we make our own."""
+    if not value or len(value) > _MAX_REQUEST_ID:
+        return None
+    if not all(0x21 <= b <= 0x7E for b in value):
+        return None
+    return value.decode("ascii")

@@ -1,0 +1,133 @@
+"""Prometheus metrics (prometheus-client), every name prefixed ``kalami_``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Final
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from kalami_gateway.domain.ports import BackendErrorKind, ConnectionRegistry, Metrics
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
+_TURN_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60)
+
+
+class _RegistryCollector(Collector):
+    """Reads the connection registry at scrape time, so the gauges can never drift."""
+
+    def __init__(self, connections: ConnectionRegistry) -> None:
+        self._connections = connections
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._connections.stats()
+        yield GaugeMetricFamily(
+            "kalami_websocket_connections", "Open WebSocket connections.", value=stats.connections
+        )
+        yield GaugeMetricFamily(
+            "kalami_websocket_users", "Distinct users with an open connection.", value=stats.users
+        )
+        yield CounterMetricFamily(
+            "kalami_websocket_connections_accepted",
+            "Authenticated WebSocket connections accepted since start.",
+            value=stats.accepted_total,
+        )
+
+
+class PrometheusMetrics(Metrics):
+    """The gateway's metrics in their own registry (one per app, so tests do not share)."""
+
+    def __init__(self, connections: ConnectionRegistry) -> None:
+        # The *_created series double the exposition for nothing a dashboard uses.
+        disable_created_metrics()
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._http = Counter(
+            "kalami_http_requests",
+            "HTTP requests by route and status.",
+            ["route", "status"],
+            registry=r,
+        )
+        self._proxy_latency = Histogram(
+            "kalami_proxy_request_duration_seconds",
+            "Time from request to upstream response headers on /api.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._backend_errors = Counter(
+            "kalami_backend_errors", "Failed backend calls by kind.", ["kind"], registry=r
+        )
+        self._messages = Counter(
+            "kalami_websocket_messages",
+            "WebSocket messages received by type.",
+            ["type"],
+            registry=r,
+        )
+        self._closed = Counter(
+            "kalami_websocket_closed",
+            "WebSocket connections closed, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._audio = Counter(
+            "kalami_audio_received_bytes", "Bytes of utterance audio received.", registry=r
+        )
+        self._turns = Counter(
+            "kalami_voice_turns", "Voice turns by outcome.", ["outcome"], registry=r
+        )
+        self._turn_latency = Histogram(
+            "kalami_voice_turn_duration_seconds",
+            "Time the backend took for one voice turn.",
+            buckets=_TURN_BUCKETS,
+            registry=r,
+        )
+        r.register(_RegistryCollector(connections))
+
+    def http_request(self, route: str, status: int) -> None:
+        self._http.labels(route, str(status)).inc()
+
+    def proxy_latency(self, seconds: float) -> None:
+        self._proxy_latency.observe(seconds)
+
+    def message_received(self, message_type: str) -> None:
+        self._messages.labels(message_type).inc()
+
+    def audio_received(self, size: int) -> None:
+        self._audio.inc(size)
+
+    def turn_finished(self, outcome: str, seconds: float) -> None:
+        self._turns.labels(outcome).inc()
+        self._turn_latency.observe(seconds)
+
+    def backend_error(self, kind: BackendErrorKind) -> None:
+        self._backend_errors.labels(kind.value).inc()
+
+    def connection_closed(self, reason: str) -> None:
+        self._closed.labels(reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

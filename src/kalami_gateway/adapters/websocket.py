@@ -1,0 +1,83 @@
+"""The ``/ws`` endpoint: a thin Litestar adapter between WebSocket frames and the domain service."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import structlog
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+from litestar.types import WebSocketSendEvent
+
+from kalami_gateway.adapters.http_routes import Injected
+from kalami_gateway.domain.ports import ClientChannel
+from kalami_gateway.domain.protocol import ServerMessage, encode_server_message
+from kalami_gateway.domain.service import GatewayService
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = 1011
+
+
+class LitestarChannel(ClientChannel):
+    """One Litestar WebSocket as the domain's ClientChannel."""
+
+    __slots__ = ("_closed", "_socket")
+
+    def __init__(self, socket: WebSocket[Any, Any, Any]) -> None:
+        self._socket = socket
+        self._closed = False
+
+    async def send(self, message: ServerMessage) -> None:
+        if self._closed:
+            return
+        try:
+            event: WebSocketSendEvent = {
+                "type": "websocket.send",
+                "text": encode_server_message(message),
+                "bytes": None,
+            }
+            await self._socket.send(event)
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            # The peer is gone (uvicorn raises ClientDisconnected, an OSError, to a sender).
+            self._closed = True
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+            await self._socket.close(code, reason)
+
+
+@websocket("/ws")
+async def ws_endpoint(socket: WebSocket[Any, Any, Any], service: Injected[GatewayService]) -> None:
+    # The token is read here, not declared as a parameter: a missing required parameter
+    # makes Litestar refuse before accept, and the client would see HTTP 403, not 4001.
+    token = socket.query_params.get("token")
+    await socket.accept()
+    conn = await service.open(LitestarChannel(socket), token)
+    if conn is None:
+        return
+    structlog.contextvars.bind_contextvars(connection_id=conn.id)
+    reason = "client_closed"
+    try:
+        while not conn.closed:
+            event = await socket.receive()
+            if event["type"] != "websocket.receive":
+                break
+            text = event.get("text")
+            if text is not None:
+                await service.handle_text(conn, text)
+            else:
+                await service.handle_binary(conn, event.get("bytes") or b"")
+    except (WebSocketDisconnect, OSError):
+        reason = "connection_lost"
+    except Exception:
+        reason = "internal_error"
+        log.exception("ws_handler_failed", extra={"connection_id": conn.id})
+        await conn.channel.close(INTERNAL_ERROR, "Internal error")
+    finally:
+        await service.disconnect(conn, reason)

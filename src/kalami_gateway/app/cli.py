@@ -1,0 +1,73 @@
+"""The ``kalami-gateway`` command: ``serve`` (default), ``token``, ``talk``, ``--version``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from kalami_gateway import __version__
+from kalami_gateway.adapters.jwt_decoder import mint_token
+from kalami_gateway.app.factory import create_app
+from kalami_gateway.app.server import serve
+from kalami_gateway.app.settings import SettingsError, load_settings
+from kalami_gateway.app.talk import run_talk
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kalami-gateway",
+        description="Kalami Gateway: WebSocket voice sessions and the /api proxy.",
+    )
+    parser.add_argument("--version", action="version", version=f"kalami-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser(
+        "serve", help="run the gateway (the default); settings from the environment"
+    )
+    token = commands.add_parser("token", help="mint a development token signed with JWT_SECRET")
+    token.add_argument("--sub", required=True, help="the user id the token is for")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (3600)")
+    talk = commands.add_parser("talk", help="a voice turn from a file, as a client would")
+    talk.add_argument(
+        "--file", required=True, help="the utterance: a .wav, .webm, .mp3, .m4a or .ogg file"
+    )
+    talk.add_argument(
+        "--url", default=None, help="gateway WebSocket URL (ws://127.0.0.1:GATEWAY_PORT/ws)"
+    )
+    talk.add_argument("--profile", default="default", help="learner profile id (default)")
+    talk.add_argument("--topic", default=None, help="conversation topic")
+    who = talk.add_mutually_exclusive_group()
+    who.add_argument("--token", default=None, help="a token to connect with")
+    who.add_argument("--sub", default=None, help="mint a token for this user with JWT_SECRET")
+    talk.add_argument("--out", default=None, help="where to save the tutor's reply audio")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "serve"
+    try:
+        if command == "token":
+            return _token(args.sub, args.ttl)
+        if command == "talk":
+            return run_talk(args)
+        return _serve()
+    except SettingsError as exc:
+        print(f"kalami-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _token(subject: str, ttl: int) -> int:
+    if ttl <= 0:
+        print("kalami-gateway: --ttl must be a positive number of seconds", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    print(mint_token(settings.jwt_secret, subject, time.time() + ttl))
+    return 0
+
+
+def _serve() -> int:
+    settings = load_settings()
+    serve(create_app(settings))
+    return 0

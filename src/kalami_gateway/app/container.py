@@ -1,0 +1,71 @@
+"""The composition root: which adapter implements which port, built from the settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+from dependency_injector import containers, providers
+
+from kalami_gateway.adapters.api_proxy import ApiProxy
+from kalami_gateway.adapters.clock import SystemClock
+from kalami_gateway.adapters.httpx_backend import HttpxBackend, build_client
+from kalami_gateway.adapters.jwt_decoder import PyJwtDecoder
+from kalami_gateway.adapters.metrics import PrometheusMetrics
+from kalami_gateway.adapters.stub_backend import StubBackend
+from kalami_gateway.app.settings import Settings
+from kalami_gateway.domain.auth import AuthPolicy
+from kalami_gateway.domain.registry import InMemoryConnectionRegistry
+from kalami_gateway.domain.service import GatewayService, ServiceLimits
+
+
+async def backend_client(base_url: str, timeout_seconds: float) -> AsyncIterator[httpx.AsyncClient]:
+    """The backend client's lifecycle: opened at start-up, closed at shutdown."""
+    client = build_client(base_url, timeout_seconds)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+class Container(containers.DeclarativeContainer):
+    settings = providers.Dependency(instance_of=Settings)
+
+    clock = providers.Singleton(SystemClock)
+    token_decoder = providers.Singleton(PyJwtDecoder, secret=settings.provided.jwt_secret)
+    auth = providers.Singleton(
+        AuthPolicy, decoder=token_decoder, leeway_seconds=settings.provided.jwt_leeway
+    )
+    registry = providers.Singleton(InMemoryConnectionRegistry)
+    metrics = providers.Singleton(PrometheusMetrics, connections=registry)
+
+    http_client = providers.Resource(
+        backend_client,
+        base_url=settings.provided.backend_url,
+        timeout_seconds=settings.provided.backend_timeout,
+    )
+    backend = providers.Selector(
+        settings.provided.backend_mode,
+        http=providers.Singleton(HttpxBackend, client=http_client),
+        stub=providers.Singleton(StubBackend),
+    )
+    service = providers.Singleton(
+        GatewayService,
+        backend=backend,
+        registry=registry,
+        clock=clock,
+        auth=auth,
+        metrics=metrics,
+        limits=providers.Singleton(
+            ServiceLimits,
+            max_message_bytes=settings.provided.max_message_bytes,
+            max_audio_bytes=settings.provided.max_audio_bytes,
+        ),
+    )
+    proxy = providers.Singleton(
+        ApiProxy,
+        backend_url=settings.provided.backend_url,
+        timeout_seconds=settings.provided.backend_timeout,
+        trusted_proxies=settings.provided.trusted_proxies,
+        observe_latency=metrics.provided.proxy_latency,
+    )

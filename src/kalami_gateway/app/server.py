@@ -1,0 +1,62 @@
+"""Serving the gateway with uvicorn, with a graceful WebSocket drain on SIGTERM/SIGINT.
+
+uvicorn's own shutdown closes WebSockets with 1012 before the lifespan shutdown runs, so the
+app cannot send 1001 from a shutdown hook. ``GatewayServer`` drains first: every socket gets
+1001 ``Server shutting down`` and its session is ended, then uvicorn's shutdown proceeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+
+from kalami_gateway.app.factory import GatewayApp
+from kalami_gateway.app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class GatewayServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: GatewayApp, drain_timeout: float) -> None:
+        super().__init__(config)
+        self._gateway = app
+        self._drain_timeout = drain_timeout
+
+    async def shutdown(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        try:
+            await asyncio.wait_for(self._gateway.drain(), self._drain_timeout)
+        except TimeoutError:
+            log.warning("ws_drain_timed_out", extra={"timeout_s": self._drain_timeout})
+        await super().shutdown(sockets)  # type: ignore[arg-type]
+
+
+def uvicorn_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
+    """The production server settings (chosen by measurement; see bench/README.md)."""
+    return uvicorn.Config(
+        app,
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_max_size=settings.max_message_bytes,
+        ws_ping_interval=settings.heartbeat_interval,
+        ws_ping_timeout=settings.heartbeat_interval,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
+        lifespan="on",
+        # X-Forwarded-* are judged by the gateway against TRUSTED_PROXIES, not by uvicorn.
+        proxy_headers=False,
+        server_header=False,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
+        backlog=4096,
+    )
+
+
+def serve(app: GatewayApp) -> None:
+    settings = app.settings
+    server = GatewayServer(uvicorn_config(app, settings), app, settings.shutdown_timeout)
+    server.run()

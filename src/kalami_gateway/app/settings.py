@@ -1,0 +1,207 @@
+"""Settings: read once from the environment (and an optional ``.env`` file), then frozen.
+
+Every bad value is reported in one line that names the variable and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final, Literal, TypeVar
+
+import msgspec
+
+MIN_SECRET_LENGTH: Final = 32
+JWT_SETUP_HINT: Final = (
+    "set JWT_SECRET to the backend's HS256 secret (at least 32 characters), e.g. "
+    "export JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
+)
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["json", "console"]
+BackendMode = Literal["http", "stub"]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every setting of the gateway. Durations are milliseconds, as in the environment."""
+
+    jwt_secret: str
+    gateway_host: str = "0.0.0.0"  # noqa: S104  # a gateway listens on every interface by default
+    gateway_port: int = 3000
+    backend_url: str = "http://localhost:8000"
+    backend_mode: BackendMode = "http"
+    backend_timeout_ms: int = 30_000
+    jwt_leeway_ms: int = 10_000
+    ws_heartbeat_interval_ms: int = 30_000
+    max_message_bytes: int = 1_048_576
+    max_audio_bytes: int = 10_485_760
+    ws_per_message_deflate: bool = False
+    cors_origins: tuple[str, ...] = ("*",)
+    trusted_proxies: tuple[str, ...] = ()
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "json"
+    shutdown_timeout_ms: int = 10_000
+
+    @property
+    def backend_timeout(self) -> float:
+        return self.backend_timeout_ms / 1000
+
+    @property
+    def jwt_leeway(self) -> float:
+        return self.jwt_leeway_ms / 1000
+
+    @property
+    def shutdown_timeout(self) -> float:
+        return self.shutdown_timeout_ms / 1000
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.ws_heartbeat_interval_ms / 1000
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; the message is one line for the operator."""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines; ``#`` comments, blank lines, ``export`` and quotes allowed."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key.strip()] = value
+    return values
+
+
+T = TypeVar("T")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = Path(".env"),
+    stderr_is_tty: bool | None = None,
+) -> Settings:
+    """Settings from ``environ`` (default: the process environment) over ``env_file``."""
+    env: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        env.update(read_env_file(env_file))
+    env.update(os.environ if environ is None else environ)
+    problems: list[str] = []
+
+    def get(name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}, got {raw!r}")
+            return default
+
+    secret = env.get("JWT_SECRET", "")
+    if not secret:
+        problems.append(f"JWT_SECRET is not set: {JWT_SETUP_HINT}")
+    elif len(secret) < MIN_SECRET_LENGTH:
+        problems.append(
+            f"JWT_SECRET is {len(secret)} characters; HS256 needs at least {MIN_SECRET_LENGTH}"
+        )
+    tty = sys.stderr.isatty() if stderr_is_tty is None else stderr_is_tty
+    settings = Settings(
+        jwt_secret=secret,
+        gateway_host=get("GATEWAY_HOST", _host, "0.0.0.0"),  # noqa: S104  # see Settings
+        gateway_port=get("GATEWAY_PORT", _int_range(0, 65535), 3000),
+        backend_url=get("BACKEND_URL", _http_url, "http://localhost:8000"),
+        backend_mode=get("BACKEND_MODE", _choice("http", "stub"), "http"),  # type: ignore[arg-type]
+        backend_timeout_ms=get("BACKEND_TIMEOUT", _int_range(1, 3_600_000), 30_000),
+        jwt_leeway_ms=get("JWT_LEEWAY", _int_range(0, 600_000), 10_000),
+        ws_heartbeat_interval_ms=get("WS_HEARTBEAT_INTERVAL", _int_range(1, 3_600_000), 30_000),
+        max_message_bytes=get("MAX_MESSAGE_BYTES", _int_range(1024, 1 << 30), 1_048_576),
+        max_audio_bytes=get("MAX_AUDIO_BYTES", _int_range(1, 1 << 31), 10_485_760),
+        ws_per_message_deflate=get("WS_PER_MESSAGE_DEFLATE", _bool, False),
+        cors_origins=get("CORS_ORIGINS", _origins, ("*",)),
+        trusted_proxies=get("TRUSTED_PROXIES", _list, ()),
+        log_level=get("LOG_LEVEL", _log_level, "info"),  # type: ignore[arg-type]
+        log_format=get("LOG_FORMAT", _choice("json", "console"), "console" if tty else "json"),  # type: ignore[arg-type]
+        shutdown_timeout_ms=get("SHUTDOWN_TIMEOUT", _int_range(0, 600_000), 10_000),
+    )
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return settings
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected a whole number from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def _log_level(raw: str) -> str:
+    value = raw.lower()
+    value = {"warn": "warning"}.get(value, value)
+    if value not in ("debug", "info", "warning", "error"):
+        raise ValueError("expected one of debug, info, warn, warning, error")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _host(raw: str) -> str:
+    if any(c.isspace() for c in raw) or "/" in raw:
+        raise ValueError("expected a host name or IP address")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")) or len(raw) <= len("https://"):
+        raise ValueError("expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = _list(raw)
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ValueError(
+                f"each origin must be * or start with http:// or https:// ({origin!r})"
+            )
+    return tuple(origin.rstrip("/") for origin in origins)

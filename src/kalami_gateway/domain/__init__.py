@@ -1,0 +1,1 @@
+"""Pure domain code: protocol, session state machine, registry, auth policy, ports, service."""

@@ -1,0 +1,389 @@
+"""The WebSocket message protocol: every client and server message as a frozen msgspec Struct.
+
+Frames are JSON objects ``{"type": ..., "payload": {...}}``. Each message is a Struct tagged by
+``type`` whose single field is its payload, so encoding a Struct gives exactly the wire shape.
+
+Client frames are decoded in two steps (the envelope, then the payload for its type) so every
+failure gets its own message: malformed JSON, not an object, unknown type, payload of the
+wrong shape.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+AudioFormat = Literal["webm", "wav", "mp3", "m4a", "ogg"]
+AUDIO_FORMATS: Final[tuple[str, ...]] = ("webm", "wav", "mp3", "m4a", "ogg")
+
+
+class _Payload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
+    """Base of payloads whose fields the contract fixes; a typo is an error, not ignored."""
+
+
+class _FreePayload(msgspec.Struct, frozen=True):
+    """Base of payloads that carry nothing; extra keys (a client's timestamp) are ignored."""
+
+
+# --- client -> server -------------------------------------------------------------------
+
+
+NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class StartSessionPayload(_Payload, frozen=True):
+    profile_id: NonEmptyStr
+    topic: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+
+class StartRecordingPayload(_Payload, frozen=True):
+    format: AudioFormat = "webm"
+
+
+class AudioPayload(_Payload, frozen=True):
+    audio_base64: str = msgspec.field(name="audio_base64")
+    format: AudioFormat = "webm"
+
+
+class EmptyPayload(_FreePayload, frozen=True):
+    pass
+
+
+class _ClientMessage(msgspec.Struct, frozen=True, tag_field="type"):
+    pass
+
+
+class StartSession(_ClientMessage, frozen=True, tag="start_session"):
+    payload: StartSessionPayload
+
+
+class StartRecording(_ClientMessage, frozen=True, tag="start_recording"):
+    payload: StartRecordingPayload = StartRecordingPayload()
+
+
+class StopRecording(_ClientMessage, frozen=True, tag="stop_recording"):
+    payload: EmptyPayload = EmptyPayload()
+
+
+class AudioMessage(_ClientMessage, frozen=True, tag="audio"):
+    payload: AudioPayload
+
+
+class EndSession(_ClientMessage, frozen=True, tag="end_session"):
+    payload: EmptyPayload = EmptyPayload()
+
+
+class Ping(_ClientMessage, frozen=True, tag="ping"):
+    payload: EmptyPayload = EmptyPayload()
+
+
+class Heartbeat(_ClientMessage, frozen=True, tag="heartbeat"):
+    payload: EmptyPayload = EmptyPayload()
+
+
+ClientMessage = (
+    StartSession | StartRecording | StopRecording | AudioMessage | EndSession | Ping | Heartbeat
+)
+
+_CLIENT_TYPES: Final[dict[str, type[ClientMessage]]] = {
+    "start_session": StartSession,
+    "start_recording": StartRecording,
+    "stop_recording": StopRecording,
+    "audio": AudioMessage,
+    "end_session": EndSession,
+    "ping": Ping,
+    "heartbeat": Heartbeat,
+}
+CLIENT_MESSAGE_TYPES: Final[tuple[str, ...]] = tuple(_CLIENT_TYPES)
+_TYPE_NAMES: Final[dict[type[ClientMessage], str]] = {
+    cls: name for name, cls in _CLIENT_TYPES.items()
+}
+
+
+def message_type(message: ClientMessage) -> str:
+    """The wire ``type`` of a client message."""
+    return _TYPE_NAMES[type(message)]
+
+
+# Commands without a payload are answered from these, so a ping costs one envelope decode.
+_PAYLOADLESS: Final[dict[str, ClientMessage]] = {
+    "stop_recording": StopRecording(),
+    "end_session": EndSession(),
+    "ping": Ping(),
+    "heartbeat": Heartbeat(),
+}
+
+
+_NO_PAYLOAD: Final = msgspec.Raw(b"{}")
+_NULL_PAYLOAD: Final = msgspec.Raw(b"null")
+
+
+class _Envelope(msgspec.Struct, frozen=True):
+    type: str
+    payload: msgspec.Raw = _NO_PAYLOAD
+
+
+class ProtocolError(msgspec.Struct, frozen=True):
+    """Why a client frame could not be understood; ``message`` goes back to the client."""
+
+    message: str
+    message_type: str | None = None
+
+
+_envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
+_any_decoder: Final = msgspec.json.Decoder()
+
+
+def _payload_type(cls: type[ClientMessage]) -> type[msgspec.Struct]:
+    field = msgspec.structs.fields(cls)[0]
+    payload_type: type[msgspec.Struct] = field.type
+    return payload_type
+
+
+_payload_decoders: Final[dict[str, msgspec.json.Decoder[Any]]] = {
+    name: msgspec.json.Decoder(_payload_type(cls)) for name, cls in _CLIENT_TYPES.items()
+}
+
+
+def decode_client_message(frame: str | bytes) -> ClientMessage | ProtocolError:
+    """Turn a text frame into a command, or into a ProtocolError saying what was wrong."""
+    try:
+        envelope = _envelope_decoder.decode(frame)
+    except msgspec.DecodeError as exc:
+        return _explain_envelope_failure(frame, exc)
+    except msgspec.ValidationError as exc:
+        return _explain_envelope_failure(frame, exc)
+
+    message_type = envelope.type
+    cls = _CLIENT_TYPES.get(message_type)
+    if cls is None:
+        return ProtocolError(
+            f"Unknown message type {message_type!r}; expected one of: "
+            + ", ".join(CLIENT_MESSAGE_TYPES)
+            + ".",
+            message_type,
+        )
+    raw = envelope.payload
+    if raw == _NULL_PAYLOAD:
+        raw = _NO_PAYLOAD
+    ready = _PAYLOADLESS.get(message_type)
+    if ready is not None and raw == _NO_PAYLOAD:
+        return ready
+    try:
+        payload = _payload_decoders[message_type].decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return ProtocolError(
+            f"Invalid payload for {message_type!r}: {_describe(exc)}. "
+            f"Expected {_PAYLOAD_HINTS[message_type]}.",
+            message_type,
+        )
+    message: ClientMessage = cls(payload)
+    return message
+
+
+_PAYLOAD_HINTS: Final[dict[str, str]] = {
+    "start_session": '{"profileId": string, "topic"?: string}',
+    "start_recording": '{"format"?: ' + "|".join(f'"{f}"' for f in AUDIO_FORMATS) + "}",
+    "stop_recording": "{} or no payload",
+    "audio": '{"audio_base64": string, "format"?: '
+    + "|".join(f'"{f}"' for f in AUDIO_FORMATS)
+    + "}",
+    "end_session": "{} or no payload",
+    "ping": "{} or no payload",
+    "heartbeat": "{} or no payload",
+}
+
+
+def _explain_envelope_failure(frame: str | bytes, exc: Exception) -> ProtocolError:
+    try:
+        value = _any_decoder.decode(frame)
+    except msgspec.DecodeError:
+        return ProtocolError(
+            f"Malformed JSON: {_describe(exc)}. Send one JSON object per text frame, "
+            'like {"type": "ping"}.'
+        )
+    if not isinstance(value, dict):
+        kind = _json_kind(value)
+        return ProtocolError(f'Expected a JSON object like {{"type": "ping"}}, got {kind}.')
+    message_type = value.get("type")
+    if "type" not in value:
+        return ProtocolError(
+            'Message has no "type" field; expected one of: ' + ", ".join(CLIENT_MESSAGE_TYPES) + "."
+        )
+    if not isinstance(message_type, str):
+        return ProtocolError(f'Message "type" must be a string, got {_json_kind(message_type)}.')
+    if message_type not in _CLIENT_TYPES:
+        return ProtocolError(
+            f"Unknown message type {message_type!r}; expected one of: "
+            + ", ".join(CLIENT_MESSAGE_TYPES)
+            + ".",
+            message_type,
+        )
+    return ProtocolError(
+        f"Invalid payload for {message_type!r}: payload must be a JSON object, got "
+        f"{_json_kind(value.get('payload'))}. Expected {_PAYLOAD_HINTS[message_type]}.",
+        message_type,
+    )
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).removeprefix("JSON is malformed: ")
+    if text[1:2].islower():
+        text = text[:1].lower() + text[1:]
+    return text or type(exc).__name__
+
+
+# --- server -> client -------------------------------------------------------------------
+
+
+class ConnectedPayload(msgspec.Struct, frozen=True, rename="camel"):
+    connection_id: str
+
+
+class SessionStartedPayload(msgspec.Struct, frozen=True, rename="camel"):
+    id: str
+    profile_id: str
+    topic: str | None
+
+
+class RecordingStartedPayload(msgspec.Struct, frozen=True):
+    format: str
+
+
+class AudioReceivedPayload(msgspec.Struct, frozen=True, rename="camel"):
+    bytes: int
+    total_bytes: int
+
+
+class ProcessingPayload(msgspec.Struct, frozen=True):
+    stage: str
+
+
+class TranscriptionPayload(msgspec.Struct, frozen=True):
+    text: str
+    is_final: bool = True
+
+
+class GrammarCorrection(msgspec.Struct, frozen=True):
+    original: str
+    corrected: str
+    explanation: str
+
+
+class ResponsePayload(msgspec.Struct, frozen=True):
+    text: str
+    grammar_corrections: list[GrammarCorrection]
+    vocabulary_introduced: list[str] = []
+
+
+class AudioReplyPayload(msgspec.Struct, frozen=True):
+    audio_base64: str
+    format: str = "mp3"
+
+
+class SessionEndedPayload(msgspec.Struct, frozen=True):
+    id: str
+
+
+class HeartbeatPayload(msgspec.Struct, frozen=True):
+    pong: bool = True
+
+
+class ErrorPayload(msgspec.Struct, frozen=True):
+    message: str
+
+
+class _ServerMessage(msgspec.Struct, frozen=True, tag_field="type"):
+    pass
+
+
+class Connected(_ServerMessage, frozen=True, tag="connected"):
+    payload: ConnectedPayload
+
+
+class SessionStarted(_ServerMessage, frozen=True, tag="session_started"):
+    payload: SessionStartedPayload
+
+
+class RecordingStarted(_ServerMessage, frozen=True, tag="recording_started"):
+    payload: RecordingStartedPayload
+
+
+class AudioReceived(_ServerMessage, frozen=True, tag="audio_received"):
+    payload: AudioReceivedPayload
+
+
+class Processing(_ServerMessage, frozen=True, tag="processing"):
+    payload: ProcessingPayload
+
+
+class Transcription(_ServerMessage, frozen=True, tag="transcription"):
+    payload: TranscriptionPayload
+
+
+class Response(_ServerMessage, frozen=True, tag="response"):
+    payload: ResponsePayload
+
+
+class AudioReply(_ServerMessage, frozen=True, tag="audio"):
+    payload: AudioReplyPayload
+
+
+class SessionEnded(_ServerMessage, frozen=True, tag="session_ended"):
+    payload: SessionEndedPayload
+
+
+class Pong(_ServerMessage, frozen=True, tag="pong"):
+    payload: EmptyPayload = EmptyPayload()
+
+
+class HeartbeatReply(_ServerMessage, frozen=True, tag="heartbeat"):
+    payload: HeartbeatPayload = HeartbeatPayload()
+
+
+class Error(_ServerMessage, frozen=True, tag="error"):
+    payload: ErrorPayload
+
+
+ServerMessage = (
+    Connected
+    | SessionStarted
+    | RecordingStarted
+    | AudioReceived
+    | Processing
+    | Transcription
+    | Response
+    | AudioReply
+    | SessionEnded
+    | Pong
+    | HeartbeatReply
+    | Error
+)
+
+
+def error(message: str) -> Error:
+    """An ``error`` message for the client."""
+    return Error(ErrorPayload(message))
+
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+def encode_server_message(message: ServerMessage) -> str:
+    """The text frame for a server message."""
+    return _encoder.encode(message).decode()

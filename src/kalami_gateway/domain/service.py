@@ -1,0 +1,296 @@
+"""The application service: reacts to connect, frames and disconnect by driving the state machine.
+
+The WebSocket adapter calls ``open`` once, then ``handle_text`` / ``handle_binary`` for every
+frame from a single receive loop, then ``disconnect`` however the connection ended. Start and
+end of a session are awaited in that loop (the next frame waits, other connections do not); a
+turn runs as a task of its own so the connection keeps answering while the backend works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+
+import msgspec
+
+from kalami_gateway.domain import protocol as p
+from kalami_gateway.domain import session as s
+from kalami_gateway.domain.auth import AuthFailure, AuthPolicy, CloseCode, Principal
+from kalami_gateway.domain.ports import (
+    Backend,
+    BackendError,
+    ClientChannel,
+    Clock,
+    ConnectionEntry,
+    ConnectionRegistry,
+    Metrics,
+    Utterance,
+)
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_REASON = "Server shutting down"
+
+
+class Connection:
+    """One open, authenticated WebSocket and its conversation."""
+
+    __slots__ = ("channel", "chunks", "closed", "id", "principal", "state", "token", "turn")
+
+    def __init__(
+        self, connection_id: str, principal: Principal, token: str, channel: ClientChannel
+    ):
+        self.id = connection_id
+        self.principal = principal
+        self.token = token
+        self.channel = channel
+        self.state = s.IDLE
+        self.chunks: list[bytes] = []
+        self.turn: asyncio.Task[None] | None = None
+        self.closed = False
+
+
+class ServiceLimits(msgspec.Struct, frozen=True):
+    max_message_bytes: int
+    max_audio_bytes: int
+
+
+class GatewayService:
+    """Every WebSocket connection of this process, and what happens on each."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        registry: ConnectionRegistry,
+        clock: Clock,
+        auth: AuthPolicy,
+        metrics: Metrics,
+        limits: ServiceLimits,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self._backend = backend
+        self._registry = registry
+        self._clock = clock
+        self._auth = auth
+        self._metrics = metrics
+        self._limits = limits
+        self._session_limits = s.Limits(max_audio_bytes=limits.max_audio_bytes)
+        self._new_id = new_id
+        self._live: dict[str, Connection] = {}
+        self._draining = False
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def connection(self, connection_id: str) -> Connection | None:
+        return self._live.get(connection_id)
+
+    async def open(self, channel: ClientChannel, token: str | None) -> Connection | None:
+        """Authenticate a new, accepted WebSocket. On refusal it is closed and None returned."""
+        if self._draining:
+            await channel.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
+            return None
+        now = self._clock.now()
+        verdict = self._auth.authenticate(token, now)
+        if isinstance(verdict, AuthFailure):
+            log.info("ws_auth_refused", extra={"code": int(verdict.code), "why": verdict.why})
+            self._metrics.connection_closed(f"auth_{int(verdict.code)}")
+            await channel.close(verdict.code, verdict.reason)
+            return None
+        assert token is not None  # noqa: S101  # authenticate refuses a missing token
+        conn = Connection(self._new_id(), verdict, token, channel)
+        self._live[conn.id] = conn
+        self._registry.add(ConnectionEntry(conn.id, verdict.user_id, verdict.expires_at, now))
+        log.info("ws_connected", extra={"connection_id": conn.id, "user_id": verdict.user_id})
+        await channel.send(p.Connected(p.ConnectedPayload(conn.id)))
+        return conn
+
+    async def handle_text(self, conn: Connection, frame: str) -> None:
+        if len(frame) > self._limits.max_message_bytes:
+            await self._close_too_big(conn)
+            return
+        message = p.decode_client_message(frame)
+        if isinstance(message, p.ProtocolError):
+            self._metrics.message_received("invalid")
+            await conn.channel.send(p.error(message.message))
+            return
+        self._metrics.message_received(p.message_type(message))
+        await self._apply(conn, message)
+
+    async def handle_binary(self, conn: Connection, frame: bytes) -> None:
+        if len(frame) > self._limits.max_message_bytes:
+            await self._close_too_big(conn)
+            return
+        self._metrics.message_received("audio_frame")
+        await self._apply(conn, s.AudioFrame(len(frame)), frame)
+
+    async def disconnect(self, conn: Connection, reason: str = "client_closed") -> None:
+        """Forget the connection and clean up after it. Safe to call more than once."""
+        if conn.closed:
+            return
+        conn.closed = True
+        self._live.pop(conn.id, None)
+        self._registry.remove(conn.id)
+        self._metrics.connection_closed(reason)
+        log.info("ws_disconnected", extra={"connection_id": conn.id, "reason": reason})
+        effects = s.on_disconnect(conn.state)
+        conn.state = s.IDLE
+        for effect in effects:
+            await self._execute(conn, effect, None)
+
+    async def expire_tokens(self) -> int:
+        """Close every connection whose token has expired (4003). Returns how many."""
+        now = self._clock.now()
+        expired = [
+            c for c in self._live.values() if self._auth.has_expired(c.principal.expires_at, now)
+        ]
+        for conn in expired:
+            await conn.channel.close(CloseCode.TOKEN_EXPIRED, "Token expired")
+            await self.disconnect(conn, "token_expired")
+        return len(expired)
+
+    async def drain(self) -> None:
+        """Refuse new connections, close every open one with 1001 and end their sessions."""
+        self._draining = True
+        await asyncio.gather(*(self._shut(conn) for conn in list(self._live.values())))
+
+    async def _shut(self, conn: Connection) -> None:
+        await conn.channel.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
+        await self.disconnect(conn, "server_shutdown")
+
+    async def _close_too_big(self, conn: Connection) -> None:
+        await conn.channel.close(
+            CloseCode.MESSAGE_TOO_BIG, f"Message larger than {self._limits.max_message_bytes} bytes"
+        )
+        await self.disconnect(conn, "message_too_big")
+
+    async def _apply(self, conn: Connection, event: s.Event, frame: bytes | None = None) -> None:
+        decision = s.decide(conn.state, event, self._session_limits)
+        conn.state = decision.state
+        for effect in decision.effects:
+            await self._execute(conn, effect, frame)
+
+    async def _execute(self, conn: Connection, effect: s.Effect, frame: bytes | None) -> None:
+        match effect:
+            case s.Send(message=message):
+                await conn.channel.send(message)
+            case s.AppendAudio():
+                assert frame is not None  # noqa: S101  # only a binary frame appends
+                conn.chunks.append(frame)
+                self._metrics.audio_received(len(frame))
+            case s.StartUtterance() | s.DropUtterance():
+                conn.chunks = []
+            case s.CreateSession(profile_id=profile_id, topic=topic):
+                await self._create_session(conn, profile_id, topic)
+            case s.EndSession(session_id=session_id):
+                await self._end_session(conn, session_id)
+            case s.SubmitUtterance(session_id=session_id, audio_format=audio_format):
+                utterance = Utterance(conn.chunks, audio_format)
+                conn.chunks = []
+                conn.turn = asyncio.create_task(self._run_turn(conn, session_id, utterance))
+            case s.SubmitEncodedAudio():
+                conn.turn = asyncio.create_task(self._run_encoded_turn(conn, effect))
+            case s.CancelTurn():
+                await self._cancel_turn(conn)
+
+    async def _create_session(self, conn: Connection, profile_id: str, topic: str | None) -> None:
+        try:
+            created = await self._backend.create_session(conn.token, profile_id, topic)
+        except BackendError as exc:
+            self._metrics.backend_error(exc.kind)
+            log.warning(
+                "backend_create_session_failed",
+                extra={"connection_id": conn.id, "kind": exc.kind.value, "status": exc.status},
+            )
+            await self._apply(
+                conn, s.SessionCreateFailed(f"Could not start the session: {exc.detail}")
+            )
+            return
+        if conn.closed:
+            # The client left while the backend was creating the session: do not leak it.
+            await self._end_session(conn, created.id)
+            return
+        await self._apply(conn, s.SessionCreated(created.id, profile_id, created.topic))
+
+    async def _end_session(self, conn: Connection, session_id: str) -> None:
+        try:
+            await self._backend.end_session(conn.token, session_id)
+        except BackendError as exc:
+            self._metrics.backend_error(exc.kind)
+            log.warning(
+                "backend_end_session_failed",
+                extra={"connection_id": conn.id, "session_id": session_id, "kind": exc.kind.value},
+            )
+        if not conn.closed:
+            await conn.channel.send(p.SessionEnded(p.SessionEndedPayload(session_id)))
+
+    async def _cancel_turn(self, conn: Connection) -> None:
+        turn, conn.turn = conn.turn, None
+        if turn is None or turn.done() or turn is asyncio.current_task():
+            return
+        turn.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await turn
+
+    async def _run_encoded_turn(self, conn: Connection, effect: s.SubmitEncodedAudio) -> None:
+        try:
+            audio = base64.b64decode(effect.audio_base64, validate=True)
+        except (binascii.Error, ValueError):
+            await self._finish_turn(
+                conn,
+                "invalid",
+                0.0,
+                s.TurnFailed(
+                    "audio_base64 is not valid base64; send the utterance's bytes base64-encoded."
+                ),
+            )
+            return
+        if len(audio) > self._limits.max_audio_bytes:
+            await self._finish_turn(
+                conn,
+                "too_large",
+                0.0,
+                s.TurnFailed(
+                    f"The utterance is larger than the {self._limits.max_audio_bytes}-byte limit."
+                ),
+            )
+            return
+        await self._run_turn(conn, effect.session_id, Utterance((audio,), effect.audio_format))
+
+    async def _run_turn(self, conn: Connection, session_id: str, utterance: Utterance) -> None:
+        started = self._clock.monotonic()
+        event: s.TurnSucceeded | s.TurnFailed
+        try:
+            reply = await self._backend.submit_utterance(conn.token, session_id, utterance)
+        except BackendError as exc:
+            self._metrics.backend_error(exc.kind)
+            log.warning(
+                "voice_turn_failed",
+                extra={"connection_id": conn.id, "kind": exc.kind.value, "status": exc.status},
+            )
+            outcome = f"backend_{exc.kind.value}"
+            event = s.TurnFailed(f"Could not process the utterance: {exc.detail} Please try again.")
+        else:
+            outcome = "ok"
+            event = s.TurnSucceeded(
+                transcription=reply.user_text,
+                reply_text=reply.assistant_text,
+                corrections=reply.corrections,
+                vocabulary=reply.vocabulary_introduced,
+                audio_base64=reply.assistant_audio_base64,
+            )
+        await self._finish_turn(conn, outcome, self._clock.monotonic() - started, event)
+
+    async def _finish_turn(
+        self, conn: Connection, outcome: str, seconds: float, event: s.TurnSucceeded | s.TurnFailed
+    ) -> None:
+        self._metrics.turn_finished(outcome, seconds)
+        if conn.turn is asyncio.current_task():
+            conn.turn = None
+        await self._apply(conn, event)

@@ -1,0 +1,326 @@
+"""The per-connection voice-session state machine: data in, decisions out.
+
+``decide(state, event, limits)`` returns the next state and the effects to carry out (replies to
+send, backend calls to make, the utterance buffer to grow or drop). It does no I/O and keeps no
+state of its own, so every transition is a plain function call in the tests.
+
+    idle --start_session--> active --start_recording--> recording --stop_recording--> processing
+    processing --turn finished or failed--> active;  end_session (any state but idle) --> idle
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+import msgspec
+
+from kalami_gateway.domain import protocol as p
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    ACTIVE = "active"
+    RECORDING = "recording"
+    PROCESSING = "processing"
+
+
+class SessionState(msgspec.Struct, frozen=True):
+    """Where one connection's conversation stands."""
+
+    phase: Phase = Phase.IDLE
+    session_id: str | None = None
+    profile_id: str | None = None
+    topic: str | None = None
+    audio_format: p.AudioFormat = "webm"
+    buffered_bytes: int = 0
+
+
+IDLE: Final = SessionState()
+
+
+class Limits(msgspec.Struct, frozen=True):
+    max_audio_bytes: int
+
+
+# --- events that are not client messages ------------------------------------------------
+
+
+class AudioFrame(msgspec.Struct, frozen=True):
+    """A binary frame from the client."""
+
+    size: int
+
+
+class SessionCreated(msgspec.Struct, frozen=True):
+    session_id: str
+    profile_id: str
+    topic: str | None
+
+
+class SessionCreateFailed(msgspec.Struct, frozen=True):
+    message: str
+
+
+class TurnSucceeded(msgspec.Struct, frozen=True):
+    transcription: str
+    reply_text: str
+    corrections: list[p.GrammarCorrection]
+    vocabulary: list[str]
+    audio_base64: str | None
+
+
+class TurnFailed(msgspec.Struct, frozen=True):
+    message: str
+
+
+Event = (
+    p.ClientMessage | AudioFrame | SessionCreated | SessionCreateFailed | TurnSucceeded | TurnFailed
+)
+
+
+# --- effects ------------------------------------------------------------------------------
+
+
+class Send(msgspec.Struct, frozen=True):
+    message: p.ServerMessage
+
+
+class CreateSession(msgspec.Struct, frozen=True):
+    profile_id: str
+    topic: str | None
+
+
+class EndSession(msgspec.Struct, frozen=True):
+    """End the session at the backend, then tell the client ``session_ended``."""
+
+    session_id: str
+
+
+class StartUtterance(msgspec.Struct, frozen=True):
+    """Start a new, empty utterance buffer."""
+
+
+class AppendAudio(msgspec.Struct, frozen=True):
+    """Append the frame just received to the utterance buffer."""
+
+
+class DropUtterance(msgspec.Struct, frozen=True):
+    """Forget the utterance buffer."""
+
+
+class SubmitUtterance(msgspec.Struct, frozen=True):
+    """Hand the buffered utterance to the backend as one turn (in the background)."""
+
+    session_id: str
+    audio_format: p.AudioFormat
+
+
+class SubmitEncodedAudio(msgspec.Struct, frozen=True):
+    """Hand a base64 utterance from an ``audio`` message to the backend as one turn."""
+
+    session_id: str
+    audio_format: p.AudioFormat
+    audio_base64: str
+
+
+class CancelTurn(msgspec.Struct, frozen=True):
+    """Stop waiting for the turn in flight."""
+
+
+Effect = (
+    Send
+    | CreateSession
+    | EndSession
+    | StartUtterance
+    | AppendAudio
+    | DropUtterance
+    | SubmitUtterance
+    | SubmitEncodedAudio
+    | CancelTurn
+)
+
+
+class Decision(msgspec.Struct, frozen=True):
+    state: SessionState
+    effects: tuple[Effect, ...] = ()
+
+
+_PONG: Final = Send(p.Pong())
+_HEARTBEAT: Final = Send(p.HeartbeatReply())
+
+
+def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
+    """The next state and the effects of ``event`` arriving in ``state``."""
+    phase = state.phase
+    match event:
+        case p.Ping():
+            return Decision(state, (_PONG,))
+        case p.Heartbeat():
+            return Decision(state, (_HEARTBEAT,))
+        case AudioFrame(size=size):
+            if phase is not Phase.RECORDING:
+                return _refuse(state, _AUDIO_FRAME_REFUSALS[phase])
+            total = state.buffered_bytes + size
+            if total > limits.max_audio_bytes:
+                return Decision(
+                    msgspec.structs.replace(state, phase=Phase.ACTIVE, buffered_bytes=0),
+                    (
+                        DropUtterance(),
+                        _error(
+                            f"The utterance passed the {limits.max_audio_bytes}-byte limit and "
+                            "was dropped; recording stopped. Send start_recording to try a "
+                            "shorter one."
+                        ),
+                    ),
+                )
+            return Decision(
+                msgspec.structs.replace(state, buffered_bytes=total),
+                (AppendAudio(), Send(p.AudioReceived(p.AudioReceivedPayload(size, total)))),
+            )
+        case p.StartSession(payload=payload):
+            if phase is not Phase.IDLE:
+                return _refuse(
+                    state,
+                    f"A session is already open (id {state.session_id}); send end_session "
+                    "before starting another.",
+                )
+            return Decision(state, (CreateSession(payload.profile_id, payload.topic),))
+        case SessionCreated(session_id=session_id, profile_id=profile_id, topic=topic):
+            if phase is not Phase.IDLE:
+                return Decision(state)
+            return Decision(
+                SessionState(Phase.ACTIVE, session_id, profile_id, topic),
+                (Send(p.SessionStarted(p.SessionStartedPayload(session_id, profile_id, topic))),),
+            )
+        case SessionCreateFailed(message=message):
+            return Decision(IDLE, (_error(message),))
+        case p.StartRecording(payload=payload):
+            if phase is not Phase.ACTIVE:
+                return _refuse(state, _START_RECORDING_REFUSALS[phase])
+            return Decision(
+                msgspec.structs.replace(
+                    state, phase=Phase.RECORDING, audio_format=payload.format, buffered_bytes=0
+                ),
+                (
+                    StartUtterance(),
+                    Send(p.RecordingStarted(p.RecordingStartedPayload(payload.format))),
+                ),
+            )
+        case p.StopRecording():
+            if phase is not Phase.RECORDING:
+                return _refuse(state, _STOP_RECORDING_REFUSALS[phase])
+            assert state.session_id is not None  # noqa: S101  # recording implies a session
+            if state.buffered_bytes == 0:
+                return Decision(
+                    msgspec.structs.replace(state, phase=Phase.ACTIVE),
+                    (
+                        DropUtterance(),
+                        _error(
+                            "The utterance was empty: send binary audio frames between "
+                            "start_recording and stop_recording."
+                        ),
+                    ),
+                )
+            return Decision(
+                msgspec.structs.replace(state, phase=Phase.PROCESSING, buffered_bytes=0),
+                (
+                    Send(_TRANSCRIBING),
+                    SubmitUtterance(state.session_id, state.audio_format),
+                ),
+            )
+        case p.AudioMessage(payload=payload):
+            if phase is not Phase.ACTIVE:
+                return _refuse(state, _AUDIO_MESSAGE_REFUSALS[phase])
+            assert state.session_id is not None  # noqa: S101  # active implies a session
+            if not payload.audio_base64:
+                return _refuse(state, "The audio message was empty: audio_base64 has no data.")
+            return Decision(
+                msgspec.structs.replace(state, phase=Phase.PROCESSING, audio_format=payload.format),
+                (
+                    Send(_TRANSCRIBING),
+                    SubmitEncodedAudio(state.session_id, payload.format, payload.audio_base64),
+                ),
+            )
+        case TurnSucceeded():
+            if phase is not Phase.PROCESSING:
+                return Decision(state)
+            replies: list[Effect] = [
+                Send(p.Transcription(p.TranscriptionPayload(event.transcription))),
+                Send(
+                    p.Response(
+                        p.ResponsePayload(event.reply_text, event.corrections, event.vocabulary)
+                    )
+                ),
+            ]
+            if event.audio_base64:
+                replies.append(Send(p.AudioReply(p.AudioReplyPayload(event.audio_base64))))
+            return Decision(msgspec.structs.replace(state, phase=Phase.ACTIVE), tuple(replies))
+        case TurnFailed(message=message):
+            if phase is not Phase.PROCESSING:
+                return Decision(state)
+            return Decision(msgspec.structs.replace(state, phase=Phase.ACTIVE), (_error(message),))
+        case p.EndSession():
+            if phase is Phase.IDLE or state.session_id is None:
+                return _refuse(state, "No session is open, so there is nothing to end.")
+            effects: list[Effect] = []
+            if phase is Phase.PROCESSING:
+                effects.append(CancelTurn())
+            elif phase is Phase.RECORDING:
+                effects.append(DropUtterance())
+            effects.append(EndSession(state.session_id))
+            return Decision(IDLE, tuple(effects))
+    raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
+
+
+def on_disconnect(state: SessionState) -> tuple[Effect, ...]:
+    """What to clean up when the connection goes, whatever way it goes."""
+    effects: list[Effect] = []
+    if state.phase is Phase.PROCESSING:
+        effects.append(CancelTurn())
+    if state.phase is Phase.RECORDING:
+        effects.append(DropUtterance())
+    if state.session_id is not None:
+        effects.append(EndSession(state.session_id))
+    return tuple(effects)
+
+
+_TRANSCRIBING: Final = p.Processing(p.ProcessingPayload("transcribing"))
+
+
+def _error(message: str) -> Send:
+    return Send(p.error(message))
+
+
+def _refuse(state: SessionState, message: str) -> Decision:
+    return Decision(state, (_error(message),))
+
+
+_NO_SESSION: Final = "No session is open; send start_session first."
+_BUSY: Final = (
+    "The previous utterance is still being processed; wait for its response (or send end_session)."
+)
+
+_AUDIO_FRAME_REFUSALS: Final = {
+    Phase.IDLE: "Binary audio frames are accepted only while recording; send start_session, "
+    "then start_recording, first.",
+    Phase.ACTIVE: "Binary audio frames are accepted only while recording; send "
+    "start_recording first.",
+    Phase.PROCESSING: "Binary audio frames are accepted only while recording. " + _BUSY,
+}
+_START_RECORDING_REFUSALS: Final = {
+    Phase.IDLE: _NO_SESSION,
+    Phase.RECORDING: "Already recording; send stop_recording to finish this utterance first.",
+    Phase.PROCESSING: _BUSY,
+}
+_STOP_RECORDING_REFUSALS: Final = {
+    Phase.IDLE: _NO_SESSION,
+    Phase.ACTIVE: "Not recording; send start_recording, then audio frames, first.",
+    Phase.PROCESSING: "Not recording. " + _BUSY,
+}
+_AUDIO_MESSAGE_REFUSALS: Final = {
+    Phase.IDLE: _NO_SESSION,
+    Phase.RECORDING: "A recording is in progress; finish it with stop_recording before "
+    "sending a base64 audio message.",
+    Phase.PROCESSING: _BUSY,
+}
