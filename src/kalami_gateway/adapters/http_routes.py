@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Final, TypeVar
+from typing import Any, Final
 
 from litestar import MediaType, Response, get
-from litestar.params import Dependency
+from litestar.params import SkipValidation
 
 from kalami_gateway import __version__
 from kalami_gateway.adapters.metrics import CONTENT_TYPE, PrometheusMetrics
 from kalami_gateway.domain.ports import Backend, BackendHealth, ConnectionRegistry
 
-T = TypeVar("T")
-# Our dependencies are built by the container, not parsed from a request: Litestar need not
-# validate them (and cannot isinstance-check a Protocol).
-Injected = Annotated[T, Dependency(skip_validation=True)]
-
 SERVICE: Final = "kalami-gateway"
 READINESS_TIMEOUT_SECONDS: Final = 5.0
 KNOWN_ROUTES: Final = ("/", "/health", "/health/ready", "/stats", "/metrics", "/ws")
+
+
+# Handler dependencies come from the container, not from a request: they are marked
+# SkipValidation (Litestar cannot isinstance-check a Protocol, and need not check our objects).
 
 
 @get("/", sync_to_thread=False)
@@ -44,7 +43,7 @@ def health() -> dict[str, str]:
 
 
 @get("/health/ready")
-async def readiness(backend: Injected[Backend]) -> Response[dict[str, str]]:
+async def readiness(backend: SkipValidation[Backend]) -> Response[dict[str, str]]:
     try:
         verdict = await asyncio.wait_for(backend.health(), READINESS_TIMEOUT_SECONDS)
     except TimeoutError:
@@ -57,7 +56,7 @@ async def readiness(backend: Injected[Backend]) -> Response[dict[str, str]]:
 
 
 @get("/stats", sync_to_thread=False)
-def stats(registry: Injected[ConnectionRegistry]) -> dict[str, Any]:
+def stats(registry: SkipValidation[ConnectionRegistry]) -> dict[str, Any]:
     snapshot = registry.stats()
     return {
         "websocket": {
@@ -70,5 +69,5 @@ def stats(registry: Injected[ConnectionRegistry]) -> dict[str, Any]:
 
 
 @get("/metrics", sync_to_thread=False, media_type=MediaType.TEXT)
-def metrics(prometheus: Injected[PrometheusMetrics]) -> Response[bytes]:
+def metrics(prometheus: SkipValidation[PrometheusMetrics]) -> Response[bytes]:
     return Response(prometheus.render(), media_type=CONTENT_TYPE)

@@ -63,7 +63,7 @@ class PrometheusMetrics(Metrics):
 
     def __init__(self, connections: ConnectionRegistry) -> None:
         # The *_created series double the exposition for nothing a dashboard uses.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._http = Counter(

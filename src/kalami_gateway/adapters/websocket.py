@@ -9,9 +9,9 @@ from typing import Any
 import structlog
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
+from litestar.params import SkipValidation
 from litestar.types import WebSocketSendEvent
 
-from kalami_gateway.adapters.http_routes import Injected
 from kalami_gateway.domain.ports import ClientChannel
 from kalami_gateway.domain.protocol import ServerMessage, encode_server_message
 from kalami_gateway.domain.service import GatewayService
@@ -53,7 +53,9 @@ class LitestarChannel(ClientChannel):
 
 
 @websocket("/ws")
-async def ws_endpoint(socket: WebSocket[Any, Any, Any], service: Injected[GatewayService]) -> None:
+async def ws_endpoint(
+    socket: WebSocket[Any, Any, Any], service: SkipValidation[GatewayService]
+) -> None:
     # The token is read here, not declared as a parameter: a missing required parameter
     # makes Litestar refuse before accept, and the client would see HTTP 403, not 4001.
     token = socket.query_params.get("token")

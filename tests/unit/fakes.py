@@ -1,0 +1,153 @@
+"""In-memory fakes for the domain's ports: they record what they were asked."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from kalami_gateway.domain.ports import (
+    Backend,
+    BackendError,
+    BackendErrorKind,
+    BackendHealth,
+    ClientChannel,
+    Clock,
+    CreatedSession,
+    InvalidTokenError,
+    Metrics,
+    TokenDecoder,
+    TurnReply,
+    Utterance,
+)
+from kalami_gateway.domain.protocol import GrammarCorrection, ServerMessage, encode_server_message
+
+
+class FakeClock(Clock):
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.wall = now
+        self.mono = 0.0
+
+    def now(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+class FakeChannel(ClientChannel):
+    def __init__(self) -> None:
+        self.sent: list[ServerMessage] = []
+        self.closed_with: tuple[int, str] | None = None
+
+    async def send(self, message: ServerMessage) -> None:
+        if self.closed_with is None:
+            self.sent.append(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed_with is None:
+            self.closed_with = (code, reason)
+
+    def wire(self) -> list[str]:
+        """What the client saw, as text frames."""
+        return [encode_server_message(m) for m in self.sent]
+
+    def types(self) -> list[str]:
+        return [type(m).__struct_config__.tag for m in self.sent]  # type: ignore[misc]
+
+
+class FakeBackend(Backend):
+    """Sessions in memory; a turn waits on ``release`` when ``hold_turns`` is set."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.utterances: list[tuple[str, bytes, str]] = []
+        self.fail_next: BackendError | None = None
+        self.fail_end = False
+        self.hold_turns = False
+        self.release = asyncio.Event()
+        self.turn_started = asyncio.Event()
+        self.health_verdict = BackendHealth.HEALTHY
+        self._next = 0
+
+    def _maybe_fail(self) -> None:
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
+
+    async def create_session(
+        self, token: str, profile_id: str, topic: str | None
+    ) -> CreatedSession:
+        self.calls.append(("create", token, profile_id, str(topic)))
+        self._maybe_fail()
+        self._next += 1
+        return CreatedSession(id=f"s{self._next}", topic=topic)
+
+    async def end_session(self, token: str, session_id: str) -> None:
+        self.calls.append(("end", token, session_id))
+        if self.fail_end:
+            raise BackendError(BackendErrorKind.UNREACHABLE, "the backend is unavailable.")
+
+    async def submit_utterance(
+        self, token: str, session_id: str, utterance: Utterance
+    ) -> TurnReply:
+        audio = b"".join(utterance.chunks)
+        self.calls.append(("turn", token, session_id))
+        self.utterances.append((session_id, audio, utterance.audio_format))
+        self.turn_started.set()
+        if self.hold_turns:
+            await self.release.wait()
+        self._maybe_fail()
+        return TurnReply(
+            user_text=f"heard {len(audio)} bytes",
+            assistant_text="Nice!",
+            assistant_audio_base64="AAAA",
+            corrections=[GrammarCorrection("a", "b", "c")],
+            vocabulary_introduced=["word"],
+        )
+
+    async def health(self) -> BackendHealth:
+        return self.health_verdict
+
+
+class FakeMetrics(Metrics):
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.audio_bytes = 0
+        self.turns: list[str] = []
+        self.backend_errors: list[BackendErrorKind] = []
+        self.closed: list[str] = []
+
+    def message_received(self, message_type: str) -> None:
+        self.messages.append(message_type)
+
+    def audio_received(self, size: int) -> None:
+        self.audio_bytes += size
+
+    def turn_finished(self, outcome: str, seconds: float) -> None:
+        self.turns.append(outcome)
+
+    def backend_error(self, kind: BackendErrorKind) -> None:
+        self.backend_errors.append(kind)
+
+    def connection_closed(self, reason: str) -> None:
+        self.closed.append(reason)
+
+
+class FakeDecoder(TokenDecoder):
+    """Tokens are names of claim sets registered with ``issue``."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, Mapping[str, object]] = {}
+
+    def issue(self, token: str, **claims: object) -> str:
+        self.tokens[token] = claims
+        return token
+
+    def decode(self, token: str) -> Mapping[str, object]:
+        if token not in self.tokens:
+            raise InvalidTokenError("unknown token")
+        return self.tokens[token]

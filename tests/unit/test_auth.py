@@ -1,0 +1,110 @@
+"""The auth policy with the real pyjwt decoder: which tokens pass, which close code the rest get."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import jwt
+import pytest
+
+from kalami_gateway.adapters.jwt_decoder import PyJwtDecoder, mint_token
+from kalami_gateway.domain.auth import (
+    MAX_TOKEN_LENGTH,
+    AuthFailure,
+    AuthPolicy,
+    CloseCode,
+    Principal,
+)
+from tests.unit.fakes import FakeDecoder
+
+SECRET = "unit-test-secret-" + "0123456789abcdef" * 4
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+def policy() -> AuthPolicy:
+    return AuthPolicy(PyJwtDecoder(SECRET), leeway_seconds=10)
+
+
+def b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def test_a_valid_token_gives_the_principal(policy: AuthPolicy) -> None:
+    token = mint_token(SECRET, "user-1", NOW + 60)
+    assert policy.authenticate(token, NOW) == Principal("user-1", NOW + 60)
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_no_token_is_4001(policy: AuthPolicy, token: str | None) -> None:
+    result = policy.authenticate(token, NOW)
+    assert isinstance(result, AuthFailure)
+    assert (result.code, result.reason) == (
+        CloseCode.AUTHENTICATION_REQUIRED,
+        "Authentication required",
+    )
+
+
+def hs512() -> str:
+    return jwt.encode({"sub": "u", "exp": int(NOW + 60)}, SECRET, algorithm="HS512")
+
+
+def alg_none() -> str:
+    return b64({"alg": "none", "typ": "JWT"}) + "." + b64({"sub": "u", "exp": NOW + 60}) + "."
+
+
+def string_exp() -> str:
+    return jwt.encode({"sub": "u", "exp": str(int(NOW + 60))}, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(mint_token(SECRET, "u", NOW - 60), id="expired"),
+        pytest.param(mint_token("another-secret-" + "x" * 64, "u", NOW + 60), id="wrong-secret"),
+        pytest.param(alg_none(), id="alg-none"),
+        pytest.param(hs512(), id="hs512"),
+        pytest.param(jwt.encode({"exp": int(NOW + 60)}, SECRET, algorithm="HS256"), id="no-sub"),
+        pytest.param(jwt.encode({"sub": "u"}, SECRET, algorithm="HS256"), id="no-exp"),
+        pytest.param(
+            jwt.encode({"sub": 42, "exp": int(NOW + 60)}, SECRET, algorithm="HS256"), id="int-sub"
+        ),
+        pytest.param(
+            jwt.encode({"sub": "", "exp": int(NOW + 60)}, SECRET, algorithm="HS256"), id="empty-sub"
+        ),
+        pytest.param(string_exp(), id="string-exp"),
+        pytest.param("garbage", id="garbage"),
+        pytest.param("a.b.c", id="three-garbage-segments"),
+        pytest.param("x" * (MAX_TOKEN_LENGTH + 1), id="too-long"),
+    ],
+)
+def test_invalid_tokens_are_4002(policy: AuthPolicy, token: str) -> None:
+    result = policy.authenticate(token, NOW)
+    assert isinstance(result, AuthFailure)
+    assert (result.code, result.reason) == (CloseCode.INVALID_TOKEN, "Invalid token")
+
+
+def test_an_oversized_token_is_refused_before_decoding() -> None:
+    decoder = FakeDecoder()
+    token = decoder.issue("t" * (MAX_TOKEN_LENGTH + 1), sub="u", exp=NOW + 60)
+    result = AuthPolicy(decoder).authenticate(token, NOW)
+    assert isinstance(result, AuthFailure)
+    assert "longer" in result.why
+
+
+def test_leeway_tolerates_a_little_clock_skew(policy: AuthPolicy) -> None:
+    token = mint_token(SECRET, "u", NOW - 5)
+    assert isinstance(policy.authenticate(token, NOW), Principal)
+    assert isinstance(policy.authenticate(token, NOW + 6), AuthFailure)
+
+
+def test_expiry_while_connected_is_judged_with_the_same_leeway(policy: AuthPolicy) -> None:
+    assert not policy.has_expired(NOW, NOW + 10)
+    assert policy.has_expired(NOW, NOW + 10.5)
+
+
+def test_a_bool_exp_is_not_a_number() -> None:
+    decoder = FakeDecoder()
+    token = decoder.issue("t", sub="u", exp=True)
+    assert isinstance(AuthPolicy(decoder).authenticate(token, NOW), AuthFailure)

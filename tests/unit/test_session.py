@@ -1,0 +1,220 @@
+"""The voice-session state machine: every message in every phase."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from kalami_gateway.domain import protocol as p
+from kalami_gateway.domain import session as s
+
+LIMITS = s.Limits(max_audio_bytes=100)
+IDLE = s.IDLE
+ACTIVE = s.SessionState(s.Phase.ACTIVE, "s1", "prof", "travel")
+RECORDING = msgspec.structs.replace(ACTIVE, phase=s.Phase.RECORDING, audio_format="wav")
+RECORDING_WITH_AUDIO = msgspec.structs.replace(RECORDING, buffered_bytes=60)
+PROCESSING = msgspec.structs.replace(ACTIVE, phase=s.Phase.PROCESSING)
+ALL_STATES = {
+    "idle": IDLE,
+    "active": ACTIVE,
+    "recording": RECORDING_WITH_AUDIO,
+    "processing": PROCESSING,
+}
+
+START = p.StartSession(p.StartSessionPayload("prof", "travel"))
+START_REC = p.StartRecording(p.StartRecordingPayload("wav"))
+STOP_REC = p.StopRecording()
+AUDIO_MSG = p.AudioMessage(p.AudioPayload("AAAA", "mp3"))
+END = p.EndSession()
+FRAME = s.AudioFrame(10)
+
+
+def sends(decision: s.Decision) -> list[p.ServerMessage]:
+    return [e.message for e in decision.effects if isinstance(e, s.Send)]
+
+
+def error_text(decision: s.Decision) -> str:
+    [message] = sends(decision)
+    assert isinstance(message, p.Error)
+    return message.payload.message
+
+
+# Which (phase, event) pairs are legal; everything else must be refused with an error.
+LEGAL = {
+    ("idle", "start_session"),
+    ("active", "start_recording"),
+    ("active", "audio"),
+    ("recording", "audio_frame"),
+    ("recording", "stop_recording"),
+    ("active", "end_session"),
+    ("recording", "end_session"),
+    ("processing", "end_session"),
+}
+EVENTS: dict[str, s.Event] = {
+    "start_session": START,
+    "start_recording": START_REC,
+    "stop_recording": STOP_REC,
+    "audio": AUDIO_MSG,
+    "audio_frame": FRAME,
+    "end_session": END,
+}
+
+
+ILLEGAL = [
+    (phase, event) for phase in ALL_STATES for event in EVENTS if (phase, event) not in LEGAL
+]
+
+
+def test_the_illegal_table_covers_every_other_pair() -> None:
+    assert len(ILLEGAL) + len(LEGAL) == len(ALL_STATES) * len(EVENTS)
+
+
+@pytest.mark.parametrize(("phase", "event"), ILLEGAL)
+def test_illegal_messages_are_refused_with_an_error_and_change_nothing(
+    phase: str, event: str
+) -> None:
+    state = ALL_STATES[phase]
+    decision = s.decide(state, EVENTS[event], LIMITS)
+    assert decision.state == state
+    text = error_text(decision)
+    assert len(text) > 20
+    assert text.endswith(".") or text.endswith(")")
+
+
+@pytest.mark.parametrize("state", list(ALL_STATES.values()), ids=list(ALL_STATES))
+def test_ping_and_heartbeat_are_answered_in_every_state(state: s.SessionState) -> None:
+    pong = s.decide(state, p.Ping(), LIMITS)
+    beat = s.decide(state, p.Heartbeat(), LIMITS)
+    assert (pong.state, sends(pong)) == (state, [p.Pong()])
+    assert (beat.state, sends(beat)) == (state, [p.HeartbeatReply()])
+
+
+def test_start_session_asks_the_backend_then_goes_active_on_success() -> None:
+    asked = s.decide(IDLE, START, LIMITS)
+    assert asked.state == IDLE
+    assert asked.effects == (s.CreateSession("prof", "travel"),)
+    created = s.decide(IDLE, s.SessionCreated("s9", "prof", "travel"), LIMITS)
+    assert created.state.phase is s.Phase.ACTIVE
+    assert created.state.session_id == "s9"
+    assert sends(created) == [p.SessionStarted(p.SessionStartedPayload("s9", "prof", "travel"))]
+
+
+def test_a_failed_session_start_stays_idle_with_an_error() -> None:
+    failed = s.decide(IDLE, s.SessionCreateFailed("Could not start the session."), LIMITS)
+    assert failed.state == IDLE
+    assert error_text(failed) == "Could not start the session."
+
+
+def test_start_recording_starts_a_fresh_utterance_in_the_asked_format() -> None:
+    decision = s.decide(ACTIVE, START_REC, LIMITS)
+    assert decision.state.phase is s.Phase.RECORDING
+    assert decision.state.audio_format == "wav"
+    assert decision.state.buffered_bytes == 0
+    assert decision.effects[0] == s.StartUtterance()
+    assert sends(decision) == [p.RecordingStarted(p.RecordingStartedPayload("wav"))]
+
+
+def test_audio_frames_accumulate_and_are_acknowledged() -> None:
+    first = s.decide(RECORDING, s.AudioFrame(30), LIMITS)
+    second = s.decide(first.state, s.AudioFrame(70), LIMITS)
+    assert second.state.buffered_bytes == 100
+    assert s.AppendAudio() in second.effects
+    assert sends(second) == [p.AudioReceived(p.AudioReceivedPayload(70, 100))]
+
+
+def test_an_utterance_past_the_limit_is_dropped_and_recording_stops() -> None:
+    decision = s.decide(RECORDING_WITH_AUDIO, s.AudioFrame(41), LIMITS)
+    assert decision.state.phase is s.Phase.ACTIVE
+    assert decision.state.buffered_bytes == 0
+    assert s.DropUtterance() in decision.effects
+    assert s.AppendAudio() not in decision.effects
+    assert "100-byte limit" in error_text(decision)
+
+
+def test_stop_recording_submits_the_utterance_and_says_processing() -> None:
+    decision = s.decide(RECORDING_WITH_AUDIO, STOP_REC, LIMITS)
+    assert decision.state.phase is s.Phase.PROCESSING
+    assert decision.effects == (
+        s.Send(p.Processing(p.ProcessingPayload("transcribing"))),
+        s.SubmitUtterance("s1", "wav"),
+    )
+
+
+def test_stop_recording_with_nothing_recorded_is_an_error_back_to_active() -> None:
+    decision = s.decide(RECORDING, STOP_REC, LIMITS)
+    assert decision.state.phase is s.Phase.ACTIVE
+    assert "empty" in error_text(decision)
+    assert not any(isinstance(e, s.SubmitUtterance) for e in decision.effects)
+
+
+def test_a_base64_audio_message_runs_the_same_turn() -> None:
+    decision = s.decide(ACTIVE, AUDIO_MSG, LIMITS)
+    assert decision.state.phase is s.Phase.PROCESSING
+    assert decision.effects[-1] == s.SubmitEncodedAudio("s1", "mp3", "AAAA")
+
+
+def test_an_empty_base64_audio_message_is_refused() -> None:
+    decision = s.decide(ACTIVE, p.AudioMessage(p.AudioPayload("", "mp3")), LIMITS)
+    assert decision.state == ACTIVE
+    assert "empty" in error_text(decision)
+
+
+def test_a_successful_turn_relays_transcription_response_and_audio_in_order() -> None:
+    fix = p.GrammarCorrection("a", "b", "c")
+    done = s.decide(PROCESSING, s.TurnSucceeded("hi", "hello", [fix], ["w"], "QUJD"), LIMITS)
+    assert done.state.phase is s.Phase.ACTIVE
+    assert sends(done) == [
+        p.Transcription(p.TranscriptionPayload("hi")),
+        p.Response(p.ResponsePayload("hello", [fix], ["w"])),
+        p.AudioReply(p.AudioReplyPayload("QUJD")),
+    ]
+
+
+def test_a_turn_without_audio_sends_no_audio_message() -> None:
+    done = s.decide(PROCESSING, s.TurnSucceeded("hi", "hello", [], [], None), LIMITS)
+    assert [type(m) for m in sends(done)] == [p.Transcription, p.Response]
+
+
+def test_a_failed_turn_is_one_error_and_back_to_active() -> None:
+    failed = s.decide(PROCESSING, s.TurnFailed("Could not process."), LIMITS)
+    assert failed.state.phase is s.Phase.ACTIVE
+    assert error_text(failed) == "Could not process."
+
+
+@pytest.mark.parametrize("state", [IDLE, ACTIVE, RECORDING], ids=["idle", "active", "recording"])
+def test_late_turn_outcomes_outside_processing_are_ignored(state: s.SessionState) -> None:
+    for event in (s.TurnFailed("x"), s.TurnSucceeded("a", "b", [], [], None)):
+        assert s.decide(state, event, LIMITS) == s.Decision(state)
+
+
+@pytest.mark.parametrize(
+    ("state", "cleanup"),
+    [
+        (ACTIVE, ()),
+        (RECORDING_WITH_AUDIO, (s.DropUtterance(),)),
+        (PROCESSING, (s.CancelTurn(),)),
+    ],
+    ids=["active", "recording", "processing"],
+)
+def test_end_session_cleans_up_and_goes_idle(
+    state: s.SessionState, cleanup: tuple[s.Effect, ...]
+) -> None:
+    decision = s.decide(state, END, LIMITS)
+    assert decision.state == IDLE
+    assert decision.effects == (*cleanup, s.EndSession("s1"))
+
+
+@pytest.mark.parametrize(
+    ("state", "effects"),
+    [
+        (IDLE, ()),
+        (ACTIVE, (s.EndSession("s1"),)),
+        (RECORDING_WITH_AUDIO, (s.DropUtterance(), s.EndSession("s1"))),
+        (PROCESSING, (s.CancelTurn(), s.EndSession("s1"))),
+    ],
+    ids=["idle", "active", "recording", "processing"],
+)
+def test_disconnect_ends_an_open_session(
+    state: s.SessionState, effects: tuple[s.Effect, ...]
+) -> None:
+    assert s.on_disconnect(state) == effects

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kalami_gateway.app.settings import Settings, SettingsError, load_settings
+
+SECRET = "s" * 32
+
+
+def load(env: dict[str, str], env_file: Path | None = None) -> Settings:
+    return load_settings(env, env_file=env_file, stderr_is_tty=False)
+
+
+def test_defaults_match_the_design() -> None:
+    settings = load({"JWT_SECRET": SECRET})
+    assert settings.gateway_port == 3000
+    assert settings.gateway_host == "0.0.0.0"  # noqa: S104
+    assert settings.backend_url == "http://localhost:8000"
+    assert settings.backend_mode == "http"
+    assert settings.backend_timeout == 30.0
+    assert settings.heartbeat_interval == 30.0
+    assert settings.max_message_bytes == 1_048_576
+    assert settings.max_audio_bytes == 10_485_760
+    assert settings.ws_per_message_deflate is False
+    assert settings.cors_origins == ("*",)
+    assert settings.trusted_proxies == ()
+    assert settings.log_level == "info"
+    assert settings.log_format == "json"
+
+
+def test_console_logs_by_default_on_a_terminal() -> None:
+    assert (
+        load_settings({"JWT_SECRET": SECRET}, env_file=None, stderr_is_tty=True).log_format
+        == "console"
+    )
+
+
+def test_values_are_parsed() -> None:
+    settings = load(
+        {
+            "JWT_SECRET": SECRET,
+            "GATEWAY_PORT": "8080",
+            "BACKEND_MODE": "STUB",
+            "BACKEND_URL": "https://api.example.test/",
+            "WS_PER_MESSAGE_DEFLATE": "true",
+            "CORS_ORIGINS": "https://a.test, https://b.test",
+            "TRUSTED_PROXIES": "10.0.0.1,10.0.0.2",
+            "LOG_LEVEL": "warn",
+        }
+    )
+    assert settings.gateway_port == 8080
+    assert settings.backend_mode == "stub"
+    assert settings.backend_url == "https://api.example.test"
+    assert settings.ws_per_message_deflate is True
+    assert settings.cors_origins == ("https://a.test", "https://b.test")
+    assert settings.trusted_proxies == ("10.0.0.1", "10.0.0.2")
+    assert settings.log_level == "warning"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("GATEWAY_PORT", "abc", "GATEWAY_PORT: expected a whole number"),
+        ("GATEWAY_PORT", "70000", "GATEWAY_PORT: expected a whole number from 0 to 65535"),
+        ("BACKEND_MODE", "grpc", "BACKEND_MODE: expected one of http, stub"),
+        ("BACKEND_TIMEOUT", "-5", "BACKEND_TIMEOUT: expected a whole number"),
+        ("WS_HEARTBEAT_INTERVAL", "-1", "WS_HEARTBEAT_INTERVAL"),
+        ("MAX_MESSAGE_BYTES", "lots", "MAX_MESSAGE_BYTES"),
+        ("WS_PER_MESSAGE_DEFLATE", "maybe", "WS_PER_MESSAGE_DEFLATE: expected true or false"),
+        ("LOG_LEVEL", "loud", "LOG_LEVEL"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT"),
+        ("BACKEND_URL", "localhost:8000", "BACKEND_URL: expected an http:// or https:// URL"),
+        ("CORS_ORIGINS", "example.com", "CORS_ORIGINS"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load({"JWT_SECRET": SECRET, name: value})
+    message = str(caught.value)
+    assert fragment in message
+    assert repr(value) in message
+    assert "\n" not in message
+
+
+def test_a_missing_secret_says_how_to_set_one() -> None:
+    with pytest.raises(SettingsError, match=r"JWT_SECRET is not set.*export JWT_SECRET="):
+        load({})
+
+
+def test_a_short_secret_is_refused() -> None:
+    with pytest.raises(SettingsError, match="at least 32"):
+        load({"JWT_SECRET": "short"})
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load({"GATEWAY_PORT": "x", "BACKEND_MODE": "y"})
+    assert all(n in str(caught.value) for n in ("JWT_SECRET", "GATEWAY_PORT", "BACKEND_MODE"))
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "# comment\n"
+        f"export JWT_SECRET='{SECRET}'\n"
+        "GATEWAY_PORT=4000  # trailing comment\n"
+        'BACKEND_MODE="stub"\n'
+        "\n"
+    )
+    settings = load({"GATEWAY_PORT": "5000"}, env_file)
+    assert settings.jwt_secret == SECRET
+    assert settings.gateway_port == 5000
+    assert settings.backend_mode == "stub"
+
+
+def test_a_malformed_env_file_line_is_named(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("JUST_A_WORD\n")
+    with pytest.raises(SettingsError, match=r"\.env:1: expected KEY=VALUE"):
+        load({}, env_file)
