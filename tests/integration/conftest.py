@@ -1,0 +1,111 @@
+"""The real gateway under uvicorn on a free port, against a real local backend server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from kalami_gateway.adapters.jwt_decoder import mint_token
+from kalami_gateway.app import GatewayApp, create_app
+from kalami_gateway.app.container import Container
+from kalami_gateway.app.server import GatewayServer, uvicorn_config
+from kalami_gateway.app.settings import Settings
+from tests.integration.backend_server import BackendServer
+
+SECRET = "integration-secret-" + "0123456789abcdef" * 3
+
+
+def token_for(user: str, ttl: float = 3600) -> str:
+    return mint_token(SECRET, user, time.time() + ttl)
+
+
+@dataclass
+class Gateway:
+    app: GatewayApp
+    port: int
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, token: str | None = None) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws" + (f"?token={token}" if token is not None else "")
+
+
+def make_settings(backend_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "jwt_secret": SECRET,
+        "backend_url": backend_url,
+        "jwt_leeway_ms": 0,
+        "log_level": "warning",
+        "log_format": "json",
+        "shutdown_timeout_ms": 3000,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def running_gateway(settings: Settings, container: Container | None = None) -> AsyncIterator[Gateway]:
+    app = create_app(settings, container)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = GatewayServer(uvicorn_config(app, settings), app, settings.shutdown_timeout)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield Gateway(app, port)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[BackendServer]:
+    server = BackendServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+GatewayFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def gateway(backend: BackendServer) -> AsyncIterator[Gateway]:
+    async with running_gateway(make_settings(backend.url)) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=10) as c:
+        yield c
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
+    """Poll until ``check()`` is truthy (bounded): for effects that land after a reply."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.02)
