@@ -96,8 +96,8 @@ class BackendServer:
         recorded = await self._record(request)
         payload = json.loads(recorded.body)
         self.created.append((payload, recorded.header("Authorization")))
-        if not payload.get("profile_id"):
-            return web.json_response({"detail": "profile not found"}, status=404)
+        if payload.get("profile_id") == "missing":
+            return web.json_response({"detail": "Profile not found"}, status=404)
         session = {
             "id": f"sess-{next(self._ids)}",
             "topic": payload.get("topic"),
@@ -122,17 +122,29 @@ class BackendServer:
         message = BytesParser(policy=HTTP).parsebytes(
             b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + recorded.body
         )
-        part = next(p for p in message.iter_parts() if p.get_param("name", header="content-disposition") == "audio")
+        part = next(
+            p
+            for p in message.iter_parts()
+            if p.get_param("name", header="content-disposition") == "audio"
+        )
         audio = part.get_payload(decode=True)
         assert isinstance(audio, bytes)
         self.uploads.append(
-            Upload(sid, part.get_filename() or "", part.get_content_type(), audio, recorded.header("Authorization"))
+            Upload(
+                sid,
+                part.get_filename() or "",
+                part.get_content_type(),
+                audio,
+                recorded.header("Authorization"),
+            )
         )
         self.audio_arrived.set()
         if self.audio_hold is not None:
             await self.audio_hold.wait()
         if self.audio_status is not None:
-            return web.json_response({"detail": "speech recognition failed"}, status=self.audio_status)
+            return web.json_response(
+                {"detail": "speech recognition failed"}, status=self.audio_status
+            )
         if self.audio_body is not None:
             return web.Response(body=self.audio_body, content_type="application/json")
         digest = hashlib.sha256(audio).hexdigest()[:12]
@@ -141,7 +153,9 @@ class BackendServer:
                 "user_text": f"{len(audio)} bytes sha {digest} in {sid}",
                 "assistant_text": "Great sentence!",
                 "assistant_audio_base64": "SUQz",
-                "corrections": [{"original": "I has", "corrected": "I have", "explanation": "agreement"}],
+                "corrections": [
+                    {"original": "I has", "corrected": "I have", "explanation": "agreement"}
+                ],
                 "vocabulary_introduced": ["agreement"],
             }
         )

@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from kalami_gateway.adapters.jwt_decoder import mint_token
 from kalami_gateway.app import GatewayApp, create_app
@@ -54,7 +56,9 @@ def make_settings(backend_url: str, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_gateway(settings: Settings, container: Container | None = None) -> AsyncIterator[Gateway]:
+async def running_gateway(
+    settings: Settings, container: Container | None = None
+) -> AsyncIterator[Gateway]:
     app = create_app(settings, container)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -97,9 +101,18 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
+async def closed_with(ws: ClientConnection, within: float = 10.0) -> tuple[int | None, str]:
+    """Read until the server closes; the close code and reason the client saw."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), within)
+    except ConnectionClosed:
+        return ws.close_code, ws.close_reason or ""
+
+
+async def eventually(check: Callable[[], Any], within: float = 5.0) -> None:
     """Poll until ``check()`` is truthy (bounded): for effects that land after a reply."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = check()
         if asyncio.iscoroutine(result):
@@ -107,5 +120,5 @@ async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(0.02)

@@ -8,7 +8,11 @@ app cannot send 1001 from a shutdown hook. ``GatewayServer`` drains first: every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -23,6 +27,24 @@ class GatewayServer(uvicorn.Server):
         super().__init__(config)
         self._gateway = app
         self._drain_timeout = drain_timeout
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Like uvicorn's, without re-raising the signal afterwards.
+
+        uvicorn re-raises SIGTERM/SIGINT once it has shut down, so the process dies of the
+        signal (status 143/130). A graceful drain is a clean exit: status 0.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
     async def shutdown(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         try:
