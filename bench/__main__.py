@@ -1,0 +1,388 @@
+"""``make bench``: the gateway against an nginx baseline, one run, one table.
+
+Starts nginx (a fast backend stand-in plus an nginx /api proxy as the baseline) and two
+gateways (``BACKEND_MODE=http`` against nginx, ``BACKEND_MODE=stub`` for voice turns), all on
+127.0.0.1, measures, prints a markdown table, writes JSON, and stops everything by pid.
+Every load loop is bounded in count and in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvloop
+
+from bench import wrk
+from bench.services import BENCH_DIR, SECRET, GatewayProcess, Nginx, ensure_tools, rss_kb
+from bench.wsload import BINARY, TEXT, WsClient, client_frame, open_client
+from kalami_gateway.adapters.jwt_decoder import mint_token
+
+T = TypeVar("T")
+CASE_DEADLINE_S = 120.0  # no case may run longer than this, whatever the counts
+
+
+@dataclass
+class Sizes:
+    wrk_seconds: int
+    wrk_connections: int
+    connects: int
+    connect_concurrency: int
+    ping_connections: int
+    pings_each: int
+    audio_connections: int
+    audio_frames_each: int
+    idle_connections: int
+    turn_connections: int
+    turns_each: int
+
+
+FULL = Sizes(10, 64, 1000, 50, 50, 200, 20, 100, 2000, 20, 10)
+SMOKE = Sizes(1, 4, 20, 5, 4, 10, 2, 5, 20, 2, 2)
+
+# The Node/Express original on this kind of machine (issue 6): what "at least as good" means.
+TARGETS: dict[str, tuple[str, float]] = {
+    "proxy_get_rps": (">=", 5400),
+    "proxy_get_p99_ms": ("<=", 75),
+    "proxy_post_rps": (">=", 5000),
+    "ws_connects_per_s": (">=", 1500),
+    "ping_round_trips_per_s": (">=", 48000),
+    "ping_p99_ms": ("<=", 5),
+    "audio_ingest_mb_per_s": (">=", 70),
+    "idle_kb_per_connection": ("<=", 24),
+}
+
+
+@dataclass
+class Row:
+    figure: str
+    key: str
+    gateway: float
+    nginx: float | None = None
+    unit: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.nginx in (None, 0):
+            return None
+        assert self.nginx is not None
+        return self.gateway / self.nginx
+
+    def verdict(self) -> str:
+        target = TARGETS.get(self.key)
+        if target is None:
+            return ""
+        op, value = target
+        met = self.gateway >= value if op == ">=" else self.gateway <= value
+        return f"{op} {value:g}: {'yes' if met else 'NO'}"
+
+
+async def bounded(coro: Awaitable[T]) -> T:
+    return await asyncio.wait_for(coro, CASE_DEADLINE_S)
+
+
+def token(user: str) -> str:
+    return mint_token(SECRET, user, time.time() + 3600)
+
+
+def stats(gateway: GatewayProcess) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{gateway.http}/stats", timeout=5) as response:  # noqa: S310
+        body: dict[str, Any] = json.loads(response.read())
+        return body
+
+
+async def connect_many(port: int, count: int, concurrency: int) -> list[WsClient]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(n: int) -> WsClient:
+        async with gate:
+            return await open_client(port, token(f"user-{n % 500}"))
+
+    return list(await asyncio.gather(*(one(n) for n in range(count))))
+
+
+def close_all(clients: list[WsClient]) -> None:
+    for client in clients:
+        client.close()
+
+
+async def until_zero(gateway: GatewayProcess) -> None:
+    for _ in range(200):
+        if stats(gateway)["websocket"]["connections"] == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError("connections did not drain after the clients closed")
+
+
+async def case_connects(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
+    started = time.perf_counter()
+    clients = await bounded(connect_many(gateway.port, sizes.connects, sizes.connect_concurrency))
+    elapsed = time.perf_counter() - started
+    seen = stats(gateway)["websocket"]["connections"]
+    if seen != sizes.connects:
+        raise RuntimeError(f"/stats says {seen} connections, expected {sizes.connects}")
+    close_all(clients)
+    await until_zero(gateway)
+    return [
+        Row(
+            "WS connects (authenticated, welcomed)",
+            "ws_connects_per_s",
+            sizes.connects / elapsed,
+            unit="/s",
+        )
+    ]
+
+
+async def case_pings(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
+    clients = await bounded(connect_many(gateway.port, sizes.ping_connections, 50))
+    ping = client_frame(TEXT, b'{"type":"ping"}')
+    latencies: list[float] = []
+
+    async def run(client: WsClient) -> None:
+        for _ in range(sizes.pings_each):
+            sent = time.perf_counter()
+            client.send(ping)
+            reply = await client.recv()
+            latencies.append(time.perf_counter() - sent)
+            if b'"pong"' not in reply:
+                raise RuntimeError(f"expected pong, got {reply[:80]!r}")
+
+    started = time.perf_counter()
+    await bounded(asyncio.gather(*(run(c) for c in clients)))
+    elapsed = time.perf_counter() - started
+    close_all(clients)
+    await until_zero(gateway)
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    return [
+        Row(
+            f"ping round trips ({sizes.ping_connections} conns)",
+            "ping_round_trips_per_s",
+            len(latencies) / elapsed,
+            unit="/s",
+        ),
+        Row("ping round trip p99", "ping_p99_ms", p99, unit="ms"),
+        Row("ping round trip p50", "ping_p50_ms", statistics.median(latencies) * 1000, unit="ms"),
+    ]
+
+
+async def start_session(client: WsClient, expect: bytes = b'"session_started"') -> None:
+    client.send(client_frame(TEXT, b'{"type":"start_session","payload":{"profileId":"bench"}}'))
+    reply = await client.recv()
+    if expect not in reply:
+        raise RuntimeError(f"start_session failed: {reply[:120]!r}")
+
+
+async def case_audio(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
+    clients = await bounded(connect_many(gateway.port, sizes.audio_connections, 20))
+    frame = client_frame(BINARY, bytes(range(256)) * 16)  # 4096 bytes
+    start_recording = client_frame(TEXT, b'{"type":"start_recording","payload":{"format":"webm"}}')
+
+    async def run(client: WsClient) -> int:
+        await start_session(client)
+        client.send(start_recording)
+        await client.recv()
+        for _ in range(sizes.audio_frames_each):
+            client.send(frame)
+            ack = await client.recv()
+            if b'"audio_received"' not in ack:
+                raise RuntimeError(f"expected audio_received, got {ack[:120]!r}")
+        return 4096 * sizes.audio_frames_each
+
+    started = time.perf_counter()
+    total = sum(await bounded(asyncio.gather(*(run(c) for c in clients))))
+    elapsed = time.perf_counter() - started
+    close_all(clients)
+    await until_zero(gateway)
+    return [
+        Row(
+            f"audio ingest ({sizes.audio_connections} conns x 4 KB frames)",
+            "audio_ingest_mb_per_s",
+            total / elapsed / 1e6,
+            unit="MB/s",
+        )
+    ]
+
+
+async def case_memory(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
+    # Warm every code path first so the baseline already holds the imported code.
+    close_all(await connect_many(gateway.port, 20, 20))
+    await until_zero(gateway)
+    await asyncio.sleep(0.5)
+    before = rss_kb(gateway.pid)
+    clients = await bounded(connect_many(gateway.port, sizes.idle_connections, 100))
+    await asyncio.sleep(1.0)
+    after = rss_kb(gateway.pid)
+    close_all(clients)
+    await until_zero(gateway)
+    return [
+        Row("gateway RSS, idle", "rss_idle_mb", before / 1024, unit="MB"),
+        Row(
+            f"gateway RSS, {sizes.idle_connections} idle conns",
+            "rss_loaded_mb",
+            after / 1024,
+            unit="MB",
+        ),
+        Row(
+            "memory per idle connection",
+            "idle_kb_per_connection",
+            (after - before) / sizes.idle_connections,
+            unit="KB",
+        ),
+    ]
+
+
+async def case_turns(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
+    clients = await bounded(connect_many(gateway.port, sizes.turn_connections, 20))
+    frame = client_frame(BINARY, bytes(4096))
+    start_recording = client_frame(TEXT, b'{"type":"start_recording","payload":{"format":"webm"}}')
+    stop_recording = client_frame(TEXT, b'{"type":"stop_recording"}')
+
+    async def run(client: WsClient) -> int:
+        await start_session(client)
+        for _ in range(sizes.turns_each):
+            client.send(start_recording)
+            await client.recv()
+            for _ in range(10):
+                client.send(frame)
+                await client.recv()
+            client.send(stop_recording)
+            while b'"type":"audio"' not in (reply := await client.recv()):
+                if b'"error"' in reply:
+                    raise RuntimeError(f"turn failed: {reply[:160]!r}")
+        return sizes.turns_each
+
+    started = time.perf_counter()
+    turns = sum(await bounded(asyncio.gather(*(run(c) for c in clients))))
+    elapsed = time.perf_counter() - started
+    close_all(clients)
+    await until_zero(gateway)
+    return [
+        Row(
+            f"voice turns, stub backend ({sizes.turn_connections} conns)",
+            "voice_turns_per_s",
+            turns / elapsed,
+            unit="/s",
+        )
+    ]
+
+
+def case_proxy(gateway: GatewayProcess, nginx: Nginx, sizes: Sizes) -> list[Row]:
+    rows = []
+    for post, path, label in (
+        (False, "/api/users/me", "GET"),
+        (True, "/api/conversations/sessions", "POST 1 KB JSON"),
+    ):
+        ours = wrk.run(f"{gateway.http}{path}", sizes.wrk_connections, sizes.wrk_seconds, post=post)
+        theirs = wrk.run(
+            f"http://127.0.0.1:{nginx.proxy_port}{path}",
+            sizes.wrk_connections,
+            sizes.wrk_seconds,
+            post=post,
+        )
+        if ours.errors:
+            raise RuntimeError(f"{label} through the gateway: {ours.errors} errors")
+        key = "proxy_post" if post else "proxy_get"
+        rows += [
+            Row(
+                f"proxy {label}, -c{sizes.wrk_connections}",
+                f"{key}_rps",
+                ours.requests_per_second,
+                theirs.requests_per_second,
+                "req/s",
+            ),
+            Row(f"proxy {label} p50", f"{key}_p50_ms", ours.p50_ms, theirs.p50_ms, "ms"),
+            Row(f"proxy {label} p99", f"{key}_p99_ms", ours.p99_ms, theirs.p99_ms, "ms"),
+        ]
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| figure | gateway | nginx | gateway/nginx | target (Node original) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        nginx = f"{row.nginx:,.1f} {row.unit}" if row.nginx is not None else "—"
+        ratio = f"{row.ratio:.3f}" if row.ratio is not None else "—"
+        lines.append(
+            f"| {row.figure} | {row.gateway:,.1f} {row.unit} | {nginx} | {ratio} | {row.verdict()} |"
+        )
+    return "\n".join(lines)
+
+
+async def run_async_cases(
+    cases: list[tuple[GatewayProcess, Callable[[GatewayProcess, Sizes], Awaitable[list[Row]]]]],
+    sizes: Sizes,
+) -> list[Row]:
+    rows: list[Row] = []
+    for gateway, case in cases:
+        rows += await case(gateway, sizes)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny counts: checks the harness works"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="JSON results file")
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ensure_tools()
+    nginx = Nginx()
+    gateway = GatewayProcess(backend_url=f"http://127.0.0.1:{nginx.backend_port}")
+    stub = GatewayProcess(backend_url=f"http://127.0.0.1:{nginx.backend_port}", backend_mode="stub")
+    try:
+        nginx.start()
+        gateway.start()
+        stub.start()
+        rows = case_proxy(gateway, nginx, sizes)
+        rows += uvloop.run(
+            run_async_cases(
+                [
+                    (gateway, case_connects),
+                    (gateway, case_pings),
+                    (gateway, case_audio),
+                    (gateway, case_memory),
+                    (stub, case_turns),
+                ],
+                sizes,
+            )
+        )
+    finally:
+        stub.stop()
+        gateway.stop()
+        nginx.stop()
+    print(table(rows))
+    out = (
+        args.out
+        or BENCH_DIR
+        / "results"
+        / f"bench-{'smoke-' if args.smoke else ''}{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {"sizes": asdict(sizes), "rows": [{**asdict(r), "ratio": r.ratio} for r in rows]},
+            indent=2,
+        )
+    )
+    print(f"\nJSON: {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""The processes a benchmark run needs: nginx (backend stand-in and baseline) and gateways."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+SECRET = "bench-secret-" + "0123456789abcdef" * 4
+NEEDED_TOOLS = {"wrk": "wrk", "nginx": "nginx-light"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def ensure_tools() -> None:
+    """wrk and nginx from Debian's packages: installed when we are root, asked for otherwise."""
+    missing = [pkg for tool, pkg in NEEDED_TOOLS.items() if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        sys.exit(
+            f"bench: please install {' '.join(missing)} (e.g. sudo apt-get install {' '.join(missing)})"
+        )
+    print(f"bench: installing {' '.join(missing)} with apt-get", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", *missing],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def wait_for_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310  # a loopback URL we built
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up within {timeout}s") from None
+            time.sleep(0.05)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@dataclass
+class Nginx:
+    backend_port: int = field(default_factory=free_port)
+    proxy_port: int = field(default_factory=free_port)
+    prefix: Path = field(
+        default_factory=lambda: Path(tempfile.mkdtemp(prefix="kalami-bench-nginx-"))
+    )
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        template = string.Template((BENCH_DIR / "nginx.conf.template").read_text())
+        config = self.prefix / "nginx.conf"
+        config.write_text(
+            template.safe_substitute(
+                prefix=str(self.prefix),
+                backend_port=self.backend_port,
+                proxy_port=self.proxy_port,
+            )
+        )
+        self.process = subprocess.Popen(
+            ["nginx", "-p", str(self.prefix), "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_http(f"http://127.0.0.1:{self.backend_port}/health")
+        wait_for_http(f"http://127.0.0.1:{self.proxy_port}/api/health")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+
+@dataclass
+class GatewayProcess:
+    backend_url: str
+    backend_mode: str = "http"
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "JWT_SECRET": SECRET,
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(self.port),
+            "BACKEND_URL": self.backend_url,
+            "BACKEND_MODE": self.backend_mode,
+            "LOG_LEVEL": "warn",
+            "LOG_FORMAT": "json",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kalami_gateway", "serve"], env=env, stdout=subprocess.DEVNULL
+        )
+        wait_for_http(f"{self.http}/health")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
