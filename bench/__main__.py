@@ -315,9 +315,8 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         nginx = f"{row.nginx:,.1f} {row.unit}" if row.nginx is not None else "—"
         ratio = f"{row.ratio:.3f}" if row.ratio is not None else "—"
-        lines.append(
-            f"| {row.figure} | {row.gateway:,.1f} {row.unit} | {nginx} | {ratio} | {row.verdict()} |"
-        )
+        gateway = f"{row.gateway:,.1f} {row.unit}"
+        lines.append(f"| {row.figure} | {gateway} | {nginx} | {ratio} | {row.verdict()} |")
     return "\n".join(lines)
 
 

@@ -33,9 +33,8 @@ def ensure_tools() -> None:
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        sys.exit(
-            f"bench: please install {' '.join(missing)} (e.g. sudo apt-get install {' '.join(missing)})"
-        )
+        packages = " ".join(missing)
+        sys.exit(f"bench: please install {packages} (e.g. sudo apt-get install {packages})")
     print(f"bench: installing {' '.join(missing)} with apt-get", file=sys.stderr)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
