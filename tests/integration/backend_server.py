@@ -49,6 +49,7 @@ class BackendServer:
     uploads: list[Upload] = field(default_factory=list)
     ended: list[tuple[str, str | None]] = field(default_factory=list)
     created: list[tuple[dict[str, object], str | None]] = field(default_factory=list)
+    sessions: set[str] = field(default_factory=set)
     health_status: int = 200
     slow_seconds: float = 0.0
     audio_status: int | None = None
@@ -98,8 +99,10 @@ class BackendServer:
         self.created.append((payload, recorded.header("Authorization")))
         if payload.get("profile_id") == "missing":
             return web.json_response({"detail": "Profile not found"}, status=404)
+        session_id = f"sess-{next(self._ids)}"
+        self.sessions.add(session_id)
         session = {
-            "id": f"sess-{next(self._ids)}",
+            "id": session_id,
             "topic": payload.get("topic"),
             "started_at": "2026-01-01T00:00:00Z",
             "ended_at": None,
@@ -112,6 +115,8 @@ class BackendServer:
     async def _end(self, request: web.Request) -> web.Response:
         recorded = await self._record(request)
         sid = request.match_info["sid"]
+        if sid not in self.sessions:
+            return web.json_response({"detail": "Session not found"}, status=404)
         self.ended.append((sid, recorded.header("Authorization")))
         return web.json_response({"id": sid, "ended_at": "2026-01-01T00:01:00Z"})
 
