@@ -1,0 +1,132 @@
+"""Load that runs in client processes of its own, so the client is not what the figure measures.
+
+Each worker connects first, then waits for a shared wall-clock start, runs its loop and
+reports what it did and when it finished. The parent adds the workers' counts and divides by
+the time from the common start to the last finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+
+import uvloop
+
+from bench.services import SECRET
+from bench.wsload import BINARY, TEXT, WsClient, client_frame, open_client
+from kalami_gateway.adapters.jwt_decoder import mint_token
+
+WORKER_DEADLINE_S = 120.0
+
+
+@dataclass
+class WorkerResult:
+    operations: int
+    payload_bytes: int
+    finished: float
+    latencies: list[float] = field(default_factory=list)
+
+
+def token(user: str) -> str:
+    return mint_token(SECRET, user, time.time() + 3600)
+
+
+async def _connect(port: int, count: int, first_user: int) -> list[WsClient]:
+    return list(
+        await asyncio.gather(
+            *(open_client(port, token(f"load-{first_user + n}")) for n in range(count))
+        )
+    )
+
+
+async def _until(start_at: float) -> None:
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+
+
+async def _pings(
+    port: int, count: int, pings: int, first_user: int, start_at: float
+) -> WorkerResult:
+    clients = await _connect(port, count, first_user)
+    ping = client_frame(TEXT, b'{"type":"ping"}')
+    latencies: list[float] = []
+
+    async def run(client: WsClient) -> None:
+        for _ in range(pings):
+            sent = time.perf_counter()
+            client.send(ping)
+            reply = await client.recv()
+            latencies.append(time.perf_counter() - sent)
+            if b'"pong"' not in reply:
+                raise RuntimeError(f"expected pong, got {reply[:80]!r}")
+
+    await _until(start_at)
+    await asyncio.wait_for(asyncio.gather(*(run(c) for c in clients)), WORKER_DEADLINE_S)
+    finished = time.time()
+    for client in clients:
+        client.close()
+    return WorkerResult(len(latencies), 0, finished, latencies)
+
+
+async def _audio(
+    port: int, count: int, frames: int, first_user: int, start_at: float
+) -> WorkerResult:
+    clients = await _connect(port, count, first_user)
+    frame = client_frame(BINARY, bytes(range(256)) * 16)  # 4096 bytes
+    for client in clients:
+        client.send(client_frame(TEXT, b'{"type":"start_session","payload":{"profileId":"bench"}}'))
+        client.send(client_frame(TEXT, b'{"type":"start_recording","payload":{"format":"webm"}}'))
+    for client in clients:
+        for expected in (b'"session_started"', b'"recording_started"'):
+            reply = await client.recv()
+            if expected not in reply:
+                raise RuntimeError(f"expected {expected!r}, got {reply[:120]!r}")
+
+    async def run(client: WsClient) -> None:
+        for _ in range(frames):
+            client.send(frame)
+            ack = await client.recv()
+            if b'"audio_received"' not in ack:
+                raise RuntimeError(f"expected audio_received, got {ack[:120]!r}")
+
+    await _until(start_at)
+    await asyncio.wait_for(asyncio.gather(*(run(c) for c in clients)), WORKER_DEADLINE_S)
+    finished = time.time()
+    for client in clients:
+        client.close()
+    return WorkerResult(count * frames, count * frames * 4096, finished)
+
+
+def ping_worker(
+    port: int, count: int, pings: int, first_user: int, start_at: float
+) -> WorkerResult:
+    return uvloop.run(_pings(port, count, pings, first_user, start_at))
+
+
+def audio_worker(
+    port: int, count: int, frames: int, first_user: int, start_at: float
+) -> WorkerResult:
+    return uvloop.run(_audio(port, count, frames, first_user, start_at))
+
+
+def spread(total: int, workers: int) -> list[int]:
+    """``total`` connections over ``workers`` processes, as evenly as possible."""
+    return [total // workers + (1 if n < total % workers else 0) for n in range(workers)]
+
+
+def run_workers(
+    kind: str, port: int, connections: int, per_connection: int, workers: int
+) -> tuple[list[WorkerResult], float]:
+    """Run a load in ``workers`` processes; returns their results and the start time."""
+    target = {"ping": ping_worker, "audio": audio_worker}[kind]
+    start_at = time.time() + 2.0 + connections * 0.005  # time for everyone to connect first
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = []
+        first = 0
+        for share in spread(connections, workers):
+            futures.append(pool.submit(target, port, share, per_connection, first, start_at))
+            first += share
+        results = [f.result(timeout=WORKER_DEADLINE_S + 30) for f in futures]
+    return results, start_at
