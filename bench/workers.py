@@ -16,7 +16,7 @@ from multiprocessing import get_context
 import uvloop
 
 from bench.services import SECRET
-from bench.wsload import BINARY, TEXT, WsClient, client_frame, open_client
+from bench.wsload import BINARY, TEXT, RequestLoop, WsClient, client_frame, open_client
 from kalami_gateway.adapters.jwt_decoder import mint_token
 
 WORKER_DEADLINE_S = 120.0
@@ -51,22 +51,15 @@ async def _pings(
 ) -> WorkerResult:
     clients = await _connect(port, count, first_user)
     ping = client_frame(TEXT, b'{"type":"ping"}')
-    latencies: list[float] = []
-
-    async def run(client: WsClient) -> None:
-        for _ in range(pings):
-            sent = time.perf_counter()
-            client.send(ping)
-            reply = await client.recv()
-            latencies.append(time.perf_counter() - sent)
-            if b'"pong"' not in reply:
-                raise RuntimeError(f"expected pong, got {reply[:80]!r}")
-
+    loops = [RequestLoop(c, ping, b'"pong"', pings) for c in clients]
     await _until(start_at)
-    await asyncio.wait_for(asyncio.gather(*(run(c) for c in clients)), WORKER_DEADLINE_S)
+    for loop in loops:
+        loop.start()
+    await asyncio.wait_for(asyncio.gather(*(loop.done for loop in loops)), WORKER_DEADLINE_S)
     finished = time.time()
     for client in clients:
         client.close()
+    latencies = [x for loop in loops for x in loop.latencies]
     return WorkerResult(len(latencies), 0, finished, latencies)
 
 
@@ -84,15 +77,11 @@ async def _audio(
             if expected not in reply:
                 raise RuntimeError(f"expected {expected!r}, got {reply[:120]!r}")
 
-    async def run(client: WsClient) -> None:
-        for _ in range(frames):
-            client.send(frame)
-            ack = await client.recv()
-            if b'"audio_received"' not in ack:
-                raise RuntimeError(f"expected audio_received, got {ack[:120]!r}")
-
+    loops = [RequestLoop(c, frame, b'"audio_received"', frames) for c in clients]
     await _until(start_at)
-    await asyncio.wait_for(asyncio.gather(*(run(c) for c in clients)), WORKER_DEADLINE_S)
+    for loop in loops:
+        loop.start()
+    await asyncio.wait_for(asyncio.gather(*(loop.done for loop in loops)), WORKER_DEADLINE_S)
     finished = time.time()
     for client in clients:
         client.close()

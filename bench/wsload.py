@@ -8,6 +8,8 @@ import base64
 import collections
 import os
 import struct
+import time
+from collections.abc import Callable
 from typing import Final, cast
 
 _HANDSHAKE_END: Final = b"\r\n\r\n"
@@ -53,6 +55,8 @@ class WsClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.close_code: int | None = None
+        # When set, text messages go straight to this callback (no queue, no task switch).
+        self.on_text: Callable[[bytes], None] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -83,6 +87,8 @@ class WsClient(asyncio.Protocol):
         if self.close_code is None:
             self.close_code = 1006
         self._wake()
+        if self.on_text is not None:
+            self.on_text(b"")  # let a driver see the end
 
     # -- frames --------------------------------------------------------------------------
 
@@ -107,6 +113,9 @@ class WsClient(asyncio.Protocol):
             payload = bytes(buf[offset : offset + size])
             del buf[: offset + size]
             if opcode == TEXT:
+                if self.on_text is not None:
+                    self.on_text(payload)
+                    continue
                 self._messages.append(payload)
                 self._wake()
             elif opcode == PING and self.transport is not None:
@@ -141,6 +150,47 @@ class WsClient(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(client_frame(CLOSE, struct.pack("!H", 1000)))
             self.transport.close()
+
+
+class RequestLoop:
+    """Send ``frame``, wait for a reply containing ``expect``, repeat ``count`` times.
+
+    Driven from the protocol's callbacks, so the client spends as little CPU per round trip
+    as Python allows. ``done`` resolves when the loop ends; latencies are in seconds.
+    """
+
+    def __init__(self, client: WsClient, frame: bytes, expect: bytes, count: int) -> None:
+        self._client = client
+        self._frame = frame
+        self._expect = expect
+        self._remaining = count
+        self._sent = 0.0
+        self.latencies: list[float] = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def start(self) -> None:
+        self._client.on_text = self._on_text
+        self._send()
+
+    def _send(self) -> None:
+        self._sent = time.perf_counter()
+        self._client.send(self._frame)
+
+    def _on_text(self, payload: bytes) -> None:
+        if self.done.done():
+            return
+        if self._expect not in payload:
+            self.done.set_exception(
+                RuntimeError(f"expected {self._expect!r}, got {payload[:120]!r}")
+            )
+            return
+        self.latencies.append(time.perf_counter() - self._sent)
+        self._remaining -= 1
+        if self._remaining > 0:
+            self._send()
+        else:
+            self._client.on_text = None
+            self.done.set_result(None)
 
 
 async def open_client(port: int, token: str) -> WsClient:

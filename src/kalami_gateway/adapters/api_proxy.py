@@ -1,52 +1,50 @@
-"""The ``/api`` pass-through: a raw ASGI reverse proxy on one shared aiohttp session.
+"""The ``/api`` pass-through: a raw ASGI reverse proxy on one pool of upstream connections.
 
-Measured (issue 3): Litestar's routing and httpx's ``AsyncClient`` cost more per request than
-the whole proxy budget, so this path bypasses both. Bodies stream both ways unchanged; small
-ones (with a known length) are forwarded in one piece, which is cheaper than a stream.
+Measured (issue 3, bench/README.md): Litestar's routing and a general-purpose HTTP client cost
+more per request than the proxy's whole budget, so this path bypasses both: headers are
+forwarded as the raw bytes uvicorn hands over, and the lean client in ``upstream.py`` speaks
+HTTP/1.1 to the backend. Bodies stream both ways unchanged; small ones (with a known length)
+go in one write.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Final
-
-import aiohttp
-import yarl
-from multidict import CIMultiDict
+from urllib.parse import urlsplit
 
 from kalami_gateway.adapters.asgi import Receive, Scope, Send, send_json_error
+from kalami_gateway.adapters.upstream import (
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger(__name__)
 
-# Hop-by-hop headers (RFC 9110 7.6.1) and what only this hop may set.
+# Hop-by-hop headers (RFC 9110 7.6.1), and what only this hop may set.
 _HOP_BY_HOP: Final = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
+    {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
 _NOT_FORWARDED_UP: Final = _HOP_BY_HOP | {
-    "host",
-    "content-length",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-request-id",
+    b"host",
+    b"content-length",
+    b"expect",  # uvicorn answers 100-continue itself when the body is read
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-request-id",
 }
-_NOT_FORWARDED_DOWN: Final = frozenset(
-    {name.encode() for name in _HOP_BY_HOP} | {b"date", b"server", b"x-request-id"}
-)
+# Date and Server describe the hop: uvicorn adds its own Date, and two would be sent.
+_NOT_FORWARDED_DOWN: Final = _HOP_BY_HOP | {b"date", b"server", b"x-request-id"}
 # Bodies up to this size (with a Content-Length) are read whole and sent in one write.
 SMALL_BODY: Final = 256 * 1024
-STREAM_CHUNK: Final = 64 * 1024
 
 
 class ApiProxy:
@@ -60,165 +58,205 @@ class ApiProxy:
         observe_latency: Callable[[float], None],
         pool_size: int = 512,
     ) -> None:
-        self._base = backend_url.rstrip("/")
+        url = urlsplit(backend_url)
+        tls = url.scheme == "https"
+        self._host = url.hostname or "localhost"
+        self._port = url.port or (443 if tls else 80)
+        default_port = self._port == (443 if tls else 80)
+        self._host_header = (self._host if default_port else f"{self._host}:{self._port}").encode()
+        self._base_path = url.path.rstrip("/").encode()
+        self._tls = ssl.create_default_context() if tls else None
         self._timeout = timeout_seconds
         self._trusted = frozenset(trusted_proxies)
         self._observe_latency = observe_latency
         self._pool_size = pool_size
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
+
+    @property
+    def pool(self) -> UpstreamPool | None:
+        return self._pool
 
     async def start(self) -> None:
-        """Open the shared upstream session (inside the running event loop)."""
-        if self._session is not None:
-            return
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self._pool_size, limit_per_host=self._pool_size, keepalive_timeout=30
-            ),
-            # A shared jar would hand one learner's cookies to the next: never store any.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            # Forward the client's own headers, not the library's defaults.
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self._timeout, sock_read=self._timeout
-            ),
-        )
+        """Create the connection pool (connections open on first use)."""
+        if self._pool is None:
+            self._pool = UpstreamPool(
+                self._host, self._port, self._pool_size, self._timeout, self._tls
+            )
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        session = self._session
-        if session is None:
+        pool = self._pool
+        if pool is None:
             await send_json_error(send, 503, "Gateway is starting or stopping")
             return
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        upstream_path = raw_path[len(b"/api") :] or b"/"
-        query: bytes = scope["query_string"]
-        target = self._base + upstream_path.decode("latin-1")
-        if query:
-            target += "?" + query.decode("latin-1")
-        url = yarl.URL(target, encoded=True)
-        headers, body_length, chunked = self._upstream_headers(scope, request_id)
-        body: bytes | AsyncIterator[bytes] | None = None
+        head, body_length, chunked = self._request_head(scope, request_id)
+        body: bytes | None = None
         if body_length is not None and body_length <= SMALL_BODY:
             try:
                 body = await _read_body(receive) if body_length else None
             except ConnectionAbortedError:
-                return
-        elif body_length is not None or chunked:
-            body = _stream_body(receive)
-            if body_length is not None:
-                headers["Content-Length"] = str(body_length)
-
+                return  # the client left before sending its body
+        streamed = body is None and (chunked or (body_length or 0) > 0)
+        is_head = scope["method"] == "HEAD"
         started = time.perf_counter()
+        conn: UpstreamConnection | None = None
         try:
-            response = await session.request(
-                scope["method"], url, headers=headers, data=body, allow_redirects=False
-            )
-        except TimeoutError:
+            for attempt in (1, 2):
+                conn = await pool.acquire(fresh=attempt == 2)
+                try:
+                    response = await self._exchange(
+                        conn, head, body, streamed, chunked, is_head, receive
+                    )
+                    break
+                except UpstreamTimeout:
+                    raise
+                except UpstreamError:
+                    # A kept-alive connection the backend had just closed: the request never
+                    # got an answer, so it is safe to send again on a fresh connection, once.
+                    retry = attempt == 1 and not streamed and not conn.received_any
+                    pool.release(conn)
+                    conn = None
+                    if not retry:
+                        raise
+        except UpstreamTimeout:
+            if conn is not None:
+                conn.close()
+                pool.release(conn)
             await send_json_error(send, 504, "Backend timed out")
             return
-        except (aiohttp.ClientError, OSError) as exc:
-            log.warning("proxy_backend_unavailable", extra={"error": type(exc).__name__})
+        except UpstreamError as exc:
+            log.warning("proxy_backend_unavailable", extra={"error": str(exc)})
             await send_json_error(send, 502, "Backend service unavailable")
             return
+        except ConnectionAbortedError:
+            if conn is not None:
+                conn.close()
+                pool.release(conn)
+            return  # the client left while its body was streaming
+        assert conn is not None  # noqa: S101  # the loop breaks only with a response
         self._observe_latency(time.perf_counter() - started)
         try:
             await self._relay(response, receive, send, request_id)
         finally:
-            response.release()
+            pool.release(conn)
 
-    def _upstream_headers(
-        self, scope: Scope, request_id: str
-    ) -> tuple[CIMultiDict[str], int | None, bool]:
-        headers: CIMultiDict[str] = CIMultiDict()
-        connection_tokens: set[str] = set()
+    async def _exchange(
+        self,
+        conn: UpstreamConnection,
+        head: bytes,
+        body: bytes | None,
+        streamed: bool,
+        chunked: bool,
+        is_head: bool,
+        receive: Receive,
+    ) -> UpstreamResponse:
+        response_head = conn.begin(head + body if body else head, is_head)
+        if streamed:
+            async for chunk in _stream_body(receive):
+                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await conn.drain()
+            if chunked:
+                conn.write(b"0\r\n\r\n")
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await response_head
+        except TimeoutError:
+            raise UpstreamTimeout("no response within the timeout") from None
+
+    def _request_head(self, scope: Scope, request_id: str) -> tuple[bytes, int | None, bool]:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        target = self._base_path + (raw_path[len(b"/api") :] or b"/")
+        query: bytes = scope["query_string"]
+        if query:
+            target += b"?" + query
+        parts = [
+            scope["method"].encode(),
+            b" ",
+            target,
+            b" HTTP/1.1\r\nhost: ",
+            self._host_header,
+            b"\r\n",
+        ]
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        dropped: frozenset[bytes] | set[bytes] = _NOT_FORWARDED_UP
         incoming_xff = incoming_proto = incoming_host = host = None
         body_length: int | None = None
         chunked = False
-        for raw_name, raw_value in scope["headers"]:
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            if name == "connection":
-                connection_tokens.update(t.strip().lower() for t in value.split(","))
-            elif name == "content-length":
-                with contextlib.suppress(ValueError):
-                    body_length = int(value)
-            elif name == "transfer-encoding":
-                chunked = True
-            elif name == "host":
-                host = value
-            elif name == "x-forwarded-for":
-                incoming_xff = value if incoming_xff is None else f"{incoming_xff}, {value}"
-            elif name == "x-forwarded-proto":
-                incoming_proto = value
-            elif name == "x-forwarded-host":
-                incoming_host = value
-            if name in _NOT_FORWARDED_UP or name.startswith("proxy-"):
+        for name, value in headers:
+            if name == b"connection":
+                dropped = set(_NOT_FORWARDED_UP)
+                dropped.update(t.strip().lower() for t in value.split(b","))
+        for name, value in headers:
+            if name in dropped or name.startswith(b"proxy-"):
+                if name == b"content-length":
+                    try:
+                        body_length = int(value)
+                    except ValueError:
+                        body_length = None
+                elif name == b"transfer-encoding":
+                    chunked = True
+                elif name == b"host":
+                    host = value
+                elif name == b"x-forwarded-for":
+                    incoming_xff = value if incoming_xff is None else incoming_xff + b", " + value
+                elif name == b"x-forwarded-proto":
+                    incoming_proto = value
+                elif name == b"x-forwarded-host":
+                    incoming_host = value
                 continue
-            headers.add(name, value)
-        for token in connection_tokens:
-            headers.popall(token, None)
+            parts += (name, b": ", value, b"\r\n")
         client = scope.get("client")
-        peer = client[0] if client else ""
-        trusted = peer in self._trusted
-        headers["X-Forwarded-For"] = f"{incoming_xff}, {peer}" if trusted and incoming_xff else peer
-        headers["X-Forwarded-Proto"] = (
-            incoming_proto if trusted and incoming_proto else scope.get("scheme", "http")
+        peer = client[0].encode() if client else b""
+        trusted = client is not None and client[0] in self._trusted
+        forwarded_for = incoming_xff + b", " + peer if trusted and incoming_xff else peer
+        proto = (
+            incoming_proto if trusted and incoming_proto else scope.get("scheme", "http").encode()
         )
+        parts += (b"x-forwarded-for: ", forwarded_for, b"\r\nx-forwarded-proto: ", proto, b"\r\n")
         forwarded_host = incoming_host if trusted and incoming_host else host
         if forwarded_host:
-            headers["X-Forwarded-Host"] = forwarded_host
-        headers["X-Request-ID"] = request_id
-        return headers, body_length, chunked
+            parts += (b"x-forwarded-host: ", forwarded_host, b"\r\n")
+        parts += (b"x-request-id: ", request_id.encode(), b"\r\n")
+        if chunked and body_length is None:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        elif body_length is not None:
+            parts += (b"content-length: ", str(body_length).encode(), b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts), body_length, chunked and body_length is None
 
     async def _relay(
-        self, response: aiohttp.ClientResponse, receive: Receive, send: Send, request_id: str
+        self, response: UpstreamResponse, receive: Receive, send: Send, request_id: str
     ) -> None:
-        connection_tokens = {
-            t.strip().lower().encode()
-            for t in response.headers.getall("Connection", ())
-            for t in t.split(",")
-        }
+        dropped: frozenset[bytes] | set[bytes] = _NOT_FORWARDED_DOWN
+        for name, value in response.headers:
+            if name.lower() == b"connection":
+                dropped = set(_NOT_FORWARDED_DOWN)
+                dropped.update(t.strip().lower() for t in value.split(b","))
         headers = [
-            (name.lower(), value)
-            for name, value in response.raw_headers
-            if name.lower() not in _NOT_FORWARDED_DOWN
-            and name.lower() not in connection_tokens
-            and not name.lower().startswith(b"proxy-")
+            (name, value)
+            for name, value in response.headers
+            if (lower := name.lower()) not in dropped and not lower.startswith(b"proxy-")
         ]
-        headers.append((b"x-request-id", request_id.encode("latin-1")))
-        length = response.content_length
-        if length is not None and length <= SMALL_BODY:
-            try:
-                content = await response.read()
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                await send_json_error(send, 502, "Backend service unavailable")
-                return
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": headers}
-            )
-            await send({"type": "http.response.body", "body": content, "more_body": False})
-            return
+        headers.append((b"x-request-id", request_id.encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        if response.complete:
+            await send({"type": "http.response.body", "body": response.body(), "more_body": False})
+            return
         gone = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(receive, gone))
         try:
-            async for chunk in response.content.iter_chunked(STREAM_CHUNK):
+            async for chunk in response.chunks(self._timeout):
                 if gone.is_set():
-                    # The client left: drop the upstream connection instead of reading on.
-                    response.close()
-                    return
+                    return  # the client left: the connection is not reusable and gets closed
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except UpstreamError as exc:
             # Headers are out; the only honest signal left is an aborted body.
-            log.warning("proxy_upstream_body_failed", extra={"error": type(exc).__name__})
-            response.close()
-            raise
+            log.warning("proxy_upstream_body_failed", extra={"error": str(exc)})
+            return
         finally:
             watcher.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})

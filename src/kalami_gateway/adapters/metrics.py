@@ -106,15 +106,25 @@ class PrometheusMetrics(Metrics):
             registry=r,
         )
         r.register(_RegistryCollector(connections))
+        self._http_children: dict[tuple[str, int], Counter] = {}
+        self._message_children: dict[str, Counter] = {}
 
     def http_request(self, route: str, status: int) -> None:
-        self._http.labels(route, str(status)).inc()
+        # labels() builds a key and takes a lock on every call; the children are cached here.
+        key = (route, status)
+        child = self._http_children.get(key)
+        if child is None:
+            child = self._http_children[key] = self._http.labels(route, str(status))
+        child.inc()
 
     def proxy_latency(self, seconds: float) -> None:
         self._proxy_latency.observe(seconds)
 
     def message_received(self, message_type: str) -> None:
-        self._messages.labels(message_type).inc()
+        child = self._message_children.get(message_type)
+        if child is None:
+            child = self._message_children[message_type] = self._messages.labels(message_type)
+        child.inc()
 
     def audio_received(self, size: int) -> None:
         self._audio.inc(size)

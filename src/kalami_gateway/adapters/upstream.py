@@ -1,0 +1,315 @@
+"""A lean HTTP/1.1 client for the ``/api`` pass-through: pooled keep-alive connections to one
+backend, requests written as raw bytes, responses parsed by httptools (the parser uvicorn
+uses), bodies streamed with back-pressure both ways.
+
+Why not aiohttp or httpx: per proxied request their general-purpose machinery (URL objects,
+header multidicts, cookie jars, auto headers, timers) cost more CPU than the proxy's whole
+budget (see bench/README.md). This client does only what a reverse proxy needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import AsyncIterator
+from typing import Final
+
+import httptools
+
+# Above this much unread response body, stop reading from the backend until the client catches up.
+_READ_HIGH_WATER: Final = 1 << 20
+
+
+class UpstreamError(Exception):
+    """The backend could not be reached, or broke the connection."""
+
+
+class UpstreamTimeout(UpstreamError):  # a kind of UpstreamError, named for the domain
+    """The backend took longer than the timeout."""
+
+
+class UpstreamResponse:
+    """Status and headers of a response; the body is read with ``chunks()``."""
+
+    __slots__ = ("_conn", "headers", "status")
+
+    def __init__(
+        self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        self._conn = conn
+        self.status = status
+        self.headers = headers
+
+    @property
+    def complete(self) -> bool:
+        """The whole body has arrived (it can be taken at once with ``body()``)."""
+        return self._conn.message_complete
+
+    def body(self) -> bytes:
+        """The body of a complete response."""
+        return self._conn.take_body()
+
+    def chunks(self, read_timeout: float) -> AsyncIterator[bytes]:
+        return self._conn.iter_body(read_timeout)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection; one request at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._head_request = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head: asyncio.Future[UpstreamResponse] | None = None
+        self._body: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._reading_paused = False
+        self.received_any = False
+        self.message_complete = False
+        # llhttp answers should_keep_alive() only inside its callbacks, so it is kept here.
+        self._keep_alive = False
+        self.lost: Exception | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, hence no isinstance check.
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        if self._parser is None or self.message_complete:
+            return  # nothing is expected (a HEAD response that sent a body anyway)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"malformed response from the backend: {exc}"))
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc or ConnectionResetError("the backend closed the connection")
+        if not self.message_complete:
+            self._fail(UpstreamError("the backend closed the connection"))
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes | None) -> None:
+        self._headers.append((name, value or b""))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None  # noqa: S101  # callbacks come from the parser
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            self._headers = []  # an interim response (100 Continue): wait for the real one
+            return
+        self._keep_alive = self._parser.should_keep_alive()
+        if self._head_request or status in (204, 304):
+            self.message_complete = True
+        if self._head is not None and not self._head.done():
+            self._head.set_result(UpstreamResponse(self, status, self._headers))
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+        self._buffered += len(body)
+        if (
+            self._buffered > _READ_HIGH_WATER
+            and self.transport is not None
+            and not self._reading_paused
+        ):
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake_data()
+
+    def on_message_complete(self) -> None:
+        assert self._parser is not None  # noqa: S101  # callbacks come from the parser
+        if 100 <= self._parser.get_status_code() < 200:
+            return
+        self._keep_alive = self._parser.should_keep_alive()
+        self.message_complete = True
+        self._wake_data()
+
+    # -- the request -----------------------------------------------------------------------
+
+    def begin(self, head: bytes, is_head_request: bool) -> asyncio.Future[UpstreamResponse]:
+        """Write the request head; the future resolves with the response head."""
+        assert self.transport is not None  # noqa: S101  # pooled connections are connected
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_request = is_head_request
+        self._headers = []
+        self._body.clear()
+        self._buffered = 0
+        self.received_any = False
+        self.message_complete = False
+        self._keep_alive = False
+        self._head = self._loop.create_future()
+        self.transport.write(head)
+        return self._head
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None  # noqa: S101
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.lost is not None:
+            raise UpstreamError("the backend closed the connection")
+        if self._write_paused:
+            self._drain_waiter = self._loop.create_future()
+            await self._drain_waiter
+
+    def take_body(self) -> bytes:
+        body = b"".join(self._body)
+        self._body.clear()
+        self._buffered = 0
+        return body
+
+    async def iter_body(self, read_timeout: float) -> AsyncIterator[bytes]:
+        while True:
+            if self._body:
+                chunk = self._body.popleft()
+                self._buffered -= len(chunk)
+                if (
+                    self._reading_paused
+                    and self._buffered < _READ_HIGH_WATER // 2
+                    and self.transport
+                ):
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                yield chunk
+                continue
+            if self.message_complete:
+                return
+            if self.lost is not None:
+                raise UpstreamError("the backend closed the connection mid-body")
+            self._data_waiter = self._loop.create_future()
+            try:
+                async with asyncio.timeout(read_timeout):
+                    await self._data_waiter
+            except TimeoutError:
+                raise UpstreamTimeout("the backend stopped sending the body") from None
+
+    @property
+    def reusable(self) -> bool:
+        return (
+            self.lost is None
+            and self.message_complete
+            and not self._body
+            and self._keep_alive
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, exc: Exception) -> None:
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(exc)
+        self._wake_data()
+
+    def _wake_data(self) -> None:
+        if self._data_waiter is not None and not self._data_waiter.done():
+            self._data_waiter.set_result(None)
+
+    def _wake_drain(self) -> None:
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+
+class UpstreamPool:
+    """Up to ``size`` keep-alive connections to ``host:port``; callers wait for a free one."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        size: int,
+        connect_timeout: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._tls = tls
+        self._connect_timeout = connect_timeout
+        self._idle: collections.deque[UpstreamConnection] = collections.deque()
+        self._slots = asyncio.Semaphore(size)
+        self._open: set[UpstreamConnection] = set()
+        self._closed = False
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    async def acquire(self, fresh: bool = False) -> UpstreamConnection:
+        """A connected connection: an idle one unless ``fresh``, else a new one."""
+        if self._closed:
+            raise UpstreamError("the gateway is shutting down")
+        await self._slots.acquire()
+        try:
+            while self._idle and not fresh:
+                conn = self._idle.pop()
+                if (
+                    conn.lost is None
+                    and conn.transport is not None
+                    and not conn.transport.is_closing()
+                ):
+                    return conn
+                self._open.discard(conn)
+            return await self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Give a connection back: kept if it can carry another request, closed otherwise."""
+        if conn.reusable and not self._closed:
+            self._idle.append(conn)
+        else:
+            conn.close()
+            self._open.discard(conn)
+        self._slots.release()
+
+    async def close(self) -> None:
+        self._closed = True
+        for conn in list(self._open):
+            conn.close()
+        self._open.clear()
+        self._idle.clear()
+        await asyncio.sleep(0)
+
+    async def _connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(loop),
+                    self._host,
+                    self._port,
+                    ssl=self._tls,
+                    server_hostname=self._host if self._tls else None,
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(f"connecting to {self._host}:{self._port} timed out") from None
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
+        self._open.add(conn)
+        return conn
