@@ -30,7 +30,7 @@ from kalami_gateway.adapters.http_routes import (
     stats,
 )
 from kalami_gateway.adapters.metrics import PrometheusMetrics
-from kalami_gateway.adapters.websocket import ws_endpoint
+from kalami_gateway.adapters.websocket import ws_route
 from kalami_gateway.app.container import Container
 from kalami_gateway.app.logs import configure_logging
 from kalami_gateway.app.settings import Settings, SettingsError, load_settings
@@ -66,9 +66,15 @@ class GatewayApp:
         self._backend: Backend | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._litestar = Litestar(
-            route_handlers=[index, health, readiness, stats, metrics, ws_endpoint],
+            route_handlers=[
+                index,
+                health,
+                readiness,
+                stats,
+                metrics,
+                ws_route(self.provide_service),
+            ],
             dependencies={
-                "service": Provide(self.provide_service, sync_to_thread=False),
                 "backend": Provide(self.provide_backend, sync_to_thread=False),
                 "registry": Provide(self.provide_registry, sync_to_thread=False),
                 "prometheus": Provide(self.provide_metrics, sync_to_thread=False),
