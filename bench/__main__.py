@@ -24,7 +24,15 @@ from typing import Any, TypeVar
 import uvloop
 
 from bench import wrk
-from bench.services import BENCH_DIR, SECRET, GatewayProcess, Nginx, ensure_tools, rss_kb
+from bench.services import (
+    BENCH_DIR,
+    SECRET,
+    GatewayProcess,
+    Nginx,
+    cpu_seconds,
+    ensure_tools,
+    rss_kb,
+)
 from bench.workers import run_workers
 from bench.wsload import BINARY, TEXT, WsClient, client_frame, open_client
 from kalami_gateway.adapters.jwt_decoder import mint_token
@@ -136,9 +144,11 @@ async def until_zero(gateway: GatewayProcess) -> None:
 
 async def case_connects(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
     tokens = [token(f"user-{n % 500}") for n in range(sizes.connects)]
+    cpu_before = cpu_seconds(gateway.pid)
     started = time.perf_counter()
     clients = await bounded(connect_with(gateway.port, tokens, sizes.connect_concurrency))
     elapsed = time.perf_counter() - started
+    cpu_per_connect = (cpu_seconds(gateway.pid) - cpu_before) / sizes.connects * 1e6
     seen = stats(gateway)["websocket"]["connections"]
     if seen != sizes.connects:
         raise RuntimeError(f"/stats says {seen} connections, expected {sizes.connects}")
@@ -150,13 +160,19 @@ async def case_connects(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
             "ws_connects_per_s",
             sizes.connects / elapsed,
             unit="/s",
-        )
+        ),
+        Row("gateway CPU per connect", "ws_connect_cpu_us", cpu_per_connect, unit="µs"),
     ]
 
 
 def case_pings(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
+    cpu_before = cpu_seconds(gateway.pid)
     results, started = run_workers(
         "ping", gateway.port, sizes.ping_connections, sizes.pings_each, CLIENT_WORKERS
+    )
+    # Includes the workers' connects (a small share: 50 against 10,000 round trips).
+    cpu_per_ping = (cpu_seconds(gateway.pid) - cpu_before) / max(
+        1, sum(r.operations for r in results)
     )
     elapsed = max(r.finished for r in results) - started
     latencies = sorted(x for r in results for x in r.latencies)
@@ -170,13 +186,17 @@ def case_pings(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
         ),
         Row("ping round trip p99", "ping_p99_ms", p99, unit="ms"),
         Row("ping round trip p50", "ping_p50_ms", statistics.median(latencies) * 1000, unit="ms"),
+        Row("gateway CPU per ping round trip", "ping_cpu_us", cpu_per_ping * 1e6, unit="µs"),
     ]
 
 
 def case_audio(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
+    cpu_before = cpu_seconds(gateway.pid)
     results, started = run_workers(
         "audio", gateway.port, sizes.audio_connections, sizes.audio_frames_each, CLIENT_WORKERS
     )
+    frames = max(1, sum(r.operations for r in results))
+    cpu_per_frame = (cpu_seconds(gateway.pid) - cpu_before) / frames * 1e6
     elapsed = max(r.finished for r in results) - started
     total = sum(r.payload_bytes for r in results)
     return [
@@ -185,7 +205,8 @@ def case_audio(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
             "audio_ingest_mb_per_s",
             total / elapsed / 1e6,
             unit="MB/s",
-        )
+        ),
+        Row("gateway CPU per 4 KB audio frame", "audio_cpu_us", cpu_per_frame, unit="µs"),
     ]
 
 
@@ -265,7 +286,9 @@ def case_proxy(gateway: GatewayProcess, nginx: Nginx, sizes: Sizes) -> list[Row]
         (False, "/api/users/me", "GET"),
         (True, "/api/conversations/sessions", "POST 1 KB JSON"),
     ):
+        cpu_before = cpu_seconds(gateway.pid)
         ours = wrk.run(f"{gateway.http}{path}", sizes.wrk_connections, sizes.wrk_seconds, post=post)
+        cpu_per_request = (cpu_seconds(gateway.pid) - cpu_before) / max(1, ours.requests) * 1e6
         theirs = wrk.run(
             f"http://127.0.0.1:{nginx.proxy_port}{path}",
             sizes.wrk_connections,
@@ -285,6 +308,7 @@ def case_proxy(gateway: GatewayProcess, nginx: Nginx, sizes: Sizes) -> list[Row]
             ),
             Row(f"proxy {label} p50", f"{key}_p50_ms", ours.p50_ms, theirs.p50_ms, "ms"),
             Row(f"proxy {label} p99", f"{key}_p99_ms", ours.p99_ms, theirs.p99_ms, "ms"),
+            Row(f"gateway CPU per proxied {label}", f"{key}_cpu_us", cpu_per_request, unit="µs"),
         ]
     return rows
 
