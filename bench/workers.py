@@ -15,7 +15,7 @@ from multiprocessing import get_context
 
 import uvloop
 
-from bench.services import SECRET
+from bench.services import SECRET, cpu_seconds
 from bench.wsload import BINARY, TEXT, RequestLoop, WsClient, client_frame, open_client
 from kalami_gateway.adapters.jwt_decoder import mint_token
 
@@ -28,6 +28,18 @@ class WorkerResult:
     payload_bytes: int
     finished: float
     latencies: list[float] = field(default_factory=list)
+    gateway_cpu_at_finish: float = 0.0
+
+
+@dataclass
+class LoadRun:
+    """One run of a load over all workers: from the common start to the last finish."""
+
+    operations: int
+    payload_bytes: int
+    seconds: float
+    gateway_cpu_seconds: float
+    latencies: list[float]
 
 
 def token(user: str) -> str:
@@ -47,7 +59,7 @@ async def _until(start_at: float) -> None:
 
 
 async def _pings(
-    port: int, count: int, pings: int, first_user: int, start_at: float
+    port: int, count: int, pings: int, first_user: int, start_at: float, gateway_pid: int
 ) -> WorkerResult:
     clients = await _connect(port, count, first_user)
     ping = client_frame(TEXT, b'{"type":"ping"}')
@@ -57,14 +69,15 @@ async def _pings(
         loop.start()
     await asyncio.wait_for(asyncio.gather(*(loop.done for loop in loops)), WORKER_DEADLINE_S)
     finished = time.time()
+    cpu = cpu_seconds(gateway_pid)
     for client in clients:
         client.close()
     latencies = [x for loop in loops for x in loop.latencies]
-    return WorkerResult(len(latencies), 0, finished, latencies)
+    return WorkerResult(len(latencies), 0, finished, latencies, cpu)
 
 
 async def _audio(
-    port: int, count: int, frames: int, first_user: int, start_at: float
+    port: int, count: int, frames: int, first_user: int, start_at: float, gateway_pid: int
 ) -> WorkerResult:
     clients = await _connect(port, count, first_user)
     frame = client_frame(BINARY, bytes(range(256)) * 16)  # 4096 bytes
@@ -83,21 +96,22 @@ async def _audio(
         loop.start()
     await asyncio.wait_for(asyncio.gather(*(loop.done for loop in loops)), WORKER_DEADLINE_S)
     finished = time.time()
+    cpu = cpu_seconds(gateway_pid)
     for client in clients:
         client.close()
-    return WorkerResult(count * frames, count * frames * 4096, finished)
+    return WorkerResult(count * frames, count * frames * 4096, finished, [], cpu)
 
 
 def ping_worker(
-    port: int, count: int, pings: int, first_user: int, start_at: float
+    port: int, count: int, pings: int, first_user: int, start_at: float, gateway_pid: int
 ) -> WorkerResult:
-    return uvloop.run(_pings(port, count, pings, first_user, start_at))
+    return uvloop.run(_pings(port, count, pings, first_user, start_at, gateway_pid))
 
 
 def audio_worker(
-    port: int, count: int, frames: int, first_user: int, start_at: float
+    port: int, count: int, frames: int, first_user: int, start_at: float, gateway_pid: int
 ) -> WorkerResult:
-    return uvloop.run(_audio(port, count, frames, first_user, start_at))
+    return uvloop.run(_audio(port, count, frames, first_user, start_at, gateway_pid))
 
 
 def spread(total: int, workers: int) -> list[int]:
@@ -106,16 +120,25 @@ def spread(total: int, workers: int) -> list[int]:
 
 
 def run_workers(
-    kind: str, port: int, connections: int, per_connection: int, workers: int
-) -> tuple[list[WorkerResult], float]:
-    """Run a load in ``workers`` processes; returns their results and the start time."""
+    kind: str, port: int, gateway_pid: int, connections: int, per_connection: int, workers: int
+) -> LoadRun:
+    """Run a load in ``workers`` processes, all starting at one moment after connecting."""
     target = {"ping": ping_worker, "audio": audio_worker}[kind]
     start_at = time.time() + 2.0 + connections * 0.005  # time for everyone to connect first
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = []
         first = 0
         for share in spread(connections, workers):
-            futures.append(pool.submit(target, port, share, per_connection, first, start_at))
+            args = (port, share, per_connection, first, start_at, gateway_pid)
+            futures.append(pool.submit(target, *args))
             first += share
+        time.sleep(max(0.0, start_at - time.time()))
+        cpu_at_start = cpu_seconds(gateway_pid)
         results = [f.result(timeout=WORKER_DEADLINE_S + 30) for f in futures]
-    return results, start_at
+    return LoadRun(
+        operations=sum(r.operations for r in results),
+        payload_bytes=sum(r.payload_bytes for r in results),
+        seconds=max(r.finished for r in results) - start_at,
+        gateway_cpu_seconds=max(r.gateway_cpu_at_finish for r in results) - cpu_at_start,
+        latencies=[x for r in results for x in r.latencies],
+    )

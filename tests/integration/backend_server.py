@@ -50,6 +50,7 @@ class BackendServer:
     ended: list[tuple[str, str | None]] = field(default_factory=list)
     created: list[tuple[dict[str, object], str | None]] = field(default_factory=list)
     sessions: set[str] = field(default_factory=set)
+    keepalive_timeout: float = 75.0
     health_status: int = 200
     slow_seconds: float = 0.0
     audio_status: int | None = None
@@ -67,7 +68,7 @@ class BackendServer:
         app.router.add_post("/conversations/sessions/{sid}/end", self._end)
         app.router.add_post("/conversations/sessions/{sid}/audio", self._audio)
         app.router.add_route("*", "/{tail:.*}", self._echo)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=self.keepalive_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

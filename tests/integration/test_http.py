@@ -346,3 +346,34 @@ async def test_metrics_after_traffic(gateway: Gateway, client: httpx.AsyncClient
     assert 'kalami_http_requests_total{route="/health",status="200"} 1.0' in text
     assert "kalami_proxy_request_duration_seconds_count 2.0" in text
     assert "kalami_websocket_connections 0.0" in text
+
+
+async def test_connections_are_reused_and_a_closed_idle_one_is_replaced(
+    client: httpx.AsyncClient,
+) -> None:
+    backend = BackendServer(keepalive_timeout=0.2)
+    await backend.start()
+    try:
+        async with running_gateway(make_settings(backend.url)) as gw:
+            for _ in range(5):
+                assert (await client.get(f"{gw.http}/api/a")).status_code == 200
+            pool = gw.app.container.proxy().pool
+            assert pool is not None
+            assert pool.open_connections == 1
+            await asyncio.sleep(0.6)  # the backend closes the idle connection
+            for _ in range(3):
+                assert (await client.get(f"{gw.http}/api/b")).status_code == 200
+                await asyncio.sleep(0.3)
+    finally:
+        await backend.stop()
+    assert [r.raw_path for r in backend.requests].count("/b") == 3
+
+
+async def test_head_and_no_content_responses_complete(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    for _ in range(3):
+        head = await client.head(f"{gateway.http}/api/bytes/1000")
+        assert head.status_code == 200
+        empty = await client.post(f"{gateway.http}/api/status/204")
+        assert (empty.status_code, empty.content) == (204, b"")
