@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -99,6 +100,12 @@ async def gateway(backend: BackendServer) -> AsyncIterator[Gateway]:
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=10) as c:
         yield c
+
+
+async def recv_json(ws: ClientConnection, within: float = 10.0) -> dict[str, Any]:
+    """The next message, as JSON."""
+    message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), within))
+    return message
 
 
 async def closed_with(ws: ClientConnection, within: float = 10.0) -> tuple[int | None, str]:

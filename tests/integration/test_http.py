@@ -377,3 +377,24 @@ async def test_head_and_no_content_responses_complete(
         assert head.status_code == 200
         empty = await client.post(f"{gateway.http}/api/status/204")
         assert (empty.status_code, empty.content) == (204, b"")
+
+
+async def test_a_body_delimited_by_the_connection_closing(client: httpx.AsyncClient) -> None:
+    async def old_style_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
+        writer.write(b"hello, " * 1000)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(old_style_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with running_gateway(make_settings(f"http://127.0.0.1:{port}")) as gw:
+            for _ in range(2):
+                response = await client.get(f"{gw.http}/api/old")
+                assert response.status_code == 200
+                assert response.content == b"hello, " * 1000
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -20,14 +20,10 @@ from tests.integration.conftest import (
     Gateway,
     eventually,
     make_settings,
+    recv_json,
     running_gateway,
     token_for,
 )
-
-
-async def recv_json(ws: ClientConnection, within: float = 10.0) -> dict[str, Any]:
-    message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), within))
-    return message
 
 
 async def session(gateway: Gateway, user: str = "alice") -> ClientConnection:

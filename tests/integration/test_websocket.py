@@ -21,14 +21,10 @@ from tests.integration.conftest import (
     closed_with,
     eventually,
     make_settings,
+    recv_json,
     running_gateway,
     token_for,
 )
-
-
-async def recv_json(ws: ClientConnection, within: float = 5.0) -> dict[str, Any]:
-    message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), within))
-    return message
 
 
 async def welcomed(gateway: Gateway, user: str = "alice", **kwargs: Any) -> ClientConnection:

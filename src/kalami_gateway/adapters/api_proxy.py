@@ -105,44 +105,39 @@ class ApiProxy:
         started = time.perf_counter()
         conn: UpstreamConnection | None = None
         try:
-            for attempt in (1, 2):
-                conn = await pool.acquire(fresh=attempt == 2)
-                try:
-                    response = await self._exchange(
-                        conn, head, body, streamed, chunked, is_head, receive
-                    )
-                    break
-                except UpstreamTimeout:
-                    raise
-                except UpstreamError:
-                    # A kept-alive connection the backend had just closed: the request never
-                    # got an answer, so it is safe to send again on a fresh connection, once.
-                    retry = attempt == 1 and not streamed and not conn.received_any
-                    pool.release(conn)
-                    conn = None
-                    if not retry:
+            try:
+                for attempt in (1, 2):
+                    conn = await pool.acquire(fresh=attempt == 2)
+                    try:
+                        response = await self._exchange(
+                            conn, head, body, streamed, chunked, is_head, receive
+                        )
+                        break
+                    except UpstreamTimeout:
                         raise
-        except UpstreamTimeout:
-            if conn is not None:
-                conn.close()
-                pool.release(conn)
-            await send_json_error(send, 504, "Backend timed out")
-            return
-        except UpstreamError as exc:
-            log.warning("proxy_backend_unavailable", extra={"error": str(exc)})
-            await send_json_error(send, 502, "Backend service unavailable")
-            return
-        except ConnectionAbortedError:
-            if conn is not None:
-                conn.close()
-                pool.release(conn)
-            return  # the client left while its body was streaming
-        assert conn is not None  # noqa: S101  # the loop breaks only with a response
-        self._observe_latency(time.perf_counter() - started)
-        try:
+                    except UpstreamError:
+                        # A kept-alive connection the backend had just closed: the request
+                        # got no answer, so it is safe to send again on a fresh one, once.
+                        if attempt == 2 or streamed or conn.received_any:
+                            raise
+                        pool.release(conn)
+                        conn = None
+            except UpstreamTimeout:
+                await send_json_error(send, 504, "Backend timed out")
+                return
+            except UpstreamError as exc:
+                log.warning("proxy_backend_unavailable", extra={"error": str(exc)})
+                await send_json_error(send, 502, "Backend service unavailable")
+                return
+            except ConnectionAbortedError:
+                return  # the client left while its body was streaming
+            self._observe_latency(time.perf_counter() - started)
             await self._relay(response, receive, send, request_id)
         finally:
-            pool.release(conn)
+            # Whatever happened (cancellation included): the slot goes back, and the
+            # connection is kept only if its exchange finished cleanly.
+            if conn is not None:
+                pool.release(conn)
 
     async def _exchange(
         self,

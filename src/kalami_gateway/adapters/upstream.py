@@ -74,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.message_complete = False
         # llhttp answers should_keep_alive() only inside its callbacks, so it is kept here.
         self._keep_alive = False
+        self._eof_delimited = False
         self.lost: Exception | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -95,6 +96,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc or ConnectionResetError("the backend closed the connection")
+        if self._eof_delimited and exc is None and self._head is not None and self._head.done():
+            # No Content-Length, not chunked: the body ends where the connection does.
+            self.message_complete = True
+            self._wake_data()
         if not self.message_complete:
             self._fail(UpstreamError("the backend closed the connection"))
         self._wake_drain()
@@ -118,6 +123,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers = []  # an interim response (100 Continue): wait for the real one
             return
         self._keep_alive = self._parser.should_keep_alive()
+        self._eof_delimited = not any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._headers
+        )
         if self._head_request or status in (204, 304):
             self.message_complete = True
         if self._head is not None and not self._head.done():
@@ -156,6 +164,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.received_any = False
         self.message_complete = False
         self._keep_alive = False
+        self._eof_delimited = False
         self._head = self._loop.create_future()
         self.transport.write(head)
         return self._head
