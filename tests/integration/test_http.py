@@ -171,14 +171,18 @@ async def test_a_large_download_streams_down_byte_for_byte(
 async def test_backend_down_is_502(client: httpx.AsyncClient) -> None:
     async with running_gateway(make_settings(free_port_url())) as gw:
         response = await client.get(f"{gw.http}/api/users/me")
+        metrics = (await client.get(f"{gw.http}/metrics")).text
     assert response.status_code == 502
     assert response.json() == {"error": "Backend service unavailable"}
+    assert 'kalami_backend_errors_total{kind="unreachable"} 1.0' in metrics
 
 
 async def test_a_slow_backend_is_504(backend: BackendServer, client: httpx.AsyncClient) -> None:
     backend.slow_seconds = 2.0
     async with running_gateway(make_settings(backend.url, backend_timeout_ms=300)) as gw:
         response = await client.get(f"{gw.http}/api/slow")
+        metrics = (await client.get(f"{gw.http}/metrics")).text
+    assert 'kalami_backend_errors_total{kind="timeout"} 1.0' in metrics
     assert response.status_code == 504
     assert response.json() == {"error": "Backend timed out"}
 

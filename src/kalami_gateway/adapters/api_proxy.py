@@ -25,6 +25,7 @@ from kalami_gateway.adapters.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from kalami_gateway.domain.ports import BackendErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class ApiProxy:
         timeout_seconds: float,
         trusted_proxies: Iterable[str],
         observe_latency: Callable[[float], None],
+        record_error: Callable[[BackendErrorKind], None],
         pool_size: int = 512,
     ) -> None:
         url = urlsplit(backend_url)
@@ -69,6 +71,7 @@ class ApiProxy:
         self._timeout = timeout_seconds
         self._trusted = frozenset(trusted_proxies)
         self._observe_latency = observe_latency
+        self._record_error = record_error
         self._pool_size = pool_size
         self._pool: UpstreamPool | None = None
 
@@ -123,9 +126,11 @@ class ApiProxy:
                         pool.release(conn)
                         conn = None
             except UpstreamTimeout:
+                self._record_error(BackendErrorKind.TIMEOUT)
                 await send_json_error(send, 504, "Backend timed out")
                 return
             except UpstreamError as exc:
+                self._record_error(BackendErrorKind.UNREACHABLE)
                 log.warning("proxy_backend_unavailable", extra={"error": str(exc)})
                 await send_json_error(send, 502, "Backend service unavailable")
                 return

@@ -68,4 +68,5 @@ class Container(containers.DeclarativeContainer):
         timeout_seconds=settings.provided.backend_timeout,
         trusted_proxies=settings.provided.trusted_proxies,
         observe_latency=metrics.provided.proxy_latency,
+        record_error=metrics.provided.backend_error,
     )
