@@ -137,7 +137,7 @@ class ApiProxy:
             except ConnectionAbortedError:
                 return  # the client left while its body was streaming
             self._observe_latency(time.perf_counter() - started)
-            await self._relay(response, receive, send, request_id)
+            await self._relay(response, receive, send)
         finally:
             # Whatever happened (cancellation included): the slot goes back, and the
             # connection is kept only if its exchange finished cleanly.
@@ -228,9 +228,7 @@ class ApiProxy:
         parts.append(b"\r\n")
         return b"".join(parts), body_length, chunked and body_length is None
 
-    async def _relay(
-        self, response: UpstreamResponse, receive: Receive, send: Send, request_id: str
-    ) -> None:
+    async def _relay(self, response: UpstreamResponse, receive: Receive, send: Send) -> None:
         dropped: frozenset[bytes] | set[bytes] = _NOT_FORWARDED_DOWN
         for name, value in response.headers:
             if name.lower() == b"connection":
@@ -241,7 +239,6 @@ class ApiProxy:
             for name, value in response.headers
             if (lower := name.lower()) not in dropped and not lower.startswith(b"proxy-")
         ]
-        headers.append((b"x-request-id", request_id.encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         if response.complete:
             await send({"type": "http.response.body", "body": response.body(), "more_body": False})

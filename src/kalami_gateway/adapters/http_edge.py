@@ -112,10 +112,9 @@ class HttpEdge:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *(h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"),
-                    *extra_headers,
-                ]
+                # The proxy drops the backend's X-Request-ID and Litestar's routes set none,
+                # so the edge's is the only one.
+                message["headers"] = [*message.get("headers", ()), *extra_headers]
             await send(message)
 
         structlog.contextvars.bind_contextvars(request_id=request_id)
