@@ -58,12 +58,10 @@ async def _until(start_at: float) -> None:
     await asyncio.sleep(max(0.0, start_at - time.time()))
 
 
-async def _pings(
-    port: int, count: int, pings: int, first_user: int, start_at: float, gateway_pid: int
-) -> WorkerResult:
-    clients = await _connect(port, count, first_user)
-    ping = client_frame(TEXT, b'{"type":"ping"}')
-    loops = [RequestLoop(c, ping, b'"pong"', pings) for c in clients]
+async def _run(
+    loops: list[RequestLoop], clients: list[WsClient], start_at: float, gateway_pid: int
+) -> tuple[float, float]:
+    """Start every loop at ``start_at``; when all are done, the time and the gateway's CPU."""
     await _until(start_at)
     for loop in loops:
         loop.start()
@@ -72,6 +70,16 @@ async def _pings(
     cpu = cpu_seconds(gateway_pid)
     for client in clients:
         client.close()
+    return finished, cpu
+
+
+async def _pings(
+    port: int, count: int, pings: int, first_user: int, start_at: float, gateway_pid: int
+) -> WorkerResult:
+    clients = await _connect(port, count, first_user)
+    ping = client_frame(TEXT, b'{"type":"ping"}')
+    loops = [RequestLoop(c, ping, b'"pong"', pings) for c in clients]
+    finished, cpu = await _run(loops, clients, start_at, gateway_pid)
     latencies = [x for loop in loops for x in loop.latencies]
     return WorkerResult(len(latencies), 0, finished, latencies, cpu)
 
@@ -91,14 +99,7 @@ async def _audio(
                 raise RuntimeError(f"expected {expected!r}, got {reply[:120]!r}")
 
     loops = [RequestLoop(c, frame, b'"audio_received"', frames) for c in clients]
-    await _until(start_at)
-    for loop in loops:
-        loop.start()
-    await asyncio.wait_for(asyncio.gather(*(loop.done for loop in loops)), WORKER_DEADLINE_S)
-    finished = time.time()
-    cpu = cpu_seconds(gateway_pid)
-    for client in clients:
-        client.close()
+    finished, cpu = await _run(loops, clients, start_at, gateway_pid)
     return WorkerResult(count * frames, count * frames * 4096, finished, [], cpu)
 
 

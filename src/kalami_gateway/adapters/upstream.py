@@ -261,10 +261,6 @@ class UpstreamPool:
         self._closed = False
 
     @property
-    def idle_connections(self) -> int:
-        return len(self._idle)
-
-    @property
     def open_connections(self) -> int:
         return len(self._open)
 
