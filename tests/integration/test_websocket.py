@@ -14,6 +14,7 @@ import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from kalami_gateway.adapters.websocket import token_from_query
 from tests.integration.backend_server import BackendServer
 from tests.integration.conftest import (
     SECRET,
@@ -214,3 +215,17 @@ async def test_a_client_that_never_answers_pings_is_dropped(backend: BackendServ
         # Never read, never answer: the server's pings go unanswered.
         await eventually(lambda: gw.app.registry.stats().connections == 0, within=5)
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "token"),
+    [
+        (b"", None),
+        (b"token=", ""),
+        (b"token=abc.def.ghi", "abc.def.ghi"),
+        (b"x=1&token=a%2Eb&token=second", "a.b"),
+        (b"tokens=nope", None),
+    ],
+)
+def test_the_token_is_read_from_the_raw_query(query: bytes, token: str | None) -> None:
+    assert token_from_query(query) == token

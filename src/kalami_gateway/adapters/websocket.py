@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_plus
 
 import structlog
 from litestar import WebSocket, websocket
@@ -53,6 +54,19 @@ class LitestarChannel(ClientChannel):
             await self._socket.close(code, reason)
 
 
+def token_from_query(query_string: bytes) -> str | None:
+    """The ``token`` query parameter (the first one), percent-decoded.
+
+    Read straight from the raw query: building Litestar's query MultiDict cost ~4% of a
+    connect's CPU, for one value.
+    """
+    for pair in query_string.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if name == b"token":
+            return unquote_plus(value.decode("latin-1"))
+    return None
+
+
 def ws_route(provide_service: Callable[[], GatewayService]) -> WebsocketRouteHandler:
     """The ``/ws`` handler, bound to the service at the composition root.
 
@@ -71,7 +85,7 @@ async def serve_connection(socket: WebSocket[Any, Any, Any], service: GatewaySer
     """One connection from accept to disconnect."""
     # The token is read here, not declared as a parameter: a missing required parameter
     # makes Litestar refuse before accept, and the client would see HTTP 403, not 4001.
-    token = socket.query_params.get("token")
+    token = token_from_query(socket.scope["query_string"])
     await socket.accept()
     conn = await service.open(LitestarChannel(socket), token)
     if conn is None:
