@@ -182,14 +182,10 @@ class ApiProxy:
             b"\r\n",
         ]
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        dropped: frozenset[bytes] | set[bytes] = _NOT_FORWARDED_UP
+        dropped = _not_forwarded(headers, _NOT_FORWARDED_UP)
         incoming_xff = incoming_proto = incoming_host = host = None
         body_length: int | None = None
         chunked = False
-        for name, value in headers:
-            if name == b"connection":
-                dropped = set(_NOT_FORWARDED_UP)
-                dropped.update(t.strip().lower() for t in value.split(b","))
         for name, value in headers:
             if name in dropped or name.startswith(b"proxy-"):
                 if name == b"content-length":
@@ -229,11 +225,7 @@ class ApiProxy:
         return b"".join(parts), body_length, chunked and body_length is None
 
     async def _relay(self, response: UpstreamResponse, receive: Receive, send: Send) -> None:
-        dropped: frozenset[bytes] | set[bytes] = _NOT_FORWARDED_DOWN
-        for name, value in response.headers:
-            if name.lower() == b"connection":
-                dropped = set(_NOT_FORWARDED_DOWN)
-                dropped.update(t.strip().lower() for t in value.split(b","))
+        dropped = _not_forwarded(response.headers, _NOT_FORWARDED_DOWN)
         headers = [
             (name, value)
             for name, value in response.headers
@@ -257,6 +249,19 @@ class ApiProxy:
         finally:
             watcher.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _not_forwarded(
+    headers: list[tuple[bytes, bytes]], always: frozenset[bytes]
+) -> frozenset[bytes]:
+    """``always``, plus the headers a ``Connection`` header names (they are hop-by-hop too)."""
+    named = [
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    ]
+    return always.union(named) if named else always
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -10,12 +10,12 @@ wrong shape.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 
 AudioFormat = Literal["webm", "wav", "mp3", "m4a", "ogg"]
-AUDIO_FORMATS: Final[tuple[str, ...]] = ("webm", "wav", "mp3", "m4a", "ogg")
+AUDIO_FORMATS: Final[tuple[str, ...]] = get_args(AudioFormat)
 
 
 class _Payload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
@@ -150,20 +150,13 @@ def decode_client_message(frame: str | bytes) -> ClientMessage | ProtocolError:
     """Turn a text frame into a command, or into a ProtocolError saying what was wrong."""
     try:
         envelope = _envelope_decoder.decode(frame)
-    except msgspec.DecodeError as exc:
-        return _explain_envelope_failure(frame, exc)
-    except msgspec.ValidationError as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return _explain_envelope_failure(frame, exc)
 
     message_type = envelope.type
     cls = _CLIENT_TYPES.get(message_type)
     if cls is None:
-        return ProtocolError(
-            f"Unknown message type {message_type!r}; expected one of: "
-            + ", ".join(CLIENT_MESSAGE_TYPES)
-            + ".",
-            message_type,
-        )
+        return _unknown_type(message_type)
     raw = envelope.payload
     if raw == _NULL_PAYLOAD:
         raw = _NO_PAYLOAD
@@ -182,13 +175,21 @@ def decode_client_message(frame: str | bytes) -> ClientMessage | ProtocolError:
     return message
 
 
+def _unknown_type(message_type: str) -> ProtocolError:
+    return ProtocolError(
+        f"Unknown message type {message_type!r}; expected one of: "
+        + ", ".join(CLIENT_MESSAGE_TYPES)
+        + ".",
+        message_type,
+    )
+
+
+_FORMAT_HINT: Final = "|".join(f'"{f}"' for f in AUDIO_FORMATS)
 _PAYLOAD_HINTS: Final[dict[str, str]] = {
     "start_session": '{"profileId": string, "topic"?: string}',
-    "start_recording": '{"format"?: ' + "|".join(f'"{f}"' for f in AUDIO_FORMATS) + "}",
+    "start_recording": '{"format"?: ' + _FORMAT_HINT + "}",
     "stop_recording": "{} or no payload",
-    "audio": '{"audio_base64": string, "format"?: '
-    + "|".join(f'"{f}"' for f in AUDIO_FORMATS)
-    + "}",
+    "audio": '{"audio_base64": string, "format"?: ' + _FORMAT_HINT + "}",
     "end_session": "{} or no payload",
     "ping": "{} or no payload",
     "heartbeat": "{} or no payload",
@@ -214,12 +215,7 @@ def _explain_envelope_failure(frame: str | bytes, exc: Exception) -> ProtocolErr
     if not isinstance(message_type, str):
         return ProtocolError(f'Message "type" must be a string, got {_json_kind(message_type)}.')
     if message_type not in _CLIENT_TYPES:
-        return ProtocolError(
-            f"Unknown message type {message_type!r}; expected one of: "
-            + ", ".join(CLIENT_MESSAGE_TYPES)
-            + ".",
-            message_type,
-        )
+        return _unknown_type(message_type)
     return ProtocolError(
         f"Invalid payload for {message_type!r}: payload must be a JSON object, got "
         f"{_json_kind(value.get('payload'))}. Expected {_PAYLOAD_HINTS[message_type]}.",

@@ -84,13 +84,6 @@ class GatewayService:
         self._live: dict[str, Connection] = {}
         self._draining = False
 
-    @property
-    def draining(self) -> bool:
-        return self._draining
-
-    def connection(self, connection_id: str) -> Connection | None:
-        return self._live.get(connection_id)
-
     async def open(self, channel: ClientChannel, token: str | None) -> Connection | None:
         """Authenticate a new, accepted WebSocket. On refusal it is closed and None returned."""
         if self._draining:
