@@ -1,8 +1,12 @@
 """The outermost ASGI layer: request ids, CORS, one log line and metrics per request, dispatch.
 
 ``/api`` and ``/api/...`` go to the raw proxy; everything else (the gateway's own routes and
-the WebSocket) to the Litestar app. CORS lives here, not in Litestar, so that one policy
-covers both.
+the WebSocket) to the Litestar app. Dispatch reads the raw path, as sent: the proxy forwards
+the raw path, so routing on the decoded one (``/%61pi/x`` is ``/api/x``) would forward a
+path the router never saw. CORS lives here, not in Litestar, so that one policy covers both
+(the proxy drops the backend's own ``Access-Control-*`` headers). A request with no Host
+(HTTP/1.1) or more than one, or a Host that is not ``name[:port]``, is refused with 400
+before anything else sees it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Final
 
 import structlog
 
-from kalami_gateway.adapters.asgi import ASGIApp, Message, Receive, Scope, Send
+from kalami_gateway.adapters.asgi import ASGIApp, Message, Receive, Scope, Send, send_json_error
+from kalami_gateway.adapters.http_checks import valid_host
 
 ProxyCall = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 RecordRequest = Callable[[str, int], None]
@@ -24,6 +29,10 @@ log = structlog.get_logger("kalami_gateway.http")
 _MAX_REQUEST_ID: Final = 128
 _CORS_MAX_AGE: Final = b"600"
 _CORS_METHODS: Final = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+# Whether CORS headers are sent depends on the request's Origin, so every response says so.
+_VARY_ORIGIN: Final = (b"vary", b"Origin")
+# nginx's convention: the client closed the connection before it got a response.
+CLIENT_CLOSED_REQUEST: Final = 499
 
 
 class CorsPolicy:
@@ -47,7 +56,6 @@ class CorsPolicy:
             (b"access-control-allow-origin", origin),
             (b"access-control-allow-credentials", b"true"),
             (b"access-control-expose-headers", b"x-request-id"),
-            (b"vary", b"Origin"),
         ]
 
     def preflight_headers(
@@ -89,8 +97,11 @@ class HttpEdge:
         origin: bytes | None = None
         requested_method: bytes | None = None
         requested_headers: bytes | None = None
+        hosts: list[bytes] = []
         for name, value in scope["headers"]:
-            if name == b"x-request-id":
+            if name == b"host":
+                hosts.append(value)
+            elif name == b"x-request-id":
                 request_id = _clean_request_id(value)
             elif name == b"origin":
                 origin = value
@@ -101,31 +112,52 @@ class HttpEdge:
         if request_id is None:
             request_id = new_request_id()
         path: str = scope["path"]
-        is_api = path == "/api" or path.startswith("/api/")
+        raw_path: bytes = scope.get("raw_path") or path.encode()
+        is_api = raw_path == b"/api" or raw_path.startswith(b"/api/")
         route = "/api/{path}" if is_api else (path if path in self._known_routes else "other")
         status = 500
-        extra_headers: list[tuple[bytes, bytes]] = [(b"x-request-id", request_id.encode())]
+        started_response = False
+        client_left = False
+        extra_headers: list[tuple[bytes, bytes]] = [
+            (b"x-request-id", request_id.encode()),
+            _VARY_ORIGIN,
+        ]
         if origin is not None and self._cors.allows(origin):
             extra_headers.extend(self._cors.response_headers(origin))
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 # The proxy drops the backend's X-Request-ID and Litestar's routes set none,
                 # so the edge's is the only one.
                 message["headers"] = [*message.get("headers", ()), *extra_headers]
             await send(message)
 
+        async def receive_watching() -> Message:
+            nonlocal client_left
+            message = await receive()
+            if message["type"] == "http.disconnect" and not started_response:
+                client_left = True
+            return message
+
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            if scope["method"] == "OPTIONS" and origin is not None and requested_method is not None:
+            host_problem = _host_problem(hosts, scope.get("http_version", "1.1"))
+            if host_problem is not None:
+                await send_json_error(send_with_headers, 400, host_problem)
+            elif (
+                scope["method"] == "OPTIONS" and origin is not None and requested_method is not None
+            ):
                 status = await self._preflight(send, origin, requested_headers, request_id)
             elif is_api:
-                await self._proxy(scope, receive, send_with_headers, request_id)
+                await self._proxy(scope, receive_watching, send_with_headers, request_id)
             else:
-                await self._app(scope, receive, send_with_headers)
+                await self._app(scope, receive_watching, send_with_headers)
         finally:
+            if client_left and not started_response:
+                status = CLIENT_CLOSED_REQUEST
             self._record(route, status)
             log.info(
                 "http_request",
@@ -147,10 +179,22 @@ class HttpEdge:
             status = 204
             headers = self._cors.preflight_headers(origin, requested_headers)
         headers.append((b"x-request-id", request_id.encode()))
+        headers.append(_VARY_ORIGIN)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return status
+
+
+def _host_problem(hosts: list[bytes], http_version: str) -> str | None:
+    """Why the request's Host header(s) are refused, or None."""
+    if len(hosts) > 1:
+        return "More than one Host header"
+    if not hosts:
+        return None if http_version == "1.0" else "Missing Host header"
+    if not valid_host(hosts[0]):
+        return "Invalid Host header"
+    return None
 
 
 _random = random.Random()  # noqa: S311  # request ids are correlation ids, not secrets

@@ -5,6 +5,16 @@ uses), bodies streamed with back-pressure both ways.
 Why not aiohttp or httpx: per proxied request their general-purpose machinery (URL objects,
 header multidicts, cookie jars, auto headers, timers) cost more CPU than the proxy's whole
 budget (see bench/README.md). This client does only what a reverse proxy needs.
+
+**The pool's one rule** (a desynced pooled connection is request smuggling: the next request
+written on it is read by the backend as the body of the last one): a connection goes back to
+the pool only after a *complete exchange* — every request body byte its head promised was
+written, and the response was read to its end with framing the parser fully accounted for
+(a Content-Length or chunked body, or none by status or method), keep-alive on both sides,
+and not one byte more. Every other exit — the client leaving, an early response with the
+body unsent, a timeout, a parse error, extra or unexpected bytes, cancellation, an exception
+anywhere — closes it. ``UpstreamConnection.reusable`` is that rule; ``UpstreamPool.release``
+is the only way back into the pool.
 """
 
 from __future__ import annotations
@@ -22,11 +32,15 @@ _READ_HIGH_WATER: Final = 1 << 20
 
 
 class UpstreamError(Exception):
-    """The backend could not be reached, or broke the connection."""
+    """The backend could not be reached, or broke the connection or the protocol."""
 
 
 class UpstreamTimeout(UpstreamError):  # a kind of UpstreamError, named for the domain
     """The backend took longer than the timeout."""
+
+
+class PoolExhausted(UpstreamError):
+    """Every upstream connection stayed busy for the whole wait."""
 
 
 class UpstreamResponse:
@@ -45,6 +59,11 @@ class UpstreamResponse:
     def complete(self) -> bool:
         """The whole body has arrived (it can be taken at once with ``body()``)."""
         return self._conn.message_complete
+
+    @property
+    def violation(self) -> str | None:
+        """What the backend sent that its framing did not account for, if anything."""
+        return self._conn.violation
 
     def body(self) -> bytes:
         """The body of a complete response."""
@@ -70,11 +89,20 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._reading_paused = False
+        self._final_begun = False
         self.received_any = False
         self.message_complete = False
+        # Set by the caller once every body byte the request head promised has been written.
+        self.request_complete = False
         # llhttp answers should_keep_alive() only inside its callbacks, so it is kept here.
         self._keep_alive = False
+        self._framed = False
         self._eof_delimited = False
+        # Came from the idle pool (a retry is only ever considered on such a connection).
+        self.reused = False
+        # Anything the parser could not account for: the response is not trusted, the
+        # connection is closed.
+        self.violation: str | None = None
         self.lost: Exception | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -86,17 +114,26 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received_any = True
         if self._parser is None or self.message_complete:
-            return  # nothing is expected (a HEAD response that sent a body anyway)
+            # Nothing is expected: bytes while idle, after a complete response, or a body
+            # after a HEAD response's headers. The backend and we disagree on framing.
+            self._violate("the backend sent bytes outside a response")
+            return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._violate("the backend switched protocols")
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"malformed response from the backend: {exc}"))
-            if self.transport is not None:
-                self.transport.close()
+            self._violate(f"malformed response from the backend: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc or ConnectionResetError("the backend closed the connection")
-        if self._eof_delimited and exc is None and self._head is not None and self._head.done():
+        if (
+            self._eof_delimited
+            and exc is None
+            and self.violation is None
+            and self._head is not None
+            and self._head.done()
+        ):
             # No Content-Length, not chunked: the body ends where the connection does.
             self.message_complete = True
             self._wake_data()
@@ -113,25 +150,55 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._final_begun or self.message_complete:
+            self._violate("the backend sent a second response to one request")
+
     def on_header(self, name: bytes, value: bytes | None) -> None:
-        self._headers.append((name, value or b""))
+        if self.violation is None:
+            self._headers.append((name, value or b""))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None  # noqa: S101  # callbacks come from the parser
+        if self.violation is not None:
+            return
         status = self._parser.get_status_code()
+        if status == 101:
+            self._violate("the backend switched protocols")  # we never ask it to
+            return
         if 100 <= status < 200:
             self._headers = []  # an interim response (100 Continue): wait for the real one
             return
+        self._final_begun = True
         self._keep_alive = self._parser.should_keep_alive()
-        self._eof_delimited = not any(
-            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._headers
+        lengths = chunked = 0
+        other_coding = False
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                lengths += 1
+            elif lower == b"transfer-encoding":
+                codings = [c.strip().lower() for c in value.split(b",")]
+                if codings[-1] == b"chunked":
+                    chunked += 1
+                else:
+                    other_coding = True
+        bodiless = self._head_request or status in (204, 304)
+        # Exactly one way of knowing where the body ends; llhttp already refuses CL + TE and
+        # differing Content-Lengths, this refuses the rest of the ambiguity.
+        self._framed = bodiless or (
+            not other_coding and ((lengths == 1 and not chunked) or (chunked == 1 and not lengths))
         )
-        if self._head_request or status in (204, 304):
+        self._eof_delimited = not bodiless and lengths == 0 and chunked == 0
+        if bodiless:
             self.message_complete = True
         if self._head is not None and not self._head.done():
             self._head.set_result(UpstreamResponse(self, status, self._headers))
 
     def on_body(self, body: bytes) -> None:
+        if self.message_complete or self.violation is not None:
+            self._violate("the backend sent a body where none belongs")
+            return
         self._body.append(body)
         self._buffered += len(body)
         if (
@@ -145,40 +212,55 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self._parser is not None  # noqa: S101  # callbacks come from the parser
-        if 100 <= self._parser.get_status_code() < 200:
+        if self.violation is not None or 100 <= self._parser.get_status_code() < 200:
             return
-        self._keep_alive = self._parser.should_keep_alive()
+        self._keep_alive = self._keep_alive and self._parser.should_keep_alive()
         self.message_complete = True
         self._wake_data()
 
     # -- the request -----------------------------------------------------------------------
 
-    def begin(self, head: bytes, is_head_request: bool) -> asyncio.Future[UpstreamResponse]:
-        """Write the request head; the future resolves with the response head."""
+    def begin(
+        self, data: bytes, is_head_request: bool, request_complete: bool
+    ) -> asyncio.Future[UpstreamResponse]:
+        """Write the request head (and the whole body, if ``request_complete``); the future
+        resolves with the response head."""
         assert self.transport is not None  # noqa: S101  # pooled connections are connected
         self._parser = httptools.HttpResponseParser(self)
         self._head_request = is_head_request
         self._headers = []
         self._body.clear()
         self._buffered = 0
+        self._final_begun = False
         self.received_any = False
         self.message_complete = False
+        self.request_complete = request_complete
         self._keep_alive = False
+        self._framed = False
         self._eof_delimited = False
         self._head = self._loop.create_future()
-        self.transport.write(head)
+        self.transport.write(data)
         return self._head
 
     def write(self, data: bytes) -> None:
+        if self.lost is not None or self.violation is not None:
+            raise UpstreamError("the backend closed the connection")
         assert self.transport is not None  # noqa: S101
         self.transport.write(data)
 
-    async def drain(self) -> None:
+    async def drain(self, stall_limit: float) -> None:
+        """Wait until the backend has taken what was written (at most ``stall_limit`` s)."""
         if self.lost is not None:
             raise UpstreamError("the backend closed the connection")
         if self._write_paused:
             self._drain_waiter = self._loop.create_future()
-            await self._drain_waiter
+            try:
+                async with asyncio.timeout(stall_limit):
+                    await self._drain_waiter
+            except TimeoutError:
+                raise UpstreamTimeout("the backend stopped reading the request body") from None
+            if self.lost is not None:
+                raise UpstreamError("the backend closed the connection")
 
     def take_body(self) -> bytes:
         body = b"".join(self._body)
@@ -188,6 +270,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def iter_body(self, read_timeout: float) -> AsyncIterator[bytes]:
         while True:
+            if self.violation is not None:
+                raise UpstreamError(self.violation)
             if self._body:
                 chunk = self._body.popleft()
                 self._buffered -= len(chunk)
@@ -213,16 +297,27 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
+        """The exchange was complete on both sides and nothing is left over (the pool's rule)."""
         return (
-            self.lost is None
+            self.request_complete
             and self.message_complete
-            and not self._body
+            and self._framed
             and self._keep_alive
+            and self.violation is None
+            and self.lost is None
+            and not self._body
             and self.transport is not None
             and not self.transport.is_closing()
         )
 
     def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _violate(self, reason: str) -> None:
+        if self.violation is None:
+            self.violation = reason
+        self._fail(UpstreamError(reason))
         if self.transport is not None:
             self.transport.close()
 
@@ -241,7 +336,7 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Up to ``size`` keep-alive connections to ``host:port``; callers wait for a free one."""
+    """Up to ``size`` connections to ``host:port``; callers wait (bounded) for a free slot."""
 
     def __init__(
         self,
@@ -264,20 +359,28 @@ class UpstreamPool:
     def open_connections(self) -> int:
         return len(self._open)
 
-    async def acquire(self, fresh: bool = False) -> UpstreamConnection:
-        """A connected connection: an idle one unless ``fresh``, else a new one."""
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    async def acquire(self, wait: float, fresh: bool = False) -> UpstreamConnection:
+        """A connected connection: an idle one unless ``fresh``, else a new one.
+
+        Raises PoolExhausted if no slot frees up within ``wait`` seconds."""
         if self._closed:
             raise UpstreamError("the gateway is shutting down")
-        await self._slots.acquire()
+        try:
+            async with asyncio.timeout(wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise PoolExhausted("no upstream connection became free in time") from None
         try:
             while self._idle and not fresh:
                 conn = self._idle.pop()
-                if (
-                    conn.lost is None
-                    and conn.transport is not None
-                    and not conn.transport.is_closing()
-                ):
+                if conn.reusable:  # still: nothing arrived or broke while it sat idle
+                    conn.reused = True
                     return conn
+                conn.close()
                 self._open.discard(conn)
             return await self._connect()
         except BaseException:
@@ -285,8 +388,9 @@ class UpstreamPool:
             raise
 
     def release(self, conn: UpstreamConnection) -> None:
-        """Give a connection back: kept if it can carry another request, closed otherwise."""
+        """Give a connection back: pooled only after a complete exchange, closed otherwise."""
         if conn.reusable and not self._closed:
+            conn.reused = False
             self._idle.append(conn)
         else:
             conn.close()
