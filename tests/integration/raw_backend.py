@@ -2,7 +2,8 @@
 and every request it parsed (with h11, a strict parser), and answers as the path says.
 
 Paths (the first segment picks the behaviour; a request's ``x-tag`` header, else its target,
-is echoed as the body ``tag=<tag>`` so a client can tell its own response from another's):
+is echoed as the body ``tag=<tag>`` and in ``x-echo``, so a client can tell its own response
+from another's):
 
 - ``/ok/...``        read the whole body, answer 200 with the tag.
 - ``/early/...``     answer 401 right after the head, *then* read (and discard) the body, as
@@ -66,11 +67,15 @@ def _response(status: int, reason: bytes, headers: list[tuple[bytes, bytes]], bo
     return b"".join([*lines, b"\r\n", body])
 
 
-def tagged(tag: str) -> bytes:
-    body = f"tag={tag}".encode()
-    return _response(
-        200, b"OK", [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))], body
-    )
+def tagged(request: Parsed) -> bytes:
+    """200 with the request's tag as the body and in ``x-echo`` (which a HEAD answer keeps)."""
+    body = f"tag={request.tag}".encode()
+    headers = [
+        (b"content-type", b"text/plain"),
+        (b"x-echo", request.tag.encode()),
+        (b"content-length", b"%d" % len(body)),
+    ]
+    return _response(200, b"OK", headers, b"" if request.method == "HEAD" else body)
 
 
 class RawBackend:
@@ -175,14 +180,15 @@ class RawBackend:
             await asyncio.sleep(int(parts[2]) / 1000)
         if kind == "extra":
             writer.write(
-                tagged(request.tag)
+                tagged(request)
                 + _response(
                     200, b"OK", [(b"set-cookie", b"injected=1"), (b"content-length", b"0")], b""
                 )
             )
             return True
         if kind == "head-body":
-            writer.write(_response(200, b"OK", [(b"content-length", b"11")], b"") + b"not-for-you")
+            headers = [(b"x-echo", request.tag.encode()), (b"content-length", b"11")]
+            writer.write(_response(200, b"OK", headers, b"") + b"not-for-you")
             return True
         if kind == "nocontent":
             writer.write(_response(204, b"No Content", [(b"content-length", b"5")], b""))
@@ -213,5 +219,5 @@ class RawBackend:
                 )
             )
             return True
-        writer.write(tagged(request.tag))
+        writer.write(tagged(request))
         return True
