@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import time
 import uuid
@@ -51,6 +53,17 @@ def b64(data: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
+def signed(payload: bytes) -> str:
+    """A correctly signed HS256 token over raw JSON (NaN, Infinity, huge numbers included)."""
+
+    def enc(raw: bytes) -> bytes:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+    signing_input = enc(b'{"alg":"HS256","typ":"JWT"}') + b"." + enc(payload)
+    signature = enc(hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest())
+    return (signing_input + b"." + signature).decode()
+
+
 INVALID_TOKENS = {
     "garbage": "not-a-token",
     "wrong-secret": jwt.encode(
@@ -64,6 +77,9 @@ INVALID_TOKENS = {
     "no-exp": jwt.encode({"sub": "u"}, SECRET, algorithm="HS256"),
     "expired": jwt.encode({"sub": "u", "exp": int(time.time()) - 60}, SECRET, algorithm="HS256"),
     "too-long": "a" * 9000,
+    "exp-nan": signed(b'{"sub":"u","exp":NaN}'),
+    "exp-infinity": signed(b'{"sub":"u","exp":Infinity}'),
+    "exp-10^400": signed(b'{"sub":"u","exp":1' + b"0" * 400 + b"}"),
 }
 
 
@@ -229,3 +245,36 @@ async def test_a_client_that_never_answers_pings_is_dropped(backend: BackendServ
 )
 def test_the_token_is_read_from_the_raw_query(query: bytes, token: str | None) -> None:
     assert token_from_query(query) == token
+
+
+async def test_a_browser_origin_not_in_cors_origins_closes_4008(backend: BackendServer) -> None:
+    settings = make_settings(backend.url, cors_origins=("https://app.test",))
+    async with running_gateway(settings) as gw:
+        url = gw.ws(token_for("alice"))
+        async with connect(url, origin="https://evil.test") as ws:  # type: ignore[arg-type]
+            assert await closed_with(ws) == (4008, "Origin not allowed")
+        for origin in ("https://app.test", None):
+            async with connect(url, origin=origin) as ws:  # type: ignore[arg-type]
+                assert (await recv_json(ws))["type"] == "connected"
+        assert (await stats(gw))["connections"] == 0
+
+
+async def test_any_origin_may_connect_when_cors_origins_is_any(gateway: Gateway) -> None:
+    async with connect(gateway.ws(token_for("a")), origin="https://x.test") as ws:  # type: ignore[arg-type]
+        assert (await recv_json(ws))["type"] == "connected"
+
+
+async def test_secrets_in_the_handshake_never_reach_the_log(
+    backend: BackendServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = token_for("alice")
+    for log_format in ("console", "json"):
+        settings = make_settings(backend.url, log_level="debug", log_format=log_format)
+        async with running_gateway(settings) as gw:
+            headers = {"Authorization": "Bearer hs-secret-1", "Cookie": "session=hs-secret-2"}
+            async with connect(gw.ws(token), additional_headers=headers) as ws:
+                assert (await recv_json(ws))["type"] == "connected"
+        out = capsys.readouterr().out
+        assert "authorization" in out.lower()  # the header was logged (debug), masked
+        for secret in ("hs-secret-1", "hs-secret-2", token):
+            assert secret not in out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 
 import jwt
@@ -108,3 +110,73 @@ def test_a_bool_exp_is_not_a_number() -> None:
     decoder = FakeDecoder()
     token = decoder.issue("t", sub="u", exp=True)
     assert isinstance(AuthPolicy(decoder).authenticate(token, NOW), AuthFailure)
+
+
+def signed(payload: bytes) -> str:
+    """A correctly signed HS256 token over raw JSON (NaN, Infinity, huge numbers included)."""
+
+    def enc(raw: bytes) -> bytes:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+    signing_input = enc(b'{"alg":"HS256","typ":"JWT"}') + b"." + enc(payload)
+    signature = enc(hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest())
+    return (signing_input + b"." + signature).decode()
+
+
+FAR = b"%d" % (NOW + 600)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b'{"sub":"u","exp":NaN}', id="exp-nan"),
+        pytest.param(b'{"sub":"u","exp":Infinity}', id="exp-infinity"),
+        pytest.param(b'{"sub":"u","exp":-Infinity}', id="exp-minus-infinity"),
+        pytest.param(b'{"sub":"u","exp":1e400}', id="exp-1e400"),
+        pytest.param(b'{"sub":"u","exp":1' + b"0" * 400 + b"}", id="exp-10^400"),
+        pytest.param(b'{"sub":"u","exp":' + FAR + b".5}", id="exp-fraction"),
+        pytest.param(b'{"sub":"u","exp":253402300800}', id="exp-after-9999"),
+        pytest.param(b'{"sub":"u","exp":' + FAR + b',"nbf":NaN}', id="nbf-nan"),
+        pytest.param(b'{"sub":"u","exp":' + FAR + b',"iat":Infinity}', id="iat-infinity"),
+        pytest.param(b'{"sub":"u","exp":' + FAR + b',"iat":1' + b"0" * 400 + b"}", id="iat-huge"),
+    ],
+)
+def test_dates_must_be_finite_integers_in_range(policy: AuthPolicy, payload: bytes) -> None:
+    result = policy.authenticate(signed(payload), NOW)
+    assert isinstance(result, AuthFailure)
+    assert result.code == CloseCode.INVALID_TOKEN
+
+
+@pytest.mark.parametrize(
+    ("claims", "why"),
+    [
+        ({"exp": float("nan")}, "exp"),
+        ({"exp": float("inf")}, "exp"),
+        ({"exp": 10**400}, "exp"),
+        ({"exp": NOW + 60, "nbf": float("nan")}, "nbf"),
+        ({"exp": NOW + 60, "iat": True}, "iat"),
+    ],
+)
+def test_the_policy_checks_dates_whatever_the_decoder_let_through(
+    claims: dict[str, object], why: str
+) -> None:
+    decoder = FakeDecoder()
+    token = decoder.issue("t", sub="u", **claims)
+    result = AuthPolicy(decoder).authenticate(token, NOW)
+    assert isinstance(result, AuthFailure)
+    assert result.why.startswith("no exp" if why == "exp" else why)
+
+
+def test_a_whole_valued_float_exp_is_an_integer(policy: AuthPolicy) -> None:
+    token = signed(b'{"sub":"u","exp":' + FAR + b".0}")
+    assert policy.authenticate(token, NOW) == Principal("u", NOW + 600)
+
+
+def test_origins() -> None:
+    anywhere = AuthPolicy(FakeDecoder())
+    listed = AuthPolicy(FakeDecoder(), allowed_origins=frozenset({"https://app.test"}))
+    assert anywhere.origin_allowed("https://evil.test")
+    assert listed.origin_allowed("https://app.test")
+    assert listed.origin_allowed(None)  # not a browser
+    assert not listed.origin_allowed("https://evil.test")
+    assert not listed.origin_allowed("null")

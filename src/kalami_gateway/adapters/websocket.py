@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -67,6 +67,14 @@ def token_from_query(query_string: bytes) -> str | None:
     return None
 
 
+def origin_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The handshake's Origin header (browsers always send one; phones usually do not)."""
+    for name, value in headers:
+        if name == b"origin":
+            return value.decode("latin-1")
+    return None
+
+
 def ws_route(provide_service: Callable[[], GatewayService]) -> WebsocketRouteHandler:
     """The ``/ws`` handler, bound to the service at the composition root.
 
@@ -87,7 +95,7 @@ async def serve_connection(socket: WebSocket[Any, Any, Any], service: GatewaySer
     # makes Litestar refuse before accept, and the client would see HTTP 403, not 4001.
     token = token_from_query(socket.scope["query_string"])
     await socket.accept()
-    conn = await service.open(LitestarChannel(socket), token)
+    conn = await service.open(LitestarChannel(socket), token, origin_of(socket.scope["headers"]))
     if conn is None:
         return
     structlog.contextvars.bind_contextvars(connection_id=conn.id)

@@ -28,13 +28,21 @@ async def backend_client(base_url: str, timeout_seconds: float) -> AsyncIterator
         await client.aclose()
 
 
+def socket_origins(cors_origins: tuple[str, ...]) -> frozenset[str] | None:
+    """The origins a browser may open /ws from: CORS_ORIGINS, or any (None) with ``*``."""
+    return None if "*" in cors_origins else frozenset(cors_origins)
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
 
     clock = providers.Singleton(SystemClock)
     token_decoder = providers.Singleton(PyJwtDecoder, secret=settings.provided.jwt_secret)
     auth = providers.Singleton(
-        AuthPolicy, decoder=token_decoder, leeway_seconds=settings.provided.jwt_leeway
+        AuthPolicy,
+        decoder=token_decoder,
+        leeway_seconds=settings.provided.jwt_leeway,
+        allowed_origins=providers.Callable(socket_origins, settings.provided.cors_origins),
     )
     registry = providers.Singleton(InMemoryConnectionRegistry)
     metrics = providers.Singleton(PrometheusMetrics, connections=registry)

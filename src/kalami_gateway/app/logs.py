@@ -1,7 +1,11 @@
 """Logging: structlog for our events, stdlib (uvicorn, the domain) through the same processors.
 
-JSON lines in production, pretty console output in development. Tokens never reach a log
-line: a processor masks ``token=...`` in every message (uvicorn logs WebSocket paths).
+JSON lines in production, pretty console output in development. Secrets never reach a log
+line, at any level or format: the last processor before rendering masks ``token=...`` (uvicorn
+logs WebSocket paths) and the values of ``Authorization``, ``Proxy-Authorization``, ``Cookie``
+and ``Set-Cookie`` (at debug, uvicorn logs every handshake header) in every string of the
+event, tracebacks included. Tracebacks are rendered as plain text, never with local variables
+(the console renderer's default would print a request's headers).
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ import structlog
 from structlog.typing import Processor
 
 _TOKEN_IN_TEXT: Final = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
+# "authorization: Bearer x", "('authorization', 'Bearer x')", "{'cookie': 'a=b'}", "cookie=a=b"
+_SECRET_HEADER_IN_TEXT: Final = re.compile(
+    r"((?:proxy-)?authorization|set-cookie|cookie)(\s*[:=]\s*|['\"]\s*[:,]\s*b?['\"])[^\r\n'\"]*",
+    re.IGNORECASE,
+)
+_SECRET_KEYS: Final = frozenset({"token", "authorization", "cookie", "set-cookie"})
 _LEVELS: Final = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -24,16 +34,25 @@ _LEVELS: Final = {
 }
 
 
-def _redact_tokens(
+def redact(text: str) -> str:
+    """``text`` with every token and secret header value masked."""
+    lower = text.lower()
+    if "token=" in lower:
+        text = _TOKEN_IN_TEXT.sub(r"\1[redacted]", text)
+    if "authorization" in lower or "cookie" in lower:
+        text = _SECRET_HEADER_IN_TEXT.sub(r"\1\2[redacted]", text)
+    return text
+
+
+def _redact_secrets(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    event = event_dict.get("event")
-    if isinstance(event, str) and "token=" in event.lower():
-        event_dict["event"] = _TOKEN_IN_TEXT.sub(r"\1[redacted]", event)
     event_dict.pop("color_message", None)  # uvicorn's ANSI copy of the message
-    for key in ("token", "authorization"):
-        if key in event_dict:
+    for key, value in event_dict.items():
+        if key.lower() in _SECRET_KEYS:
             event_dict[key] = "[redacted]"
+        elif isinstance(value, str):
+            event_dict[key] = redact(value)
     return event_dict
 
 
@@ -43,15 +62,16 @@ def configure_logging(level: str, log_format: str) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact_tokens,
     ]
     renderer: Processor = (
-        structlog.dev.ConsoleRenderer()
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
         if log_format == "console"
         else structlog.processors.JSONRenderer()
     )
+    # Tracebacks become text first, so that the redaction sees them too.
+    final: list[Processor] = [structlog.processors.format_exc_info, _redact_secrets, renderer]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, *final],
         wrapper_class=structlog.make_filtering_bound_logger(levelno),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
@@ -64,7 +84,7 @@ def configure_logging(level: str, log_format: str) -> None:
                 structlog.stdlib.add_logger_name,
                 structlog.stdlib.ExtraAdder(),
             ],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
         )
     )
     root = logging.getLogger()

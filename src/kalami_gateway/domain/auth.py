@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from typing import Final
 
 import msgspec
@@ -11,6 +12,8 @@ from kalami_gateway.domain.ports import InvalidTokenError, TokenDecoder
 
 MAX_TOKEN_LENGTH: Final = 8192
 CLOCK_LEEWAY_SECONDS: Final = 30.0
+# The last second of year 9999: a NumericDate beyond it is a forgery or a bug, not a date.
+MAX_NUMERIC_DATE: Final = 253_402_300_799
 
 
 class CloseCode(enum.IntEnum):
@@ -19,6 +22,7 @@ class CloseCode(enum.IntEnum):
     AUTHENTICATION_REQUIRED = 4001
     INVALID_TOKEN = 4002
     TOKEN_EXPIRED = 4003
+    ORIGIN_NOT_ALLOWED = 4008
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -46,14 +50,41 @@ AUTHENTICATION_REQUIRED: Final = AuthFailure(
 TOKEN_EXPIRED: Final = AuthFailure(
     CloseCode.TOKEN_EXPIRED, "Token expired", "expired while connected"
 )
+ORIGIN_NOT_ALLOWED: Final = AuthFailure(
+    CloseCode.ORIGIN_NOT_ALLOWED, "Origin not allowed", "origin not in CORS_ORIGINS"
+)
+
+
+def numeric_date(value: object) -> int | None:
+    """A JWT NumericDate as whole seconds, or None unless it is a finite integer in range.
+
+    NaN never compares as expired and Infinity never expires; a 400-digit integer overflows
+    every float it meets later. A whole-valued float (``1.7e9``) is an integer and is kept.
+    """
+    if isinstance(value, bool):  # an int subclass, never a date
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            return None
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value <= MAX_NUMERIC_DATE:
+        return None
+    return value
 
 
 class AuthPolicy:
     """Turns a token into a Principal or an AuthFailure. Signature checks are the decoder's."""
 
-    def __init__(self, decoder: TokenDecoder, leeway_seconds: float = CLOCK_LEEWAY_SECONDS) -> None:
+    def __init__(
+        self,
+        decoder: TokenDecoder,
+        leeway_seconds: float = CLOCK_LEEWAY_SECONDS,
+        allowed_origins: frozenset[str] | None = None,
+    ) -> None:
+        """``allowed_origins``: the browser origins that may open a socket; None for any."""
         self._decoder = decoder
         self._leeway = leeway_seconds
+        self._origins = allowed_origins
 
     def authenticate(self, token: str | None, now: float) -> Principal | AuthFailure:
         if not token:
@@ -67,13 +98,19 @@ class AuthPolicy:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             return _invalid("no sub claim, or not a non-empty string")
-        exp = claims.get("exp")
-        # bool is an int subclass; a string exp is refused rather than coerced.
-        if isinstance(exp, bool) or not isinstance(exp, int | float):
-            return _invalid("no exp claim, or not a number")
+        exp = numeric_date(claims.get("exp"))
+        if exp is None:
+            return _invalid("no exp claim, or not an integer date in range")
+        for optional in ("nbf", "iat"):
+            if optional in claims and numeric_date(claims[optional]) is None:
+                return _invalid(f"{optional} claim not an integer date in range")
         if self.has_expired(float(exp), now):
             return _invalid("already expired")
         return Principal(user_id=sub, expires_at=float(exp))
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Whether a handshake's Origin may open a socket (no Origin: not a browser; allowed)."""
+        return origin is None or self._origins is None or origin in self._origins
 
     def has_expired(self, expires_at: float, now: float) -> bool:
         return now > expires_at + self._leeway

@@ -20,7 +20,13 @@ import msgspec
 
 from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain import session as s
-from kalami_gateway.domain.auth import AuthFailure, AuthPolicy, CloseCode, Principal
+from kalami_gateway.domain.auth import (
+    ORIGIN_NOT_ALLOWED,
+    AuthFailure,
+    AuthPolicy,
+    CloseCode,
+    Principal,
+)
 from kalami_gateway.domain.ports import (
     Backend,
     BackendError,
@@ -84,13 +90,20 @@ class GatewayService:
         self._live: dict[str, Connection] = {}
         self._draining = False
 
-    async def open(self, channel: ClientChannel, token: str | None) -> Connection | None:
-        """Authenticate a new, accepted WebSocket. On refusal it is closed and None returned."""
+    async def open(
+        self, channel: ClientChannel, token: str | None, origin: str | None = None
+    ) -> Connection | None:
+        """Authenticate a new, accepted WebSocket (``origin``: its handshake's Origin header,
+        if any). On refusal it is closed and None returned."""
         if self._draining:
             await channel.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
             return None
         now = self._clock.now()
-        verdict = self._auth.authenticate(token, now)
+        verdict = (
+            self._auth.authenticate(token, now)
+            if self._auth.origin_allowed(origin)
+            else ORIGIN_NOT_ALLOWED
+        )
         if isinstance(verdict, AuthFailure):
             log.info("ws_auth_refused", extra={"code": int(verdict.code), "why": verdict.why})
             self._metrics.connection_closed(f"auth_{int(verdict.code)}")
