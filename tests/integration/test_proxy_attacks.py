@@ -203,6 +203,8 @@ async def test_a_stalled_upload_is_aborted_with_408_and_frees_its_slot(
         await writer.drain()
         stalled = await read_response(reader, "POST")
         assert stalled.status == 408
+        assert stalled.header("connection") == "close"
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # and the gateway hangs up
         writer.close()
         response = await victim(gw, "after-stall")
         assert (response.status_code, response.text) == (200, "tag=after-stall")

@@ -161,7 +161,7 @@ class ApiProxy:
             except ClientGone:
                 return
             except ClientStalled:
-                await send_json_error(send, 408, "Request body timed out")
+                await send_json_error(send, 408, "Request body timed out", close=True)
                 return
         streamed = body is None and (chunked or (body_length or 0) > 0)
         method: str = scope["method"]
@@ -173,13 +173,13 @@ class ApiProxy:
             try:
                 for attempt in (1, 2):
                     conn = await pool.acquire(self._timeout, fresh=attempt == 2)
-                    response_head = conn.begin(
+                    conn.begin(
                         head + body if body else head, is_head, request_complete=not streamed
                     )
                     if streamed:
                         pump = _BodyPump(receive, conn, chunked, body_length, self._timeout)
                     try:
-                        response = await self._response(response_head, pump)
+                        response = await self._response(conn, pump)
                         break
                     except UpstreamTimeout:
                         raise
@@ -212,7 +212,7 @@ class ApiProxy:
                 await send_json_error(send, 502, "Backend service unavailable")
                 return
             except ClientStalled:
-                await send_json_error(send, 408, "Request body timed out")
+                await send_json_error(send, 408, "Request body timed out", close=True)
                 return
             except ClientGone:
                 return
@@ -226,20 +226,15 @@ class ApiProxy:
             if conn is not None:
                 pool.release(conn)
 
-    async def _response(
-        self, response_head: asyncio.Future[UpstreamResponse], pump: _BodyPump | None
-    ) -> UpstreamResponse:
+    async def _response(self, conn: UpstreamConnection, pump: _BodyPump | None) -> UpstreamResponse:
         """The response head. The deadline runs from the end of the request body: an answer
         cannot be expected before it, but one that comes early is taken at once."""
         if pump is not None:
-            await asyncio.wait((response_head, pump.sent), return_when=asyncio.FIRST_COMPLETED)
-            if not response_head.done():
+            early = conn.response_head
+            await asyncio.wait((early, pump.sent), return_when=asyncio.FIRST_COMPLETED)
+            if not early.done():
                 pump.sent.result()  # the body failed: the client left or stalled, or the backend
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await response_head
-        except TimeoutError:
-            raise UpstreamTimeout("no response within the timeout") from None
+        return await conn.head_within(self._timeout)
 
     def _request_head(self, scope: Scope, request_id: str) -> tuple[bytes, int | None, bool]:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
