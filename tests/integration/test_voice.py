@@ -175,7 +175,7 @@ async def test_disconnect_mid_turn_ends_the_session(
     await asyncio.wait_for(backend.audio_arrived.wait(), 5)
     await ws.close()
     await eventually(lambda: len(backend.ended) == 1)
-    await eventually(lambda: gateway.app.registry.stats().connections == 0)
+    await eventually(lambda: gateway.app.service.instance_stats().connections == 0)
     backend.audio_hold.set()
 
 

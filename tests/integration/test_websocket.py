@@ -190,7 +190,7 @@ async def test_stats_go_up_and_back_to_zero(gateway: Gateway) -> None:
     assert (now["connections"], now["users"]) == (3, 2)
     for ws in sockets:
         await ws.close()
-    await eventually(lambda: gateway.app.registry.stats().connections == 0)
+    await eventually(lambda: gateway.app.service.instance_stats().connections == 0)
     after = await stats(gateway)
     assert (after["connections"], after["users"], after["acceptedTotal"]) == (0, 0, 3)
 
@@ -201,7 +201,7 @@ async def test_a_frame_over_the_limit_closes_1009(backend: BackendServer) -> Non
         await ws.send(b"x" * 4096)
         code, _ = await closed_with(ws)
         assert code == 1009
-        await eventually(lambda: gw.app.registry.stats().connections == 0)
+        await eventually(lambda: gw.app.service.instance_stats().connections == 0)
 
 
 async def test_an_expiring_token_is_closed_4003(backend: BackendServer) -> None:
@@ -211,7 +211,7 @@ async def test_an_expiring_token_is_closed_4003(backend: BackendServer) -> None:
         )
         assert (await recv_json(ws))["type"] == "connected"
         assert await closed_with(ws) == (4003, "Token expired")
-        assert gw.app.registry.stats().connections == 0
+        assert gw.app.service.instance_stats().connections == 0
 
 
 async def test_a_client_that_never_answers_pings_is_dropped(backend: BackendServer) -> None:
@@ -227,9 +227,9 @@ async def test_a_client_that_never_answers_pings_is_dropped(backend: BackendServ
         )
         await writer.drain()
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-        await eventually(lambda: gw.app.registry.stats().connections == 1)
+        await eventually(lambda: gw.app.service.instance_stats().connections == 1)
         # Never read, never answer: the server's pings go unanswered.
-        await eventually(lambda: gw.app.registry.stats().connections == 0, within=5)
+        await eventually(lambda: gw.app.service.instance_stats().connections == 0, within=5)
         writer.close()
 
 

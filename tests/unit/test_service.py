@@ -13,8 +13,8 @@ import pytest
 from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain.auth import AuthPolicy
 from kalami_gateway.domain.ports import BackendError, BackendErrorKind
-from kalami_gateway.domain.registry import InMemoryConnectionRegistry
-from kalami_gateway.domain.service import Connection, GatewayService, ServiceLimits
+from kalami_gateway.domain.directory import InMemoryDirectory
+from kalami_gateway.application.service import Connection, GatewayService, ServiceLimits
 from kalami_gateway.domain.session import Phase
 from tests.unit.fakes import FakeBackend, FakeChannel, FakeClock, FakeDecoder, FakeMetrics
 
@@ -29,7 +29,7 @@ PING = '{"type":"ping"}'
 class World:
     service: GatewayService
     backend: FakeBackend
-    registry: InMemoryConnectionRegistry
+    directory: InMemoryDirectory
     clock: FakeClock
     decoder: FakeDecoder
     metrics: FakeMetrics
@@ -55,19 +55,19 @@ def world() -> World:
     clock = FakeClock()
     decoder = FakeDecoder()
     backend = FakeBackend()
-    registry = InMemoryConnectionRegistry()
+    directory = InMemoryDirectory()
     metrics = FakeMetrics()
     ids = (f"conn-{n}" for n in itertools.count(1))
     service = GatewayService(
         backend,
-        registry,
+        directory,
         clock,
         AuthPolicy(decoder, leeway_seconds=0),
         metrics,
         ServiceLimits(max_message_bytes=4096, max_audio_bytes=1000),
         new_id=lambda: next(ids),
     )
-    return World(service, backend, registry, clock, decoder, metrics)
+    return World(service, backend, directory, clock, decoder, metrics)
 
 
 async def finish_turn(conn: Connection) -> None:
@@ -80,7 +80,7 @@ async def test_no_token_closes_4001_and_registers_nothing(world: World) -> None:
     assert await world.service.open(channel, None) is None
     assert channel.closed_with == (4001, "Authentication required")
     assert channel.sent == []
-    assert world.registry.stats().connections == 0
+    assert (await world.directory.counts()).connections == 0
 
 
 async def test_an_unknown_token_closes_4002(world: World) -> None:
@@ -92,9 +92,9 @@ async def test_an_unknown_token_closes_4002(world: World) -> None:
 async def test_a_good_token_is_welcomed_and_registered(world: World) -> None:
     conn, channel = await world.connect("alice")
     assert channel.sent == [p.Connected(p.ConnectedPayload("conn-1"))]
-    stats = world.registry.stats()
+    stats = world.service.instance_stats()
     assert (stats.connections, stats.users) == (1, 1)
-    assert world.registry.get(conn.id) is not None
+    assert await world.directory.connections_of("alice") == {conn.id}
 
 
 async def test_ping_heartbeat_and_bad_frames_keep_the_connection_open(world: World) -> None:
@@ -268,7 +268,7 @@ async def test_disconnect_mid_turn_cancels_and_ends_the_session(world: World) ->
     assert turn is not None
     assert turn.cancelled()
     assert world.backend.calls[-1] == ("end", conn.token, "s1")
-    assert world.registry.stats().connections == 0
+    assert (await world.directory.counts()).connections == 0
     await world.service.disconnect(conn)  # twice is harmless
     assert world.backend.calls.count(("end", conn.token, "s1")) == 1
 
@@ -281,8 +281,8 @@ async def test_expired_tokens_are_closed_4003_on_the_tick(world: World) -> None:
     assert await world.service.expire_tokens() == 1
     assert short_channel.closed_with == (4003, "Token expired")
     assert long_channel.closed_with is None
-    assert world.registry.get(short.id) is None
-    assert world.registry.stats().users == 1
+    assert short.id not in await world.directory.connections_of("alice")
+    assert (await world.directory.counts()).users == 1
 
 
 async def test_an_oversized_frame_closes_1009(world: World) -> None:
@@ -290,7 +290,7 @@ async def test_an_oversized_frame_closes_1009(world: World) -> None:
     await world.service.handle_binary(conn, b"x" * 4097)
     assert channel.closed_with is not None
     assert channel.closed_with[0] == 1009
-    assert world.registry.stats().connections == 0
+    assert (await world.directory.counts()).connections == 0
 
 
 async def test_drain_closes_everyone_1001_ends_sessions_and_refuses_newcomers(world: World) -> None:
@@ -301,7 +301,7 @@ async def test_drain_closes_everyone_1001_ends_sessions_and_refuses_newcomers(wo
     assert channel.closed_with == (1001, "Server shutting down")
     assert other.closed_with == (1001, "Server shutting down")
     assert ("end", conn.token, "s1") in world.backend.calls
-    assert world.registry.stats().connections == 0
+    assert (await world.directory.counts()).connections == 0
     late = FakeChannel()
     token = world.decoder.issue("late", sub="carol", exp=world.clock.now() + 60)
     assert await world.service.open(late, token) is None

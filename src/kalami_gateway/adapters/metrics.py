@@ -8,6 +8,7 @@ from typing import Final
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -15,7 +16,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from kalami_gateway.domain.ports import BackendErrorKind, ConnectionRegistry, Metrics
+from kalami_gateway.domain.instance import InstanceConnections
+from kalami_gateway.domain.ports import BackendErrorKind, DirectoryCounts, Metrics
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS: Final = (
@@ -37,10 +39,10 @@ _LATENCY_BUCKETS: Final = (
 _TURN_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60)
 
 
-class _RegistryCollector(Collector):
-    """Reads the connection registry at scrape time, so the gauges can never drift."""
+class _InstanceCollector(Collector):
+    """Reads this instance's connections at scrape time, so the gauges can never drift."""
 
-    def __init__(self, connections: ConnectionRegistry) -> None:
+    def __init__(self, connections: InstanceConnections) -> None:
         self._connections = connections
 
     def collect(self) -> Iterator[Metric]:
@@ -61,7 +63,7 @@ class _RegistryCollector(Collector):
 class PrometheusMetrics(Metrics):
     """The gateway's metrics in their own registry (one per app, so tests do not share)."""
 
-    def __init__(self, connections: ConnectionRegistry) -> None:
+    def __init__(self, connections: InstanceConnections) -> None:
         # The *_created series double the exposition for nothing a dashboard uses.
         disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self.registry = CollectorRegistry(auto_describe=True)
@@ -105,7 +107,20 @@ class PrometheusMetrics(Metrics):
             buckets=_TURN_BUCKETS,
             registry=r,
         )
-        r.register(_RegistryCollector(connections))
+        r.register(_InstanceCollector(connections))
+        self._cluster_instances = Gauge(
+            "kalami_cluster_instances", "Live gateway instances in the cluster.", registry=r
+        )
+        self._cluster_connections = Gauge(
+            "kalami_cluster_connections",
+            "Open WebSocket connections across the cluster.",
+            registry=r,
+        )
+        self._cluster_users = Gauge(
+            "kalami_cluster_users",
+            "Distinct users with an open connection across the cluster.",
+            registry=r,
+        )
         self._http_children: dict[tuple[str, int], Counter] = {}
         self._message_children: dict[str, Counter] = {}
 
@@ -138,6 +153,12 @@ class PrometheusMetrics(Metrics):
 
     def connection_closed(self, reason: str) -> None:
         self._closed.labels(reason).inc()
+
+    def cluster(self, counts: DirectoryCounts) -> None:
+        """The cluster figures, read from the directory just before a scrape."""
+        self._cluster_instances.set(counts.instances)
+        self._cluster_connections.set(counts.connections)
+        self._cluster_users.set(counts.users)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,9 +14,9 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import WebsocketRouteHandler
 from litestar.types import WebSocketSendEvent
 
+from kalami_gateway.application.service import GatewayService
 from kalami_gateway.domain.ports import ClientChannel
 from kalami_gateway.domain.protocol import ServerMessage, encode_server_message
-from kalami_gateway.domain.service import GatewayService
 
 log = logging.getLogger(__name__)
 

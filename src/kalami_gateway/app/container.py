@@ -6,17 +6,22 @@ from collections.abc import AsyncIterator
 
 import httpx
 from dependency_injector import containers, providers
+from redis.asyncio import Redis
 
 from kalami_gateway.adapters.api_proxy import ApiProxy
 from kalami_gateway.adapters.clock import SystemClock
 from kalami_gateway.adapters.httpx_backend import HttpxBackend, build_client
 from kalami_gateway.adapters.jwt_decoder import PyJwtDecoder
+from kalami_gateway.adapters.local_push import LocalPushBus
 from kalami_gateway.adapters.metrics import PrometheusMetrics
+from kalami_gateway.adapters.redis_directory import RedisDirectory, redis_client
+from kalami_gateway.adapters.redis_push import RedisPushBus
 from kalami_gateway.adapters.stub_backend import StubBackend
 from kalami_gateway.app.settings import Settings
+from kalami_gateway.application.service import GatewayService, ServiceLimits
 from kalami_gateway.domain.auth import AuthPolicy
-from kalami_gateway.domain.registry import InMemoryConnectionRegistry
-from kalami_gateway.domain.service import GatewayService, ServiceLimits
+from kalami_gateway.domain.directory import InMemoryDirectory
+from kalami_gateway.domain.instance import InstanceConnections
 
 
 async def backend_client(base_url: str, timeout_seconds: float) -> AsyncIterator[httpx.AsyncClient]:
@@ -26,6 +31,23 @@ async def backend_client(base_url: str, timeout_seconds: float) -> AsyncIterator
         yield client
     finally:
         await client.aclose()
+
+
+async def redis_connection(url: str) -> AsyncIterator[Redis | None]:
+    """The Redis client's lifecycle (None in single-process mode): closed at shutdown."""
+    if not url:
+        yield None
+        return
+    client = redis_client(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def cluster_mode(redis_url: str) -> str:
+    """``redis`` (a cluster member) when REDIS_URL is set, else ``memory`` (one process)."""
+    return "redis" if redis_url else "memory"
 
 
 def socket_origins(cors_origins: tuple[str, ...]) -> frozenset[str] | None:
@@ -44,8 +66,25 @@ class Container(containers.DeclarativeContainer):
         leeway_seconds=settings.provided.jwt_leeway,
         allowed_origins=providers.Callable(socket_origins, settings.provided.cors_origins),
     )
-    registry = providers.Singleton(InMemoryConnectionRegistry)
-    metrics = providers.Singleton(PrometheusMetrics, connections=registry)
+    instance = providers.Singleton(InstanceConnections)
+    metrics = providers.Singleton(PrometheusMetrics, connections=instance)
+
+    redis = providers.Resource(redis_connection, url=settings.provided.redis_url)
+    mode = providers.Callable(cluster_mode, settings.provided.redis_url)
+    directory = providers.Selector(
+        mode,
+        memory=providers.Singleton(InMemoryDirectory),
+        redis=providers.Singleton(
+            RedisDirectory, client=redis, prefix=settings.provided.redis_key_prefix
+        ),
+    )
+    push_bus = providers.Selector(
+        mode,
+        memory=providers.Singleton(LocalPushBus, directory=directory),
+        redis=providers.Singleton(
+            RedisPushBus, client=redis, prefix=settings.provided.redis_key_prefix
+        ),
+    )
 
     http_client = providers.Resource(
         backend_client,
@@ -60,7 +99,7 @@ class Container(containers.DeclarativeContainer):
     service = providers.Singleton(
         GatewayService,
         backend=backend,
-        registry=registry,
+        directory=directory,
         clock=clock,
         auth=auth,
         metrics=metrics,
@@ -68,7 +107,9 @@ class Container(containers.DeclarativeContainer):
             ServiceLimits,
             max_message_bytes=settings.provided.max_message_bytes,
             max_audio_bytes=settings.provided.max_audio_bytes,
+            max_connections_per_user=settings.provided.max_connections_per_user,
         ),
+        instance=instance,
     )
     proxy = providers.Singleton(
         ApiProxy,

@@ -17,7 +17,9 @@ import websockets.http11
 from dependency_injector import providers
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
 
+from kalami_gateway import __version__
 from kalami_gateway.adapters.asgi import ASGIApp, Receive, Scope, Send
 from kalami_gateway.adapters.clock import run_every
 from kalami_gateway.adapters.http_edge import CorsPolicy, HttpEdge
@@ -26,16 +28,18 @@ from kalami_gateway.adapters.http_routes import (
     health,
     index,
     metrics,
+    push_route,
     readiness,
     stats,
 )
 from kalami_gateway.adapters.metrics import PrometheusMetrics
+from kalami_gateway.adapters.redis_directory import RENEW_SECONDS
 from kalami_gateway.adapters.websocket import ws_route
 from kalami_gateway.app.container import Container
 from kalami_gateway.app.logs import configure_logging
 from kalami_gateway.app.settings import Settings, SettingsError, load_settings
-from kalami_gateway.domain.ports import Backend, ConnectionRegistry
-from kalami_gateway.domain.service import GatewayService
+from kalami_gateway.application.service import GatewayService
+from kalami_gateway.domain.ports import Backend, ConnectionDirectory, PushBus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,30 +63,29 @@ class GatewayApp:
     def __init__(self, settings: Settings, container: Container) -> None:
         self.settings = settings
         self.container = container
-        self.registry: ConnectionRegistry = container.registry()
         self.metrics: PrometheusMetrics = container.metrics()
         self._proxy = container.proxy()
         self._service: GatewayService | None = None
         self._backend: Backend | None = None
-        self._ticker: asyncio.Task[None] | None = None
+        self._directory: ConnectionDirectory | None = None
+        self._push_bus: PushBus | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        handlers = [index, health, readiness, stats, metrics, ws_route(self.provide_service)]
+        if settings.push_api_key:
+            handlers.append(push_route(settings.push_api_key, self.provide_push_bus))
         self._litestar = Litestar(
-            route_handlers=[
-                index,
-                health,
-                readiness,
-                stats,
-                metrics,
-                ws_route(self.provide_service),
-            ],
+            route_handlers=handlers,
             dependencies={
                 "backend": Provide(self.provide_backend, sync_to_thread=False),
-                "registry": Provide(self.provide_registry, sync_to_thread=False),
+                "directory": Provide(self.provide_directory, sync_to_thread=False),
+                "service": Provide(self.provide_service, sync_to_thread=False),
                 "prometheus": Provide(self.provide_metrics, sync_to_thread=False),
+                "cluster": Provide(self.provide_cluster_mode, sync_to_thread=False),
             },
             on_startup=[self._startup],
             after_exception=[_log_exception],
             on_shutdown=[self._shutdown],
-            openapi_config=None,
+            openapi_config=openapi_config(),
             logging_config=None,
         )
         self._edge = HttpEdge(
@@ -111,8 +114,22 @@ class GatewayApp:
             raise RuntimeError("the gateway has not started (lifespan startup has not run)")
         return self._backend
 
-    def provide_registry(self) -> ConnectionRegistry:
-        return self.registry
+    @property
+    def directory(self) -> ConnectionDirectory:
+        if self._directory is None:
+            raise RuntimeError("the gateway has not started (lifespan startup has not run)")
+        return self._directory
+
+    def provide_directory(self) -> ConnectionDirectory:
+        return self.directory
+
+    def provide_push_bus(self) -> PushBus:
+        if self._push_bus is None:
+            raise RuntimeError("the gateway has not started (lifespan startup has not run)")
+        return self._push_bus
+
+    def provide_cluster_mode(self) -> bool:
+        return bool(self.settings.redis_url)
 
     def provide_metrics(self) -> PrometheusMetrics:
         return self.metrics
@@ -127,10 +144,17 @@ class GatewayApp:
         if initialised is not None:
             await initialised
         self._backend = await _resolve(self.container.backend)
-        self._service = await _resolve(self.container.service)
+        self._directory = directory = await _resolve(self.container.directory)
+        self._push_bus = push_bus = await _resolve(self.container.push_bus)
+        self._service = service = await _resolve(self.container.service)
         await self._proxy.start()
+        await directory.renew()  # joins the cluster (or notes that Redis is away)
         tick = min(self.settings.heartbeat_interval, MAX_EXPIRY_TICK_SECONDS)
-        self._ticker = asyncio.create_task(run_every(tick, self._service.expire_tokens))
+        self._tasks = [
+            asyncio.create_task(run_every(tick, service.expire_tokens)),
+            asyncio.create_task(run_every(RENEW_SECONDS, directory.renew)),
+            asyncio.create_task(push_bus.run(service.deliver_push)),
+        ]
         log.info(
             "gateway_started",
             extra={
@@ -140,18 +164,33 @@ class GatewayApp:
         )
 
     async def _shutdown(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+                await task
         # Under plain uvicorn the sockets are already closed (1012) by now; this still ends
         # their sessions at the backend.
         await self.drain()
+        if self._directory is not None:
+            await self._directory.leave()
         await self._proxy.close()
         shut = self.container.shutdown_resources()
         if shut is not None:
             await shut
         log.info("gateway_stopped")
+
+
+def openapi_config() -> OpenAPIConfig:
+    """The schema at /schema/openapi.json (the push API is documented there)."""
+    return OpenAPIConfig(
+        title="Kalami Gateway",
+        version=__version__,
+        path="/schema",
+        render_plugins=[],
+        description="The gateway's own HTTP routes. /ws and /api/* are described in the README.",
+    )
 
 
 async def _log_exception(exc: Exception, scope: Any) -> None:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -43,6 +44,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: LogLevel = "info"
     log_format: LogFormat = "json"
     shutdown_timeout_ms: int = 10_000
+    redis_url: str = ""  # empty: one process, the in-memory directory
+    redis_key_prefix: str = "kalami:"
+    max_connections_per_user: int = 20  # 0: no cap
+    push_api_key: str = ""  # empty: POST /internal/push is disabled (404)
+    workers: int = 1
 
     @property
     def backend_timeout(self) -> float:
@@ -100,14 +106,16 @@ def load_settings(
     env.update(os.environ if environ is None else environ)
     problems: list[str] = []
 
-    def get(name: str, parse: Callable[[str], T], default: T) -> T:
+    def get(
+        name: str, parse: Callable[[str], T], default: T, shown: Callable[[str], str] = repr
+    ) -> T:
         raw = env.get(name)
         if raw is None or raw.strip() == "":
             return default
         try:
             return parse(raw.strip())
         except ValueError as exc:
-            problems.append(f"{name}: {exc}, got {raw!r}")
+            problems.append(f"{name}: {exc}, got {shown(raw)}")
             return default
 
     secret = env.get("JWT_SECRET", "")
@@ -135,10 +143,73 @@ def load_settings(
         log_level=get("LOG_LEVEL", _log_level, "info"),  # type: ignore[arg-type]
         log_format=get("LOG_FORMAT", _choice("json", "console"), "console" if tty else "json"),  # type: ignore[arg-type]
         shutdown_timeout_ms=get("SHUTDOWN_TIMEOUT", _int_range(0, 600_000), 10_000),
+        redis_url=get("REDIS_URL", _redis_url, "", _without_password),
+        redis_key_prefix=get("REDIS_KEY_PREFIX", _key_prefix, "kalami:"),
+        max_connections_per_user=get("MAX_CONNECTIONS_PER_USER", _int_range(0, 1_000_000), 20),
+        push_api_key=get("PUSH_API_KEY", _push_key, "", _length_only),
+        workers=get("WORKERS", _int_range(1, 256), 1),
     )
+    problems += cluster_problems(settings)
     if problems:
         raise SettingsError("; ".join(problems))
     return settings
+
+
+def cluster_problems(settings: Settings) -> list[str]:
+    """What is wrong with the settings as a whole (each value may be fine on its own)."""
+    if settings.workers > 1 and not settings.redis_url:
+        return [
+            f"WORKERS={settings.workers} needs REDIS_URL: every worker is an instance of the "
+            "cluster, and the instances share their connection directory through Redis"
+        ]
+    return []
+
+
+def _redis_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    try:
+        parts.port  # noqa: B018  # parsing it is the check
+    except ValueError:
+        raise ValueError("the port is not a number from 0 to 65535") from None
+    database = parts.path.strip("/")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// URL needs the socket's path")
+    elif not parts.hostname:
+        raise ValueError("the URL has no host")
+    elif database and not database.isdigit():
+        raise ValueError("the database (the path) must be a number, as in redis://host:6379/0")
+    return raw
+
+
+def _without_password(raw: str) -> str:
+    """A URL for an error message: its password is not repeated."""
+    parts = urlsplit(raw)
+    if parts.password is None:
+        return repr(raw)
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return repr(parts._replace(netloc=netloc).geturl())
+
+
+def _length_only(raw: str) -> str:
+    return f"{len(raw)} characters"
+
+
+def _key_prefix(raw: str) -> str:
+    if any(c.isspace() for c in raw) or len(raw) > 64:
+        raise ValueError("expected up to 64 characters without spaces")
+    return raw
+
+
+MIN_PUSH_KEY_LENGTH: Final = 16
+
+
+def _push_key(raw: str) -> str:
+    if len(raw) < MIN_PUSH_KEY_LENGTH:
+        raise ValueError(f"expected at least {MIN_PUSH_KEY_LENGTH} characters")
+    return raw
 
 
 def _int_range(low: int, high: int) -> Callable[[str], int]:

@@ -6,7 +6,7 @@ Adapters implement these explicitly (they subclass the Protocol) so mypy checks 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
@@ -130,7 +130,7 @@ class Metrics(Protocol):
 
 
 class ConnectionEntry(msgspec.Struct, frozen=True):
-    """A live WebSocket connection as the registry knows it."""
+    """A live WebSocket connection as the directory knows it."""
 
     connection_id: str
     user_id: str
@@ -138,26 +138,65 @@ class ConnectionEntry(msgspec.Struct, frozen=True):
     connected_at: float
 
 
-class RegistryStats(msgspec.Struct, frozen=True):
+class DirectoryCounts(msgspec.Struct, frozen=True):
+    """The whole cluster: live instances, their open connections, distinct users."""
+
+    instances: int
     connections: int
     users: int
-    accepted_total: int
-    peak_connections: int
 
 
-class ConnectionRegistry(Protocol):
-    """Which connections are open, and whose. In memory today; a shared store can replace it."""
+class ConnectionDirectory(Protocol):
+    """Which connections are open across every instance of the gateway, and whose.
 
-    def add(self, entry: ConnectionEntry) -> None: ...
+    Every call is idempotent (registering a registered connection, or unregistering a gone
+    one, changes nothing). An instance holds its entries under a lease that ``renew``
+    extends: an instance that stops renewing (killed, cut off) drops out with all of its
+    entries. Implemented in memory (one process) and on Redis (a cluster); both pass one
+    contract test suite. An implementation that loses its store keeps serving from what this
+    instance knows, and puts its entries back when the store returns.
+    """
 
-    def remove(self, connection_id: str) -> ConnectionEntry | None:
-        """Forget a connection; removing one that is gone returns None."""
+    async def register(self, entry: ConnectionEntry, cap: int) -> bool:
+        """Add a connection of this instance, unless its user already has ``cap`` open
+        across the directory (``cap`` 0: no cap). True if it is registered (now or before).
+        The check and the add are one atomic step: no race lets a user past the cap."""
         ...
 
-    def get(self, connection_id: str) -> ConnectionEntry | None: ...
+    async def unregister(self, entry: ConnectionEntry) -> None: ...
 
-    def for_user(self, user_id: str) -> list[ConnectionEntry]: ...
+    async def counts(self) -> DirectoryCounts: ...
 
-    def entries(self) -> list[ConnectionEntry]: ...
+    async def connections_of(self, user_id: str) -> frozenset[str]:
+        """The ids of the user's open connections, on every instance."""
+        ...
 
-    def stats(self) -> RegistryStats: ...
+    async def renew(self) -> None:
+        """Extend this instance's lease (and put its entries back if the store lost them)."""
+        ...
+
+    def reachable(self) -> bool:
+        """Whether the shared store answered last time it was asked (always, in memory)."""
+        ...
+
+    async def leave(self) -> None:
+        """Take this instance and its entries out of the directory (a clean shutdown)."""
+        ...
+
+
+class PushUnavailable(Exception):
+    """A push could not be published (the shared store is unreachable)."""
+
+
+class PushBus(Protocol):
+    """Delivers a push to every open connection of a user, on whichever instance it is."""
+
+    async def publish(self, user_id: str, payload: bytes) -> int:
+        """Publish ``payload`` (a JSON object, encoded) to the user's connections; returns how
+        many the directory held when it was published. Raises PushUnavailable."""
+        ...
+
+    async def run(self, deliver: Callable[[str, bytes], Awaitable[None]]) -> None:
+        """Hand every push published anywhere to ``deliver(user_id, payload)``, until
+        cancelled (surviving the loss of the shared store)."""
+        ...

@@ -356,6 +356,13 @@ class Error(_ServerMessage, frozen=True, tag="error"):
     payload: ErrorPayload
 
 
+class Push(_ServerMessage, frozen=True, tag="push"):
+    """A message the backend pushed to the user (``POST /internal/push``): its payload is the
+    JSON object the backend sent, passed through as it was encoded."""
+
+    payload: msgspec.Raw
+
+
 ServerMessage = (
     Connected
     | SessionStarted
@@ -369,6 +376,7 @@ ServerMessage = (
     | Pong
     | HeartbeatReply
     | Error
+    | Push
 )
 
 

@@ -27,13 +27,14 @@ from kalami_gateway.domain.auth import (
     CloseCode,
     Principal,
 )
+from kalami_gateway.domain.instance import InstanceConnections, InstanceStats
 from kalami_gateway.domain.ports import (
     Backend,
     BackendError,
     ClientChannel,
     Clock,
+    ConnectionDirectory,
     ConnectionEntry,
-    ConnectionRegistry,
     Metrics,
     Utterance,
 )
@@ -41,17 +42,36 @@ from kalami_gateway.domain.ports import (
 log = logging.getLogger(__name__)
 
 SHUTDOWN_REASON = "Server shutting down"
+TOO_MANY_REASON = "Too many connections"
 
 
 class Connection:
     """One open, authenticated WebSocket and its conversation."""
 
-    __slots__ = ("channel", "chunks", "closed", "id", "principal", "state", "token", "turn")
+    __slots__ = (
+        "channel",
+        "chunks",
+        "closed",
+        "entry",
+        "id",
+        "principal",
+        "state",
+        "token",
+        "turn",
+    )
 
     def __init__(
-        self, connection_id: str, principal: Principal, token: str, channel: ClientChannel
+        self,
+        connection_id: str,
+        principal: Principal,
+        token: str,
+        channel: ClientChannel,
+        connected_at: float,
     ):
         self.id = connection_id
+        self.entry = ConnectionEntry(
+            connection_id, principal.user_id, principal.expires_at, connected_at
+        )
         self.principal = principal
         self.token = token
         self.channel = channel
@@ -64,6 +84,7 @@ class Connection:
 class ServiceLimits(msgspec.Struct, frozen=True):
     max_message_bytes: int
     max_audio_bytes: int
+    max_connections_per_user: int = 0  # 0: no cap
 
 
 class GatewayService:
@@ -72,15 +93,17 @@ class GatewayService:
     def __init__(
         self,
         backend: Backend,
-        registry: ConnectionRegistry,
+        directory: ConnectionDirectory,
         clock: Clock,
         auth: AuthPolicy,
         metrics: Metrics,
         limits: ServiceLimits,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        instance: InstanceConnections | None = None,
     ) -> None:
         self._backend = backend
-        self._registry = registry
+        self._directory = directory
+        self._instance = InstanceConnections() if instance is None else instance
         self._clock = clock
         self._auth = auth
         self._metrics = metrics
@@ -110,12 +133,33 @@ class GatewayService:
             await channel.close(verdict.code, verdict.reason)
             return None
         assert token is not None  # noqa: S101  # authenticate refuses a missing token
-        conn = Connection(self._new_id(), verdict, token, channel)
+        conn = Connection(self._new_id(), verdict, token, channel, now)
+        if not await self._directory.register(conn.entry, self._limits.max_connections_per_user):
+            log.info("ws_refused_over_cap", extra={"user_id": verdict.user_id})
+            self._metrics.connection_closed("too_many_connections")
+            await channel.close(CloseCode.TOO_MANY_CONNECTIONS, TOO_MANY_REASON)
+            return None
+        if self._draining:  # the drain began while the directory was being asked
+            await self._directory.unregister(conn.entry)
+            await channel.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
+            return None
         self._live[conn.id] = conn
-        self._registry.add(ConnectionEntry(conn.id, verdict.user_id, verdict.expires_at, now))
+        self._instance.add(conn.id, verdict.user_id)
         log.info("ws_connected", extra={"connection_id": conn.id, "user_id": verdict.user_id})
         await channel.send(p.Connected(p.ConnectedPayload(conn.id)))
         return conn
+
+    def instance_stats(self) -> InstanceStats:
+        """This instance's connections (the cluster's are the directory's)."""
+        return self._instance.stats()
+
+    async def deliver_push(self, user_id: str, payload: bytes) -> int:
+        """Send a pushed JSON object to the user's connections on this instance."""
+        message = p.Push(msgspec.Raw(payload))
+        targets = [self._live[c] for c in self._instance.of_user(user_id) if c in self._live]
+        for conn in targets:
+            await conn.channel.send(message)
+        return len(targets)
 
     async def handle_text(self, conn: Connection, frame: str) -> None:
         if len(frame) > self._limits.max_message_bytes:
@@ -142,8 +186,9 @@ class GatewayService:
             return
         conn.closed = True
         self._live.pop(conn.id, None)
-        self._registry.remove(conn.id)
+        self._instance.remove(conn.id)
         self._metrics.connection_closed(reason)
+        await self._directory.unregister(conn.entry)
         log.info("ws_disconnected", extra={"connection_id": conn.id, "reason": reason})
         effects = s.on_disconnect(conn.state)
         conn.state = s.IDLE

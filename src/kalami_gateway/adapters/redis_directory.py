@@ -1,0 +1,373 @@
+"""The connection directory on Redis: every instance of the cluster registers its connections
+under a lease it renews; Lua scripts make each step atomic.
+
+Keys (all under the prefix ``p``; Redis standalone or a primary — the scripts compute keys,
+so Redis Cluster is not supported):
+
+- ``p instances``            sorted set: instance id -> lease expiry (ms, Redis's own clock)
+- ``p instance:<id>``        hash: connection id -> user id (that instance's connections)
+- ``p user:<user id>``       set of the user's connection ids, across instances
+- ``p users``                set of user ids with at least one connection
+
+Every script first *reaps*: an instance whose lease has lapsed (killed, cut off, frozen) is
+removed with its connections, so a dead instance is gone within one lease (``LEASE_SECONDS``)
+of its last renewal, as soon as anyone asks. Every key also carries a TTL (``KEY_TTL``,
+refreshed on use), so a cluster that dies entirely leaves nothing behind.
+
+Redis trouble is survivable: this instance keeps a mirror of its own entries and never fails
+a connection because Redis is away. While Redis is unreachable, the cap is judged on this
+instance's own connections, the counts are this instance's, and one warning is logged per
+outage. The next successful renewal (every ``RENEW_SECONDS``) writes the mirror back (the
+instance "re-registers"), so the cluster figures are right again within one lease period.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from kalami_gateway.domain.directory import admits
+from kalami_gateway.domain.ports import ConnectionDirectory, ConnectionEntry, DirectoryCounts
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS: Final = 10.0
+RENEW_SECONDS: Final = 3.0
+KEY_TTL: Final = 24 * 3600
+# Seconds a Redis call may take before the instance treats Redis as away.
+REDIS_TIMEOUT: Final = 2.0
+# What a Redis call can fail with: the client's errors, and the socket's.
+REDIS_FAILURES: Final = (RedisError, OSError, TimeoutError)
+
+# Shared by every script: the time, and the reaping of instances whose lease has lapsed.
+_PRELUDE = """
+local p = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = KEY_TTL
+
+local function drop(cid, uid)
+  local ukey = p .. 'user:' .. uid
+  redis.call('SREM', ukey, cid)
+  if redis.call('SCARD', ukey) == 0 then
+    redis.call('SREM', p .. 'users', uid)
+  end
+end
+
+local function forget_instance(iid)
+  local key = p .. 'instance:' .. iid
+  local flat = redis.call('HGETALL', key)
+  for i = 1, #flat, 2 do
+    drop(flat[i], flat[i + 1])
+  end
+  redis.call('DEL', key)
+  redis.call('ZREM', p .. 'instances', iid)
+end
+
+local function reap()
+  local dead = redis.call('ZRANGEBYSCORE', p .. 'instances', '-inf', now)
+  for _, iid in ipairs(dead) do
+    forget_instance(iid)
+  end
+end
+
+local function lease(iid, lease_ms)
+  local fresh = redis.call('ZADD', p .. 'instances', now + lease_ms, iid)
+  redis.call('EXPIRE', p .. 'instances', ttl)
+  redis.call('EXPIRE', p .. 'instance:' .. iid, ttl)
+  return fresh
+end
+
+local function add(iid, cid, uid)
+  redis.call('HSET', p .. 'instance:' .. iid, cid, uid)
+  redis.call('SADD', p .. 'user:' .. uid, cid)
+  redis.call('EXPIRE', p .. 'user:' .. uid, ttl)
+  redis.call('SADD', p .. 'users', uid)
+  redis.call('EXPIRE', p .. 'users', ttl)
+end
+"""
+
+_PRELUDE = _PRELUDE.replace("KEY_TTL", str(KEY_TTL))
+
+# ARGV: prefix, instance id, lease ms, connection id, user id, cap.
+# Returns {admitted (1/0), whether this instance had dropped out of the directory (1/0)}.
+_REGISTER: Final = (
+    _PRELUDE
+    + """
+local iid, cid, uid, cap = ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local fresh = lease(iid, tonumber(ARGV[3]))
+if redis.call('HEXISTS', p .. 'instance:' .. iid, cid) == 1 then
+  return {1, fresh}
+end
+reap()
+if cap > 0 and redis.call('SCARD', p .. 'user:' .. uid) >= cap then
+  return {0, fresh}
+end
+add(iid, cid, uid)
+return {1, fresh}
+"""
+)
+
+# ARGV: prefix, instance id, connection id.
+_UNREGISTER: Final = (
+    _PRELUDE
+    + """
+local key = p .. 'instance:' .. ARGV[2]
+local uid = redis.call('HGET', key, ARGV[3])
+if uid then
+  redis.call('HDEL', key, ARGV[3])
+  drop(ARGV[3], uid)
+end
+return 0
+"""
+)
+
+# ARGV: prefix, instance id, lease ms. Returns 1 if the instance had dropped out (was absent).
+_RENEW: Final = (
+    _PRELUDE
+    + """
+reap()
+return lease(ARGV[2], tonumber(ARGV[3]))
+"""
+)
+
+# ARGV: prefix, instance id, lease ms, then connection id, user id pairs: this instance's
+# entries, written back as they are (no cap: they are open already).
+_RESYNC: Final = (
+    _PRELUDE
+    + """
+local iid = ARGV[2]
+reap()
+forget_instance(iid)
+lease(iid, tonumber(ARGV[3]))
+for i = 4, #ARGV, 2 do
+  add(iid, ARGV[i], ARGV[i + 1])
+end
+return 0
+"""
+)
+
+# ARGV: prefix, instance id.
+_LEAVE: Final = (
+    _PRELUDE
+    + """
+forget_instance(ARGV[2])
+return 0
+"""
+)
+
+# ARGV: prefix. Returns {instances, connections, users}.
+_COUNTS: Final = (
+    _PRELUDE
+    + """
+reap()
+local live = redis.call('ZRANGE', p .. 'instances', 0, -1)
+local connections = 0
+for _, iid in ipairs(live) do
+  connections = connections + redis.call('HLEN', p .. 'instance:' .. iid)
+end
+return {#live, connections, redis.call('SCARD', p .. 'users')}
+"""
+)
+
+# ARGV: prefix, user id.
+_CONNECTIONS_OF: Final = (
+    _PRELUDE
+    + """
+reap()
+return redis.call('SMEMBERS', p .. 'user:' .. ARGV[2])
+"""
+)
+
+# ARGV: prefix, user id, channel, message. Returns the user's connection count when published.
+PUSH_SCRIPT: Final = (
+    _PRELUDE
+    + """
+reap()
+local n = redis.call('SCARD', p .. 'user:' .. ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return n
+"""
+)
+
+
+def new_instance_id() -> str:
+    """Readable in Redis: host and process, plus randomness for restarts that reuse a pid."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class RedisDirectory(ConnectionDirectory):
+    """This instance's part of the cluster's directory, on Redis (see the module docstring)."""
+
+    def __init__(self, client: Redis, prefix: str, instance_id: str | None = None) -> None:
+        self._client = client
+        self._prefix = prefix
+        self.instance_id = instance_id or new_instance_id()
+        self._lease_ms = str(int(LEASE_SECONDS * 1000))
+        self._register = client.register_script(_REGISTER)
+        self._unregister = client.register_script(_UNREGISTER)
+        self._renew = client.register_script(_RENEW)
+        self._resync = client.register_script(_RESYNC)
+        self._leave = client.register_script(_LEAVE)
+        self._counts = client.register_script(_COUNTS)
+        self._connections_of = client.register_script(_CONNECTIONS_OF)
+        # This instance's entries: the truth when Redis is away, written back when it returns.
+        self._mine: dict[str, ConnectionEntry] = {}
+        self._by_user: dict[str, set[str]] = {}
+        self._up = True
+        self._needs_resync = True  # the first renewal joins the cluster
+        # Unregistered while a resync was in flight: unregistered again after it.
+        self._removed_meanwhile: list[ConnectionEntry] | None = None
+
+    async def register(self, entry: ConnectionEntry, cap: int) -> bool:
+        if entry.connection_id in self._mine:
+            return True
+        if self._up and not self._needs_resync:
+            try:
+                admitted, dropped_out = await self._register(
+                    args=[
+                        self._prefix,
+                        self.instance_id,
+                        self._lease_ms,
+                        entry.connection_id,
+                        entry.user_id,
+                        cap,
+                    ]
+                )
+            except REDIS_FAILURES as exc:
+                self._went_down(exc)
+            else:
+                if dropped_out:
+                    self._needs_resync = True  # Redis lost us (restart, or we were reaped)
+                if not admitted:
+                    return False
+                self._remember(entry)
+                return True
+        # Redis is away (or we are not back in the directory yet): judge on what is here.
+        if not admits(len(self._by_user.get(entry.user_id, ())), cap):
+            return False
+        self._remember(entry)
+        return True
+
+    async def unregister(self, entry: ConnectionEntry) -> None:
+        if self._forget(entry.connection_id) is None:
+            return
+        if self._removed_meanwhile is not None:
+            self._removed_meanwhile.append(entry)
+        if not self._up:
+            return  # the next resync writes back a mirror without it
+        try:
+            await self._unregister(args=[self._prefix, self.instance_id, entry.connection_id])
+        except REDIS_FAILURES as exc:
+            self._went_down(exc)
+
+    async def counts(self) -> DirectoryCounts:
+        if self._up:
+            try:
+                instances, connections, users = await self._counts(args=[self._prefix])
+            except REDIS_FAILURES as exc:
+                self._went_down(exc)
+            else:
+                return DirectoryCounts(int(instances), int(connections), int(users))
+        return DirectoryCounts(1, len(self._mine), len(self._by_user))
+
+    async def connections_of(self, user_id: str) -> frozenset[str]:
+        if self._up:
+            try:
+                ids = await self._connections_of(args=[self._prefix, user_id])
+            except REDIS_FAILURES as exc:
+                self._went_down(exc)
+            else:
+                return frozenset(i.decode() if isinstance(i, bytes) else str(i) for i in ids)
+        return frozenset(self._by_user.get(user_id, ()))
+
+    async def renew(self) -> None:
+        """Called every RENEW_SECONDS: extends the lease; after an outage, or if Redis lost
+        this instance, writes every entry of this instance back."""
+        try:
+            dropped_out = await self._renew(args=[self._prefix, self.instance_id, self._lease_ms])
+            if dropped_out or self._needs_resync:
+                await self._write_back()
+        except REDIS_FAILURES as exc:
+            self._went_down(exc)
+            return
+        if not self._up:
+            self._up = True
+            log.warning(
+                "redis_reachable_again",
+                extra={"instance": self.instance_id, "connections": len(self._mine)},
+            )
+
+    def reachable(self) -> bool:
+        return self._up
+
+    async def leave(self) -> None:
+        """Take this instance out of the directory at once (a clean shutdown)."""
+        self._mine.clear()
+        self._by_user.clear()
+        try:
+            await self._leave(args=[self._prefix, self.instance_id])
+        except REDIS_FAILURES:
+            return  # the lease lapses on its own
+
+    async def _write_back(self) -> None:
+        self._removed_meanwhile = []
+        try:
+            pairs: list[Any] = []
+            for entry in self._mine.values():
+                pairs += (entry.connection_id, entry.user_id)
+            await self._resync(args=[self._prefix, self.instance_id, self._lease_ms, *pairs])
+            self._needs_resync = False
+            # A connection that went away while the write-back was on the wire may have been
+            # written back after its unregister: unregister it again (it is idempotent).
+            for entry in self._removed_meanwhile:
+                await self._unregister(args=[self._prefix, self.instance_id, entry.connection_id])
+        finally:
+            self._removed_meanwhile = None
+
+    def _went_down(self, exc: BaseException) -> None:
+        self._needs_resync = True
+        if self._up:
+            self._up = False
+            log.warning(
+                "redis_unreachable",
+                extra={
+                    "instance": self.instance_id,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "retry_every_s": RENEW_SECONDS,
+                },
+            )
+
+    def _remember(self, entry: ConnectionEntry) -> None:
+        self._mine[entry.connection_id] = entry
+        self._by_user.setdefault(entry.user_id, set()).add(entry.connection_id)
+
+    def _forget(self, connection_id: str) -> ConnectionEntry | None:
+        entry = self._mine.pop(connection_id, None)
+        if entry is not None:
+            ids = self._by_user[entry.user_id]
+            ids.discard(connection_id)
+            if not ids:
+                del self._by_user[entry.user_id]
+        return entry
+
+
+def redis_client(url: str) -> Redis:
+    """A client that gives up quickly: an unreachable Redis must not hold a connect."""
+    return Redis.from_url(
+        url,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+        health_check_interval=30,
+        # One immediate retry: a pooled connection Redis closed (a restart) is replaced;
+        # more, with backoff (the client's default), would hold a connect for seconds.
+        retry=Retry(NoBackoff(), 1),
+    )
