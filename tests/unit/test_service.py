@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from kalami_gateway.application.service import Connection, GatewayService, ServiceLimits
 from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain.auth import AuthPolicy
-from kalami_gateway.domain.ports import BackendError, BackendErrorKind
 from kalami_gateway.domain.directory import InMemoryDirectory
-from kalami_gateway.application.service import Connection, GatewayService, ServiceLimits
+from kalami_gateway.domain.ports import BackendError, BackendErrorKind
 from kalami_gateway.domain.session import Phase
 from tests.unit.fakes import FakeBackend, FakeChannel, FakeClock, FakeDecoder, FakeMetrics
 
