@@ -129,3 +129,7 @@ async def eventually(check: Callable[[], Any], within: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(0.02)
+
+
+# The real Redis, isolated per test by key prefix (fixtures for the cluster tests).
+from tests.integration.redis_fixtures import prefix, redis  # noqa: E402, F401

@@ -324,3 +324,37 @@ async def test_a_client_leaving_while_its_session_is_created_does_not_leak_it(wo
     gate.set()
     await starting
     assert world.backend.calls[-1] == ("end", conn.token, "s1")
+
+
+async def test_the_connection_over_the_cap_is_closed_4004(world: World) -> None:
+    limited = GatewayService(
+        world.backend,
+        world.directory,
+        world.clock,
+        AuthPolicy(world.decoder, leeway_seconds=0),
+        world.metrics,
+        ServiceLimits(max_message_bytes=4096, max_audio_bytes=1000, max_connections_per_user=2),
+    )
+    token = world.decoder.issue("capped", sub="alice", exp=world.clock.now() + 60)
+    opened = [await limited.open(FakeChannel(), token) for _ in range(2)]
+    over = FakeChannel()
+    assert await limited.open(over, token) is None
+    assert over.closed_with == (4004, "Too many connections")
+    assert over.sent == []
+    assert world.metrics.closed == ["too_many_connections"]
+    assert limited.instance_stats().connections == 2
+    first = opened[0]
+    assert first is not None
+    await limited.disconnect(first)
+    assert await limited.open(FakeChannel(), token) is not None  # room again
+
+
+async def test_a_push_reaches_every_connection_of_the_user_here(world: World) -> None:
+    _, phone = await world.connect("alice")
+    _, laptop = await world.connect("alice")
+    _, other = await world.connect("bob")
+    assert await world.service.deliver_push("alice", b'{"kind":"streak","days":3}') == 2
+    for channel in (phone, laptop):
+        assert channel.wire()[-1] == '{"type":"push","payload":{"kind":"streak","days":3}}'
+    assert other.types() == ["connected"]
+    assert await world.service.deliver_push("nobody", b"{}") == 0

@@ -17,7 +17,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
-from litestar.params import SkipValidation
+from litestar.params import JSONBody, SkipValidation
 
 from kalami_gateway import __version__
 from kalami_gateway.adapters.metrics import CONTENT_TYPE, PrometheusMetrics
@@ -148,6 +148,8 @@ def _push_errors(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str
         )
         return _error(422, f"Invalid push: {detail or exc.detail}")
     if isinstance(exc, HTTPException):
+        if exc.status_code == 400:  # Litestar's word for a body that is not JSON
+            return _error(422, f"Invalid push: {exc.detail}")
         return _error(exc.status_code, exc.detail)
     return _error(500, "Internal error")
 
@@ -174,7 +176,9 @@ def push_route(api_key: str, provide_bus: Callable[[], PushBus]) -> HTTPRouteHan
             "64 KiB, 422 bad body, 503 Redis unreachable."
         ),
     )
-    async def push(data: PushRequest) -> Response[PushAccepted] | Response[dict[str, str]]:
+    async def push(
+        data: JSONBody[PushRequest],
+    ) -> Response[PushAccepted] | Response[dict[str, str]]:
         try:
             count = await provide_bus().publish(data.userId, msgspec.json.encode(data.payload))
         except PushUnavailable as exc:

@@ -207,11 +207,17 @@ def new_instance_id() -> str:
 class RedisDirectory(ConnectionDirectory):
     """This instance's part of the cluster's directory, on Redis (see the module docstring)."""
 
-    def __init__(self, client: Redis, prefix: str, instance_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str,
+        instance_id: str | None = None,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
         self._client = client
         self._prefix = prefix
         self.instance_id = instance_id or new_instance_id()
-        self._lease_ms = str(int(LEASE_SECONDS * 1000))
+        self._lease_ms = str(int(lease_seconds * 1000))
         self._register = client.register_script(_REGISTER)
         self._unregister = client.register_script(_UNREGISTER)
         self._renew = client.register_script(_RENEW)

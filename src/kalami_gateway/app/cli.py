@@ -7,12 +7,16 @@ import sys
 import time
 from collections.abc import Sequence
 
+import msgspec
+
 from kalami_gateway import __version__
 from kalami_gateway.adapters.jwt_decoder import mint_token
 from kalami_gateway.app.factory import create_app
+from kalami_gateway.app.logs import configure_logging
 from kalami_gateway.app.server import serve
-from kalami_gateway.app.settings import SettingsError, load_settings
+from kalami_gateway.app.settings import SettingsError, cluster_problems, load_settings
 from kalami_gateway.app.talk import run_talk
+from kalami_gateway.app.workers import Supervisor
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,8 +26,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kalami-gateway {__version__}")
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser(
+    serve_cmd = commands.add_parser(
         "serve", help="run the gateway (the default); settings from the environment"
+    )
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes on one port (default WORKERS, 1); more than 1 needs REDIS_URL",
     )
     token = commands.add_parser("token", help="mint a development token signed with JWT_SECRET")
     token.add_argument("--sub", required=True, help="the user id the token is for")
@@ -52,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token(args.sub, args.ttl)
         if command == "talk":
             return run_talk(args)
-        return _serve()
+        return _serve(getattr(args, "workers", None))
     except SettingsError as exc:
         print(f"kalami-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -67,7 +77,17 @@ def _token(subject: str, ttl: int) -> int:
     return 0
 
 
-def _serve() -> int:
+def _serve(workers: int | None) -> int:
     settings = load_settings()
+    if workers is not None:
+        if workers < 1:
+            raise SettingsError(f"--workers must be at least 1, got {workers}")
+        settings = msgspec.structs.replace(settings, workers=workers)
+        problems = cluster_problems(settings)
+        if problems:
+            raise SettingsError("; ".join(problems))
+    if settings.workers > 1:
+        configure_logging(settings.log_level, settings.log_format)
+        return Supervisor(settings, settings.workers).run()
     serve(create_app(settings))
     return 0

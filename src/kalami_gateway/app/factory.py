@@ -17,6 +17,7 @@ import websockets.http11
 from dependency_injector import providers
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from kalami_gateway import __version__
@@ -194,6 +195,8 @@ def openapi_config() -> OpenAPIConfig:
 
 
 async def _log_exception(exc: Exception, scope: Any) -> None:
+    if isinstance(exc, HTTPException) and exc.status_code < 500:
+        return  # a client's mistake, answered as such: not the gateway's error
     log.error("unhandled_exception", exc_info=exc, extra={"path": scope.get("path")})
 
 

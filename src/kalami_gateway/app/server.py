@@ -23,10 +23,17 @@ log = logging.getLogger(__name__)
 
 
 class GatewayServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: GatewayApp, drain_timeout: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        app: GatewayApp,
+        drain_timeout: float,
+        signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+    ) -> None:
         super().__init__(config)
         self._gateway = app
         self._drain_timeout = drain_timeout
+        self._signals = signals
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -38,8 +45,7 @@ class GatewayServer(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        handled = (signal.SIGINT, signal.SIGTERM)
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in self._signals}
         try:
             yield
         finally:

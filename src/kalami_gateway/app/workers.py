@@ -1,0 +1,122 @@
+"""``serve --workers N``: N uvicorn worker processes on one listening socket.
+
+The parent binds the socket, starts the workers (spawned, so each builds its own app: each
+is an instance of the cluster) and supervises them: a worker that dies is replaced. SIGTERM
+or SIGINT to the parent is passed on once, as SIGTERM, to every worker, which drains as a
+single process does (1001 to its sockets, sessions ended); the parent exits 0 when they have.
+Workers ignore SIGINT themselves, so a Ctrl-C in a terminal (sent to the whole process group)
+reaches them once, through the parent, and cannot cut a drain short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Final
+
+from kalami_gateway.app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_POLL_SECONDS: Final = 0.2
+# A worker that keeps dying at start-up is restarted at most this often.
+_RESTART_PAUSE_SECONDS: Final = 1.0
+
+
+def bind(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.gateway_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.gateway_host, settings.gateway_port))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _worker(sock: socket.socket) -> None:
+    """One worker process: the gateway as a single process would run it, on ``sock``."""
+    # Imported here: the spawned child starts from a clean interpreter.
+    from kalami_gateway.app.factory import create_app
+    from kalami_gateway.app.server import GatewayServer, uvicorn_config
+    from kalami_gateway.app.settings import load_settings
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    settings = load_settings()
+    app = create_app(settings)
+    server = GatewayServer(
+        uvicorn_config(app, settings),
+        app,
+        settings.shutdown_timeout,
+        signals=(signal.SIGTERM,),
+    )
+    server.run(sockets=[sock])
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, count: int) -> None:
+        self._settings = settings
+        self._count = count
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: list[BaseProcess] = []
+        self._stopping = False
+
+    def run(self) -> int:
+        sock = bind(self._settings)
+        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._workers = [self._start(sock) for _ in range(self._count)]
+            log.info(
+                "workers_started",
+                extra={"workers": self._count, "pids": [w.pid for w in self._workers]},
+            )
+            while not self._stopping:
+                time.sleep(_POLL_SECONDS)
+                self._replace_dead(sock)
+            return self._drain()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            sock.close()
+
+    def _start(self, sock: socket.socket) -> BaseProcess:
+        process = self._context.Process(target=_worker, args=(sock,), daemon=False)
+        process.start()
+        return process
+
+    def _replace_dead(self, sock: socket.socket) -> None:
+        for index, worker in enumerate(self._workers):
+            if worker.is_alive() or self._stopping:
+                continue
+            log.warning("worker_died", extra={"pid": worker.pid, "exitcode": worker.exitcode})
+            time.sleep(_RESTART_PAUSE_SECONDS if worker.exitcode not in (0, None) else 0)
+            if not self._stopping:
+                self._workers[index] = self._start(sock)
+                log.info("worker_replaced", extra={"pid": self._workers[index].pid})
+
+    def _stop(self, signum: int, _: FrameType | None) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        for worker in self._workers:
+            if worker.is_alive() and worker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
+
+    def _drain(self) -> int:
+        deadline = time.monotonic() + self._settings.shutdown_timeout + 10
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        stragglers = [w for w in self._workers if w.is_alive()]
+        for worker in stragglers:
+            log.warning("worker_killed_after_drain_timeout", extra={"pid": worker.pid})
+            worker.kill()
+            worker.join(5)
+        log.info("workers_stopped", extra={"workers": len(self._workers)})
+        return 0

@@ -1,0 +1,282 @@
+"""The cluster on the real Redis: instances that share one directory, one cap and one push
+channel (two gateways on two ports, in this process or as processes of their own)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.integration.backend_server import BackendServer
+from tests.integration.conftest import (
+    Gateway,
+    closed_with,
+    eventually,
+    make_settings,
+    recv_json,
+    running_gateway,
+    token_for,
+)
+from tests.integration.redis_fixtures import REDIS_URL, delete_prefix
+from tests.integration.test_lifecycle import free_port, gateway_env, process
+
+PUSH_KEY = "push-key-for-tests-0123456789"
+
+
+@asynccontextmanager
+async def cluster(
+    backend: BackendServer, prefix: str, size: int = 2, **overrides: Any
+) -> AsyncIterator[list[Gateway]]:
+    settings = make_settings(
+        backend.url,
+        redis_url=REDIS_URL,
+        redis_key_prefix=prefix,
+        push_api_key=PUSH_KEY,
+        **overrides,
+    )
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(running_gateway(settings)) for _ in range(size)]
+
+
+async def device(gateway: Gateway, user: str) -> ClientConnection:
+    ws = await connect(gateway.ws(token_for(user)))
+    assert (await recv_json(ws))["type"] == "connected"
+    return ws
+
+
+async def stats_of(gateway: Gateway) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        body: dict[str, Any] = (await client.get(f"{gateway.http}/stats")).json()
+        return body
+
+
+async def push(
+    gateway: Gateway, body: Any, key: str | None = PUSH_KEY, **kw: Any
+) -> httpx.Response:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        if isinstance(body, bytes):
+            return await client.post(
+                f"{gateway.http}/internal/push",
+                content=body,
+                headers={**headers, "content-type": "application/json"},
+            )
+        return await client.post(f"{gateway.http}/internal/push", json=body, headers=headers)
+
+
+async def test_every_instance_gives_the_same_cluster_figures(
+    backend: BackendServer, prefix: str
+) -> None:
+    async with cluster(backend, prefix) as (a, b):
+        sockets = [await device(a, "alice"), await device(a, "bob"), await device(b, "alice")]
+        sa, sb = await stats_of(a), await stats_of(b)
+        assert sa["cluster"] == sb["cluster"] == {"instances": 2, "connections": 3, "users": 2}
+        assert (sa["websocket"]["connections"], sb["websocket"]["connections"]) == (2, 1)
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"{a.http}/metrics")).text
+        assert "kalami_cluster_instances 2.0" in text
+        assert "kalami_cluster_connections 3.0" in text
+        assert "kalami_websocket_connections 2.0" in text
+        for ws in sockets:
+            await ws.close()
+        await eventually(lambda: _cluster_connections(a, 0))
+
+
+async def _cluster_connections(gateway: Gateway, expected: int) -> bool:
+    return bool((await stats_of(gateway))["cluster"]["connections"] == expected)
+
+
+async def test_a_push_through_one_instance_reaches_the_users_devices_on_every_instance(
+    backend: BackendServer, prefix: str
+) -> None:
+    async with cluster(backend, prefix) as (a, b):
+        phone, laptop, other = (
+            await device(a, "alice"),
+            await device(b, "alice"),
+            await device(b, "bob"),
+        )
+        response = await push(a, {"userId": "alice", "payload": {"kind": "streak", "days": 3}})
+        assert response.status_code == 202
+        assert response.json() == {"userId": "alice", "connections": 2}
+        for ws in (phone, laptop):
+            assert await recv_json(ws) == {
+                "type": "push",
+                "payload": {"kind": "streak", "days": 3},
+            }
+        await other.send('{"type":"ping"}')
+        assert (await recv_json(other))["type"] == "pong"  # bob got nothing before it
+        nobody = await push(b, {"userId": "nobody", "payload": {}})
+        assert nobody.json() == {"userId": "nobody", "connections": 0}
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "status", "words"),
+    [
+        ({"userId": "a", "payload": {}}, None, 401, "key"),
+        ({"userId": "a", "payload": {}}, "wrong-key-of-the-same-size-xx", 401, "key"),
+        (b"{not json", PUSH_KEY, 422, "Invalid push"),
+        ({"payload": {}}, PUSH_KEY, 422, "userId"),
+        ({"userId": "", "payload": {}}, PUSH_KEY, 422, "userId"),
+        ({"userId": "a", "payload": [1, 2]}, PUSH_KEY, 422, "payload"),
+        ({"userId": "a", "payload": "text"}, PUSH_KEY, 422, "payload"),
+        ({"userId": "a", "payload": {"blob": "x" * 70_000}}, PUSH_KEY, 413, ""),
+    ],
+)
+async def test_the_push_api_refuses_what_it_must(
+    backend: BackendServer,
+    prefix: str,
+    body: Any,
+    key: str | None,
+    status: int,
+    words: str,
+) -> None:
+    async with cluster(backend, prefix, size=1) as (a,):
+        response = await push(a, body, key)
+    assert response.status_code == status
+    assert words in response.json()["error"]
+
+
+async def test_the_push_api_is_off_without_a_key_documented_with_one_and_not_under_api(
+    backend: BackendServer, prefix: str
+) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with running_gateway(make_settings(backend.url)) as plain:
+            off = await client.post(f"{plain.http}/internal/push", json={})
+            schema_without = (await client.get(f"{plain.http}/schema/openapi.json")).json()
+        async with cluster(backend, prefix, size=1) as (a,):
+            schema = (await client.get(f"{a.http}/schema/openapi.json")).json()
+            proxied = await client.post(
+                f"{a.http}/api/internal/push",
+                json={"userId": "a", "payload": {}},
+                headers={"Authorization": f"Bearer {PUSH_KEY}"},
+            )
+    assert off.status_code == 404
+    assert "/internal/push" not in schema_without["paths"]
+    assert "post" in schema["paths"]["/internal/push"]
+    assert proxied.json()["path"] == "/internal/push"  # the backend's echo, not a push
+    assert backend.requests[-1].raw_path == "/internal/push"
+
+
+async def test_the_cap_holds_across_instances_under_concurrent_connects(
+    backend: BackendServer, prefix: str
+) -> None:
+    async with cluster(backend, prefix, max_connections_per_user=3) as (a, b):
+
+        async def attempt(gateway: Gateway) -> str:
+            ws = await connect(gateway.ws(token_for("alice")))
+            try:
+                message = await recv_json(ws)
+                return str(message["type"])
+            except Exception:  # closed before anything was sent
+                code, reason = await closed_with(ws)
+                return f"{code} {reason}"
+
+        outcomes = await asyncio.gather(*(attempt(g) for _ in range(6) for g in (a, b)))
+        assert outcomes.count("connected") == 3
+        assert outcomes.count("4004 Too many connections") == 9
+        assert (await stats_of(a))["cluster"]["connections"] == 3
+
+
+async def test_figures_recover_after_redis_connections_are_killed_and_after_data_loss(
+    backend: BackendServer, prefix: str, redis: Redis
+) -> None:
+    async with cluster(backend, prefix) as (a, b):
+        sockets = [await device(a, "alice"), await device(b, "bob"), await device(b, "carol")]
+        await redis.client_kill_filter(_type="normal", skipme=True)
+        assert (await stats_of(a))["cluster"] == {"instances": 2, "connections": 3, "users": 3}
+        await delete_prefix(redis, prefix)  # Redis restarted, nothing kept
+        # Within one renewal (3 s) every instance writes its connections back.
+        await eventually(
+            lambda: _cluster_is(a, {"instances": 2, "connections": 3, "users": 3}), within=8
+        )
+        for ws in sockets:
+            await ws.close()
+
+
+async def _cluster_is(gateway: Gateway, expected: dict[str, int]) -> bool:
+    return bool((await stats_of(gateway))["cluster"] == expected)
+
+
+async def test_an_unreachable_redis_is_survived_and_reported(backend: BackendServer) -> None:
+    settings = make_settings(backend.url, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    async with running_gateway(settings) as gw:
+        ws = await device(gw, "alice")
+        await ws.send('{"type":"ping"}')
+        assert (await recv_json(ws))["type"] == "pong"
+        async with httpx.AsyncClient(timeout=10) as client:
+            ready = await client.get(f"{gw.http}/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["redis"] == "unreachable"
+        stats = await stats_of(gw)
+        assert stats["cluster"] == {"instances": 1, "connections": 1, "users": 1}
+
+
+async def test_a_killed_instance_leaves_the_directory_within_the_lease(
+    backend: BackendServer, prefix: str
+) -> None:
+    port = free_port()
+    env = gateway_env(backend.url, port, REDIS_URL=REDIS_URL, REDIS_KEY_PREFIX=prefix)
+    args = [sys.executable, "-m", "kalami_gateway", "serve"]
+    async with cluster(backend, prefix, size=1) as (a,), process(args, env, port) as doomed:
+        await device(a, "alice")
+        for user in ("alice", "bob"):
+            ws = await connect(f"ws://127.0.0.1:{port}/ws?token={token_for(user)}")
+            assert json.loads(await ws.recv())["type"] == "connected"
+        assert (await stats_of(a))["cluster"] == {"instances": 2, "connections": 3, "users": 2}
+        doomed.send_signal(signal.SIGKILL)
+        await doomed.wait()
+        await eventually(
+            lambda: _cluster_is(a, {"instances": 1, "connections": 1, "users": 1}), within=15
+        )
+
+
+async def test_serve_with_two_workers_serves_counts_and_drains(
+    backend: BackendServer, prefix: str
+) -> None:
+    port = free_port()
+    env = gateway_env(backend.url, port, REDIS_URL=REDIS_URL, REDIS_KEY_PREFIX=prefix)
+    args = [sys.executable, "-m", "kalami_gateway", "serve", "--workers", "2"]
+    async with process(args, env, port) as proc:
+        sockets = []
+        for n in range(8):
+            ws = await connect(f"ws://127.0.0.1:{port}/ws?token={token_for(f'u{n}')}")
+            assert json.loads(await ws.recv())["type"] == "connected"
+            sockets.append(ws)
+        async with httpx.AsyncClient() as client:
+
+            async def both_workers_counted() -> bool:
+                body = (await client.get(f"http://127.0.0.1:{port}/stats")).json()
+                return bool(body["cluster"] == {"instances": 2, "connections": 8, "users": 8})
+
+            await eventually(both_workers_counted)
+        proc.send_signal(signal.SIGTERM)
+        for ws in sockets:
+            assert await closed_with(ws) == (1001, "Server shutting down")
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_workers_without_redis_refuse_to_start() -> None:
+    env = gateway_env("http://127.0.0.1:9", free_port(), WORKERS="3")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "kalami_gateway",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert "WORKERS=3 needs REDIS_URL" in lines[0]
