@@ -58,10 +58,23 @@ def wait_for_http(url: str, timeout: float = 20.0) -> None:
             time.sleep(0.05)
 
 
+def _stat(pid: int | str) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time the process and its children (``--workers``) have used so far."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat(entry.name)
+        except OSError:
+            continue  # gone meanwhile
+        if entry.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kb(pid: int) -> int:
@@ -114,6 +127,8 @@ class GatewayProcess:
     backend_mode: str = "http"
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    workers: int = 1
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def http(self) -> str:
@@ -134,9 +149,14 @@ class GatewayProcess:
             "BACKEND_MODE": self.backend_mode,
             "LOG_LEVEL": "warn",
             "LOG_FORMAT": "json",
+            # The load client reuses 500 users for its connections.
+            "MAX_CONNECTIONS_PER_USER": "0",
+            **self.extra_env,
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kalami_gateway", "serve"], env=env, stdout=subprocess.DEVNULL
+            [sys.executable, "-m", "kalami_gateway", "serve", "--workers", str(self.workers)],
+            env=env,
+            stdout=subprocess.DEVNULL,
         )
         wait_for_http(f"{self.http}/health")
 

@@ -226,3 +226,21 @@ async def test_a_killed_redis_connection_is_replaced_transparently(
         assert d.reachable()
     finally:
         await client.aclose()
+
+
+async def test_a_burst_of_connects_is_queued_not_mistaken_for_an_outage(prefix: str) -> None:
+    client = redis_client(REDIS_URL)  # the production client: a small, blocking pool
+    try:
+        d = RedisDirectory(client, prefix)
+        await d.renew()
+        burst = [entry(f"user{n % 400}") for n in range(2000)]  # 5 each: at the cap
+        admitted = await asyncio.gather(*(d.register(e, cap=5) for e in burst))
+        assert all(admitted)
+        assert d.reachable()
+        assert await d.counts() == DirectoryCounts(1, 2000, 400)
+        assert not await d.register(entry("user7"), cap=5)
+        await asyncio.gather(*(d.unregister(e) for e in burst))
+        assert d.reachable()
+        assert await d.counts() == DirectoryCounts(1, 0, 0)
+    finally:
+        await client.aclose()

@@ -29,11 +29,12 @@ import socket
 import uuid
 from typing import Any, Final
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from kalami_gateway.adapters.batcher import Batcher
 from kalami_gateway.domain.directory import admits
 from kalami_gateway.domain.ports import ConnectionDirectory, ConnectionEntry, DirectoryCounts
 
@@ -44,6 +45,7 @@ RENEW_SECONDS: Final = 3.0
 KEY_TTL: Final = 24 * 3600
 # Seconds a Redis call may take before the instance treats Redis as away.
 REDIS_TIMEOUT: Final = 2.0
+REDIS_POOL_SIZE: Final = 32
 # What a Redis call can fail with: the client's errors, and the socket's.
 REDIS_FAILURES: Final = (RedisError, OSError, TimeoutError)
 
@@ -97,34 +99,43 @@ end
 
 _PRELUDE = _PRELUDE.replace("KEY_TTL", str(KEY_TTL))
 
-# ARGV: prefix, instance id, lease ms, connection id, user id, cap.
-# Returns {admitted (1/0), whether this instance had dropped out of the directory (1/0)}.
+# ARGV: prefix, instance id, lease ms, then connection id, user id, cap triples (a batch).
+# Returns {whether this instance had dropped out of the directory (1/0), then admitted (1/0)
+# for each triple, in order}. In order means the cap is judged as if they came one by one.
 _REGISTER: Final = (
     _PRELUDE
     + """
-local iid, cid, uid, cap = ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local iid = ARGV[2]
 local fresh = lease(iid, tonumber(ARGV[3]))
-if redis.call('HEXISTS', p .. 'instance:' .. iid, cid) == 1 then
-  return {1, fresh}
-end
 reap()
-if cap > 0 and redis.call('SCARD', p .. 'user:' .. uid) >= cap then
-  return {0, fresh}
+local out = {fresh}
+local mine = p .. 'instance:' .. iid
+for i = 4, #ARGV, 3 do
+  local cid, uid, cap = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  if redis.call('HEXISTS', mine, cid) == 1 then
+    out[#out + 1] = 1
+  elseif cap > 0 and redis.call('SCARD', p .. 'user:' .. uid) >= cap then
+    out[#out + 1] = 0
+  else
+    add(iid, cid, uid)
+    out[#out + 1] = 1
+  end
 end
-add(iid, cid, uid)
-return {1, fresh}
+return out
 """
 )
 
-# ARGV: prefix, instance id, connection id.
+# ARGV: prefix, instance id, then connection ids (a batch).
 _UNREGISTER: Final = (
     _PRELUDE
     + """
 local key = p .. 'instance:' .. ARGV[2]
-local uid = redis.call('HGET', key, ARGV[3])
-if uid then
-  redis.call('HDEL', key, ARGV[3])
-  drop(ARGV[3], uid)
+for i = 3, #ARGV do
+  local uid = redis.call('HGET', key, ARGV[i])
+  if uid then
+    redis.call('HDEL', key, ARGV[i])
+    drop(ARGV[i], uid)
+  end
 end
 return 0
 """
@@ -220,6 +231,13 @@ class RedisDirectory(ConnectionDirectory):
         self._lease_ms = str(int(lease_seconds * 1000))
         self._register = client.register_script(_REGISTER)
         self._unregister = client.register_script(_UNREGISTER)
+        # Connects and disconnects that arrive while a call is on the wire go together in the
+        # next one: one script call per batch, not per connection (CPU per connect, measured
+        # in bench/README.md).
+        self._registrations: Batcher[tuple[ConnectionEntry, int], bool] = Batcher(
+            self._register_batch
+        )
+        self._unregistrations: Batcher[str, None] = Batcher(self._unregister_batch)
         self._renew = client.register_script(_RENEW)
         self._resync = client.register_script(_RESYNC)
         self._leave = client.register_script(_LEAVE)
@@ -238,25 +256,13 @@ class RedisDirectory(ConnectionDirectory):
             return True
         if self._up and not self._needs_resync:
             try:
-                admitted, dropped_out = await self._register(
-                    args=[
-                        self._prefix,
-                        self.instance_id,
-                        self._lease_ms,
-                        entry.connection_id,
-                        entry.user_id,
-                        cap,
-                    ]
-                )
+                admitted = await self._registrations.submit((entry, cap))
             except REDIS_FAILURES as exc:
                 self._went_down(exc)
             else:
-                if dropped_out:
-                    self._needs_resync = True  # Redis lost us (restart, or we were reaped)
-                if not admitted:
-                    return False
-                self._remember(entry)
-                return True
+                if admitted:
+                    self._remember(entry)
+                return admitted
         # Redis is away (or we are not back in the directory yet): judge on what is here.
         if not admits(len(self._by_user.get(entry.user_id, ())), cap):
             return False
@@ -271,9 +277,22 @@ class RedisDirectory(ConnectionDirectory):
         if not self._up:
             return  # the next resync writes back a mirror without it
         try:
-            await self._unregister(args=[self._prefix, self.instance_id, entry.connection_id])
+            await self._unregistrations.submit(entry.connection_id)
         except REDIS_FAILURES as exc:
             self._went_down(exc)
+
+    async def _register_batch(self, batch: list[tuple[ConnectionEntry, int]]) -> list[bool]:
+        args: list[Any] = [self._prefix, self.instance_id, self._lease_ms]
+        for entry, cap in batch:
+            args += (entry.connection_id, entry.user_id, cap)
+        dropped_out, *admitted = await self._register(args=args)
+        if dropped_out:
+            self._needs_resync = True  # Redis lost us (a restart, or we were reaped)
+        return [bool(a) for a in admitted]
+
+    async def _unregister_batch(self, connection_ids: list[str]) -> list[None]:
+        await self._unregister(args=[self._prefix, self.instance_id, *connection_ids])
+        return [None] * len(connection_ids)
 
     async def counts(self) -> DirectoryCounts:
         if self._up:
@@ -367,9 +386,16 @@ class RedisDirectory(ConnectionDirectory):
 
 
 def redis_client(url: str) -> Redis:
-    """A client that gives up quickly: an unreachable Redis must not hold a connect."""
-    return Redis.from_url(
+    """A client that queues for one of a few connections and gives up quickly.
+
+    A burst of connects (thousands of phones coming back after a network blip) must wait
+    for a pooled connection, not fail: the default pool raises "Too many connections" past
+    its size, which would read as an outage. An unreachable Redis must not hold a connect
+    for long either: every wait is bounded by REDIS_TIMEOUT."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=REDIS_TIMEOUT,
         socket_timeout=REDIS_TIMEOUT,
         socket_connect_timeout=REDIS_TIMEOUT,
         health_check_interval=30,
@@ -377,3 +403,4 @@ def redis_client(url: str) -> Redis:
         # more, with backoff (the client's default), would hold a connect for seconds.
         retry=Retry(NoBackoff(), 1),
     )
+    return Redis.from_pool(pool)
