@@ -206,7 +206,9 @@ async def _cluster_is(gateway: Gateway, expected: dict[str, int]) -> bool:
     return bool((await stats_of(gateway))["cluster"] == expected)
 
 
-async def test_an_unreachable_redis_is_survived_and_reported(backend: BackendServer) -> None:
+async def test_an_unreachable_redis_is_survived_and_reported(
+    backend: BackendServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = make_settings(backend.url, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     async with running_gateway(settings) as gw:
         ws = await device(gw, "alice")
@@ -218,6 +220,8 @@ async def test_an_unreachable_redis_is_survived_and_reported(backend: BackendSer
         assert ready.json()["redis"] == "unreachable"
         stats = await stats_of(gw)
         assert stats["cluster"] == {"instances": 1, "connections": 1, "users": 1}
+        await asyncio.sleep(3.5)  # at least one more failed renewal
+    assert capsys.readouterr().out.count('"redis_unreachable"') == 1  # once per outage
 
 
 async def test_a_killed_instance_leaves_the_directory_within_the_lease(

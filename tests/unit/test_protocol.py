@@ -6,7 +6,7 @@ import json
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kalami_gateway.domain import protocol as p
@@ -139,6 +139,7 @@ def test_arbitrary_bytes_never_raise(frame: bytes) -> None:
     )
 
 
+@settings(max_examples=40)  # bounded: the domain suite stays under a second, start-up included
 @given(json_values)
 def test_arbitrary_json_decodes_or_explains(value: object) -> None:
     result = p.decode_client_message(json.dumps(value))
@@ -149,6 +150,7 @@ def test_arbitrary_json_decodes_or_explains(value: object) -> None:
         assert value["type"] == p.message_type(result)
 
 
+@settings(max_examples=40)
 @given(st.sampled_from(p.CLIENT_MESSAGE_TYPES), json_values)
 def test_any_payload_for_a_known_type_decodes_or_names_the_type(
     message_type: str, payload: object

@@ -120,3 +120,47 @@ def test_a_malformed_env_file_line_is_named(tmp_path: Path) -> None:
     env_file.write_text("JUST_A_WORD\n")
     with pytest.raises(SettingsError, match=r"\.env:1: expected KEY=VALUE"):
         load({}, env_file)
+
+
+def test_cluster_settings() -> None:
+    env = {"JWT_SECRET": "s" * 40, "REDIS_URL": "redis://cache:6379/2", "WORKERS": "4"}
+    settings = load_settings(env, env_file=None)
+    assert (settings.redis_url, settings.workers, settings.redis_key_prefix) == (
+        "redis://cache:6379/2",
+        4,
+        "kalami:",
+    )
+    assert settings.max_connections_per_user == 20
+    assert settings.push_api_key == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("REDIS_URL", "http://cache:6379", "redis://"),
+        ("REDIS_URL", "redis://cache:port/0", "port"),
+        ("REDIS_URL", "redis://cache/zero", "database"),
+        ("REDIS_KEY_PREFIX", "has space", "spaces"),
+        ("MAX_CONNECTIONS_PER_USER", "-1", "whole number"),
+        ("PUSH_API_KEY", "short", "16 characters"),
+        ("WORKERS", "0", "whole number"),
+    ],
+)
+def test_bad_cluster_settings_name_the_variable(name: str, value: str, words: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"JWT_SECRET": "s" * 40, name: value}, env_file=None)
+    assert str(caught.value).startswith(name)
+    assert words in str(caught.value)
+
+
+def test_secrets_in_bad_values_are_not_repeated() -> None:
+    env = {"JWT_SECRET": "s" * 40, "REDIS_URL": "redis://u:hunter2@h:x/0", "PUSH_API_KEY": "pw"}
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env, env_file=None)
+    assert "hunter2" not in str(caught.value)
+    assert "'pw'" not in str(caught.value)
+
+
+def test_workers_need_redis() -> None:
+    with pytest.raises(SettingsError, match="WORKERS=2 needs REDIS_URL"):
+        load_settings({"JWT_SECRET": "s" * 40, "WORKERS": "2"}, env_file=None)
