@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -284,3 +286,51 @@ async def test_workers_without_redis_refuse_to_start() -> None:
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1
     assert "WORKERS=3 needs REDIS_URL" in lines[0]
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == str(pid):
+                found.add(int(entry.name))
+    return found
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    """The supervisor's worker processes (spawn also starts a resource tracker: not a worker)."""
+    return {pid for pid in children_of(supervisor) if "spawn_main" in cmdline(pid)}
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+async def test_a_worker_that_dies_is_replaced(backend: BackendServer, prefix: str) -> None:
+    port = free_port()
+    env = gateway_env(backend.url, port, REDIS_URL=REDIS_URL, REDIS_KEY_PREFIX=prefix)
+    args = [sys.executable, "-m", "kalami_gateway", "serve", "--workers", "2"]
+    async with process(args, env, port) as proc, httpx.AsyncClient() as client:
+        await eventually(lambda: len(worker_pids(proc.pid)) == 2)
+        victim = min(worker_pids(proc.pid))
+        os.kill(victim, signal.SIGKILL)
+        await eventually(
+            lambda: victim not in (now := worker_pids(proc.pid)) and len(now) == 2, within=10
+        )
+
+        async def instances(expected: int) -> bool:
+            body = (await client.get(f"http://127.0.0.1:{port}/stats")).json()
+            return bool(body["cluster"]["instances"] == expected)
+
+        # The replacement joins while the dead worker's lease still runs, which then lapses.
+        await eventually(lambda: instances(3), within=9)
+        await eventually(lambda: instances(2), within=20)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
