@@ -67,6 +67,8 @@ class FakeBackend(Backend):
         self.utterances: list[tuple[str, bytes, str]] = []
         self.fail_next: BackendError | None = None
         self.fail_end = False
+        self.end_failures: list[BackendError] = []  # the next end calls fail with these
+        self.hold_creates: asyncio.Event | None = None  # a create waits for it when set
         self.hold_turns = False
         self.release = asyncio.Event()
         self.turn_started = asyncio.Event()
@@ -82,12 +84,16 @@ class FakeBackend(Backend):
         self, token: str, profile_id: str, topic: str | None
     ) -> CreatedSession:
         self.calls.append(("create", token, profile_id, str(topic)))
+        if self.hold_creates is not None:
+            await self.hold_creates.wait()
         self._maybe_fail()
         self._next += 1
         return CreatedSession(id=f"s{self._next}", topic=topic)
 
     async def end_session(self, token: str, session_id: str) -> None:
         self.calls.append(("end", token, session_id))
+        if self.end_failures:
+            raise self.end_failures.pop(0)
         if self.fail_end:
             raise BackendError(BackendErrorKind.UNREACHABLE, "the backend is unavailable.")
 
@@ -120,6 +126,7 @@ class FakeMetrics(Metrics):
         self.turns: list[str] = []
         self.backend_errors: list[BackendErrorKind] = []
         self.closed: list[str] = []
+        self.cleanup: list[str] = []
 
     def message_received(self, message_type: str) -> None:
         self.messages.append(message_type)
@@ -135,6 +142,9 @@ class FakeMetrics(Metrics):
 
     def connection_closed(self, reason: str) -> None:
         self.closed.append(reason)
+
+    def session_cleanup(self, outcome: str) -> None:
+        self.cleanup.append(outcome)
 
 
 class FakeDecoder(TokenDecoder):

@@ -3,7 +3,6 @@ and the push API."""
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections.abc import Callable
 from typing import Annotated, Any, Final
@@ -23,7 +22,6 @@ from kalami_gateway import __version__
 from kalami_gateway.adapters.metrics import CONTENT_TYPE, PrometheusMetrics
 from kalami_gateway.application.service import GatewayService
 from kalami_gateway.domain.ports import (
-    Backend,
     BackendHealth,
     ConnectionDirectory,
     PushBus,
@@ -31,7 +29,6 @@ from kalami_gateway.domain.ports import (
 )
 
 SERVICE: Final = "kalami-gateway"
-READINESS_TIMEOUT_SECONDS: Final = 5.0
 PUSH_PATH: Final = "/internal/push"
 MAX_PUSH_BYTES: Final = 64 * 1024
 KNOWN_ROUTES: Final = (
@@ -73,14 +70,11 @@ def health() -> dict[str, str]:
 
 @get("/health/ready")
 async def readiness(
-    backend: SkipValidation[Backend],
+    service: SkipValidation[GatewayService],
     directory: SkipValidation[ConnectionDirectory],
     cluster: SkipValidation[bool],
 ) -> Response[dict[str, str]]:
-    try:
-        verdict = await asyncio.wait_for(backend.health(), READINESS_TIMEOUT_SECONDS)
-    except TimeoutError:
-        verdict = BackendHealth.UNREACHABLE
+    verdict = await service.backend_health()
     body = {"status": "ready", "backend": "connected"}
     if verdict is BackendHealth.UNHEALTHY:
         body = {"status": "degraded", "backend": "unhealthy"}

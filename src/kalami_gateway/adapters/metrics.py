@@ -108,6 +108,13 @@ class PrometheusMetrics(Metrics):
             registry=r,
         )
         r.register(_InstanceCollector(connections))
+        self._cleanup = Counter(
+            "kalami_backend_session_cleanup",
+            "Background end calls for sessions no client owns: retry (an attempt), ended, "
+            "gave_up (the retry window ran out).",
+            ["outcome"],
+            registry=r,
+        )
         self._cluster_instances = Gauge(
             "kalami_cluster_instances", "Live gateway instances in the cluster.", registry=r
         )
@@ -153,6 +160,9 @@ class PrometheusMetrics(Metrics):
 
     def connection_closed(self, reason: str) -> None:
         self._closed.labels(reason).inc()
+
+    def session_cleanup(self, outcome: str) -> None:
+        self._cleanup.labels(outcome).inc()
 
     def cluster(self, counts: DirectoryCounts) -> None:
         """The cluster figures, read from the directory just before a scrape."""

@@ -108,6 +108,8 @@ class Container(containers.DeclarativeContainer):
             max_message_bytes=settings.provided.max_message_bytes,
             max_audio_bytes=settings.provided.max_audio_bytes,
             max_connections_per_user=settings.provided.max_connections_per_user,
+            backend_timeout=settings.provided.backend_timeout,
+            end_retry_window=settings.provided.end_retry_window,
         ),
         instance=instance,
     )

@@ -49,6 +49,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_connections_per_user: int = 20  # 0: no cap
     push_api_key: str = ""  # empty: POST /internal/push is disabled (404)
     workers: int = 1
+    end_retry_window_ms: int = 300_000
+
+    @property
+    def end_retry_window(self) -> float:
+        return self.end_retry_window_ms / 1000
 
     @property
     def backend_timeout(self) -> float:
@@ -148,6 +153,7 @@ def load_settings(
         max_connections_per_user=get("MAX_CONNECTIONS_PER_USER", _int_range(0, 1_000_000), 20),
         push_api_key=get("PUSH_API_KEY", _push_key, "", _length_only),
         workers=get("WORKERS", _int_range(1, 256), 1),
+        end_retry_window_ms=get("END_RETRY_WINDOW", _int_range(0, 86_400_000), 300_000),
     )
     problems += cluster_problems(settings)
     if problems:

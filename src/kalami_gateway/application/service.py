@@ -14,10 +14,12 @@ import binascii
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 
+from kalami_gateway.application.cleanup import SessionCleanup
 from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain import session as s
 from kalami_gateway.domain.auth import (
@@ -31,6 +33,8 @@ from kalami_gateway.domain.instance import InstanceConnections, InstanceStats
 from kalami_gateway.domain.ports import (
     Backend,
     BackendError,
+    BackendErrorKind,
+    BackendHealth,
     ClientChannel,
     Clock,
     ConnectionDirectory,
@@ -38,10 +42,13 @@ from kalami_gateway.domain.ports import (
     Metrics,
     Utterance,
 )
+from kalami_gateway.domain.retry import already_gone
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_REASON = "Server shutting down"
+READINESS_SECONDS = 5.0
+T = TypeVar("T")
 TOO_MANY_REASON = "Too many connections"
 
 
@@ -85,6 +92,8 @@ class ServiceLimits(msgspec.Struct, frozen=True):
     max_message_bytes: int
     max_audio_bytes: int
     max_connections_per_user: int = 0  # 0: no cap
+    backend_timeout: float = 30.0  # every backend call finishes or fails within it
+    end_retry_window: float = 300.0  # how long a failed end call is retried in the background
 
 
 class GatewayService:
@@ -100,6 +109,7 @@ class GatewayService:
         limits: ServiceLimits,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         instance: InstanceConnections | None = None,
+        cleanup: SessionCleanup | None = None,
     ) -> None:
         self._backend = backend
         self._directory = directory
@@ -109,6 +119,9 @@ class GatewayService:
         self._metrics = metrics
         self._limits = limits
         self._session_limits = s.Limits(max_audio_bytes=limits.max_audio_bytes)
+        self._cleanup = cleanup or SessionCleanup(
+            backend, metrics, clock, limits.backend_timeout, limits.end_retry_window
+        )
         self._new_id = new_id
         self._live: dict[str, Connection] = {}
         self._draining = False
@@ -207,9 +220,28 @@ class GatewayService:
         return len(expired)
 
     async def drain(self) -> None:
-        """Refuse new connections, close every open one with 1001 and end their sessions."""
+        """Refuse new connections, close every open one with 1001 and end their sessions
+        (and make a last attempt at every end call still being retried)."""
         self._draining = True
         await asyncio.gather(*(self._shut(conn) for conn in list(self._live.values())))
+        await self._cleanup.close()
+
+    async def backend_health(self) -> BackendHealth:
+        """The backend's readiness, within the lower of 5 s and BACKEND_TIMEOUT."""
+        try:
+            async with asyncio.timeout(min(READINESS_SECONDS, self._limits.backend_timeout)):
+                return await self._backend.health()
+        except TimeoutError:
+            return BackendHealth.UNREACHABLE
+
+    async def _on_time(self, call: Awaitable[T]) -> T:
+        """A backend call that finishes or fails within BACKEND_TIMEOUT of its start, whatever
+        the backend does (httpx's own timeouts bound each read, not the call)."""
+        try:
+            async with asyncio.timeout(self._limits.backend_timeout):
+                return await call
+        except TimeoutError:
+            raise BackendError(BackendErrorKind.TIMEOUT, "the backend timed out.") from None
 
     async def _shut(self, conn: Connection) -> None:
         await conn.channel.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
@@ -251,8 +283,16 @@ class GatewayService:
                 await self._cancel_turn(conn)
 
     async def _create_session(self, conn: Connection, profile_id: str, topic: str | None) -> None:
+        started = self._clock.monotonic()
+        call = asyncio.ensure_future(self._backend.create_session(conn.token, profile_id, topic))
         try:
-            created = await self._backend.create_session(conn.token, profile_id, topic)
+            try:
+                created = await self._on_time(asyncio.shield(call))
+            except BackendError as exc:
+                if exc.kind is BackendErrorKind.TIMEOUT and not call.done():
+                    # It may still succeed: a session then exists that no client owns.
+                    self._cleanup.adopt(call, conn.token, started)
+                raise
         except BackendError as exc:
             self._metrics.backend_error(exc.kind)
             log.warning(
@@ -271,13 +311,15 @@ class GatewayService:
 
     async def _end_session(self, conn: Connection, session_id: str) -> None:
         try:
-            await self._backend.end_session(conn.token, session_id)
+            await self._on_time(self._backend.end_session(conn.token, session_id))
         except BackendError as exc:
             self._metrics.backend_error(exc.kind)
             log.warning(
                 "backend_end_session_failed",
                 extra={"connection_id": conn.id, "session_id": session_id, "kind": exc.kind.value},
             )
+            if not already_gone(exc.status):
+                self._cleanup.end_later(conn.token, session_id)  # the client is not kept waiting
         if not conn.closed:
             await conn.channel.send(p.SessionEnded(p.SessionEndedPayload(session_id)))
 
@@ -318,7 +360,9 @@ class GatewayService:
         started = self._clock.monotonic()
         event: s.TurnSucceeded | s.TurnFailed
         try:
-            reply = await self._backend.submit_utterance(conn.token, session_id, utterance)
+            reply = await self._on_time(
+                self._backend.submit_utterance(conn.token, session_id, utterance)
+            )
         except BackendError as exc:
             self._metrics.backend_error(exc.kind)
             log.warning(

@@ -128,6 +128,11 @@ class Metrics(Protocol):
 
     def connection_closed(self, reason: str) -> None: ...
 
+    def session_cleanup(self, outcome: str) -> None:
+        """A background end call: ``retry`` (another attempt), ``ended`` (a retry or an
+        orphaned create's end succeeded), ``gave_up`` (the retry window ran out)."""
+        ...
+
 
 class ConnectionEntry(msgspec.Struct, frozen=True):
     """A live WebSocket connection as the directory knows it."""
