@@ -58,6 +58,13 @@ class BackendServer:
     audio_hold: asyncio.Event | None = None
     audio_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     stream_aborted: asyncio.Event = field(default_factory=asyncio.Event)
+    # Faults: a create answered this late; end calls answered with these statuses first; an
+    # end that never answers; a turn whose reply body drips a byte every `drip_seconds`.
+    create_delay: float = 0.0
+    end_statuses: list[int] = field(default_factory=list)
+    end_hold: asyncio.Event | None = None
+    drip_seconds: float | None = None
+    end_calls: list[str] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
 
@@ -96,6 +103,8 @@ class BackendServer:
 
     async def _create(self, request: web.Request) -> web.Response:
         recorded = await self._record(request)
+        if self.create_delay:
+            await asyncio.sleep(self.create_delay)
         payload = json.loads(recorded.body)
         self.created.append((payload, recorded.header("Authorization")))
         if payload.get("profile_id") == "missing":
@@ -116,12 +125,17 @@ class BackendServer:
     async def _end(self, request: web.Request) -> web.Response:
         recorded = await self._record(request)
         sid = request.match_info["sid"]
+        self.end_calls.append(sid)
+        if self.end_hold is not None:
+            await self.end_hold.wait()
+        if self.end_statuses:
+            return web.json_response({"detail": "try later"}, status=self.end_statuses.pop(0))
         if sid not in self.sessions:
             return web.json_response({"detail": "Session not found"}, status=404)
         self.ended.append((sid, recorded.header("Authorization")))
         return web.json_response({"id": sid, "ended_at": "2026-01-01T00:01:00Z"})
 
-    async def _audio(self, request: web.Request) -> web.Response:
+    async def _audio(self, request: web.Request) -> web.StreamResponse:
         recorded = await self._record(request)
         sid = request.match_info["sid"]
         content_type = recorded.header("Content-Type") or ""
@@ -153,6 +167,14 @@ class BackendServer:
             )
         if self.audio_body is not None:
             return web.Response(body=self.audio_body, content_type="application/json")
+        if self.drip_seconds is not None:
+            drip = web.StreamResponse(headers={"Content-Type": "application/json"})
+            drip.content_length = 1000
+            await drip.prepare(request)
+            for _ in range(1000):
+                await drip.write(b" ")
+                await asyncio.sleep(self.drip_seconds)
+            return drip
         digest = hashlib.sha256(audio).hexdigest()[:12]
         return web.json_response(
             {

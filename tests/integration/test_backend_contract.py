@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -107,14 +106,3 @@ async def test_the_httpx_backend_maps_failures(backend: BackendServer) -> None:
             await HttpxBackend(dead).create_session(TOKEN, "p", None)
         assert unreachable.value.kind is BackendErrorKind.UNREACHABLE
         assert await HttpxBackend(dead).health() is BackendHealth.UNREACHABLE
-
-
-async def test_the_httpx_backend_times_out(backend: BackendServer) -> None:
-    backend.audio_hold = asyncio.Event()
-    async with build_client(backend.url, 0.3) as client:
-        adapter = HttpxBackend(client)
-        created = await adapter.create_session(TOKEN, "p", None)
-        with pytest.raises(BackendError) as caught:
-            await adapter.submit_utterance(TOKEN, created.id, Utterance([b"x"], "webm"))
-    assert caught.value.kind is BackendErrorKind.TIMEOUT
-    backend.audio_hold.set()

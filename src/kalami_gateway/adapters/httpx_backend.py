@@ -80,7 +80,10 @@ def build_client(base_url: str, timeout_seconds: float) -> httpx.AsyncClient:
     transport = AiohttpTransport(client=session)
     client = httpx.AsyncClient(
         base_url=base_url,
-        timeout=httpx.Timeout(timeout_seconds),
+        # Only connecting is bounded here. The deadline of a whole call is the caller's (the
+        # application service): a create that answers after its deadline must still be
+        # heard, so that the session it made can be ended.
+        timeout=httpx.Timeout(None, connect=timeout_seconds),
         transport=transport,
         headers={"User-Agent": "kalami-gateway"},
     )
