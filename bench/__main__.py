@@ -60,10 +60,11 @@ class Sizes:
     idle_connections: int
     turn_connections: int
     turns_each: int
+    burst_turns: int
 
 
-FULL = Sizes(10, 64, 1000, 50, 50, 200, 20, 100, 2000, 20, 10)
-SMOKE = Sizes(1, 4, 20, 5, 4, 10, 2, 5, 20, 2, 2)
+FULL = Sizes(10, 64, 1000, 50, 50, 200, 20, 100, 2000, 20, 10, 250)
+SMOKE = Sizes(1, 4, 20, 5, 4, 10, 2, 5, 20, 2, 2, 5)
 
 # The Node/Express original on this kind of machine (issue 6): what "at least as good" means.
 TARGETS: dict[str, tuple[str, float]] = {
@@ -77,6 +78,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     "idle_kb_per_connection": ("<=", 24),
     "workers_connect_speedup": (">=", 1.7),
     "workers_proxy_speedup": (">=", 1.7),
+    "burst_cold_cpu_ms": ("<=", 500),
+    "burst_warm_cpu_ms": ("<=", 500),
+    "black_hole_late_ms": ("<=", 100),
 }
 
 
@@ -315,6 +319,101 @@ def case_proxy(gateway: GatewayProcess, nginx: Nginx, sizes: Sizes) -> list[Row]
     return rows
 
 
+async def burst_of_turns(gateway: GatewayProcess, clients: list[WsClient]) -> tuple[float, float]:
+    """Every client starts one turn at the same moment: (gateway CPU s, wall s) until the
+    last reply."""
+    turn = client_frame(
+        TEXT, b'{"type":"audio","payload":{"audio_base64":"' + b"A" * 13336 + b'"}}'
+    )
+
+    async def one(client: WsClient) -> None:
+        client.send(turn)
+        while b'"type":"audio"' not in (reply := await client.recv()):
+            if b'"error"' in reply:
+                raise RuntimeError(f"turn failed: {reply[:160]!r}")
+
+    cpu_before = cpu_seconds(gateway.pid)
+    started = time.perf_counter()
+    await bounded(asyncio.gather(*(one(c) for c in clients)))
+    return cpu_seconds(gateway.pid) - cpu_before, time.perf_counter() - started
+
+
+async def case_turn_burst(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
+    """Issue 12: 250 voice turns at once against an instant backend (the nginx stand-in),
+    with a cold connection pool to the backend, then again warm."""
+    count = sizes.burst_turns
+    clients = await bounded(connect_many(gateway.port, count, 50))
+    await bounded(asyncio.gather(*(start_session(c) for c in clients)))
+    cold_cpu, cold_wall = await burst_of_turns(gateway, clients)
+    warm_cpu, warm_wall = await burst_of_turns(gateway, clients)
+    close_all(clients)
+    await until_zero(gateway)
+    return [
+        Row(
+            f"{count} turns at once, cold: gateway CPU",
+            "burst_cold_cpu_ms",
+            cold_cpu * 1e3,
+            unit="ms",
+        ),
+        Row(
+            f"{count} turns at once, cold: last reply",
+            "burst_cold_wall_ms",
+            cold_wall * 1e3,
+            unit="ms",
+        ),
+        Row(
+            f"{count} turns at once, warm: gateway CPU",
+            "burst_warm_cpu_ms",
+            warm_cpu * 1e3,
+            unit="ms",
+        ),
+        Row(
+            f"{count} turns at once, warm: last reply",
+            "burst_warm_wall_ms",
+            warm_wall * 1e3,
+            unit="ms",
+        ),
+    ]
+
+
+async def case_black_hole(nginx: Nginx, sizes: Sizes) -> list[Row]:
+    """Issue 12: session starts against a backend that accepts connections and never answers,
+    BACKEND_TIMEOUT=3 s: how late after its deadline each one's error arrives."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(4096)  # the kernel completes handshakes; nobody ever reads or answers
+    gateway = GatewayProcess(
+        backend_url=f"http://127.0.0.1:{hole.getsockname()[1]}",
+        extra_env={"BACKEND_TIMEOUT": "3000"},
+    )
+    try:
+        gateway.start()
+        clients = await bounded(connect_many(gateway.port, sizes.burst_turns, 50))
+        start = client_frame(TEXT, b'{"type":"start_session","payload":{"profileId":"bench"}}')
+
+        async def late_by(client: WsClient) -> float:
+            sent = time.perf_counter()  # each from its own send: they go out one by one
+            client.send(start)
+            reply = await client.recv()
+            if b'"error"' not in reply:
+                raise RuntimeError(f"expected a timeout error: {reply[:120]!r}")
+            return time.perf_counter() - sent - 3.0
+
+        lateness = await bounded(asyncio.gather(*(late_by(c) for c in clients)))
+        close_all(clients)
+    finally:
+        gateway.stop()
+        hole.close()
+    return [
+        Row(
+            f"{sizes.burst_turns} starts against a black hole: latest error after the 3 s deadline",
+            "black_hole_late_ms",
+            max(lateness) * 1000,
+            unit="ms",
+        )
+    ]
+
+
 def redis_server_pid() -> int:
     """The local redis-server's pid (its CPU is part of what the directory costs)."""
     with socket.create_connection(("127.0.0.1", 6379), timeout=3) as conn:
@@ -447,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += case_pings(gateway, sizes)
         rows += case_audio(gateway, sizes)
         rows += uvloop.run(run_async_cases([(gateway, case_memory), (stub, case_turns)], sizes))
+        rows += uvloop.run(run_async_cases([(gateway, case_turn_burst)], sizes))
+        rows += uvloop.run(case_black_hole(nginx, sizes))
         stub.stop()
         gateway.stop()
         rows += uvloop.run(case_cluster(nginx, rows, sizes))
