@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import socket
 
 import httpx
@@ -343,7 +344,7 @@ async def test_metrics_after_traffic(gateway: Gateway, client: httpx.AsyncClient
     await client.get(f"{gateway.http}/health")
     response = await client.get(f"{gateway.http}/metrics")
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = response.text
     assert 'kalami_http_requests_total{route="/api/{path}",status="200"} 1.0' in text
     assert 'kalami_http_requests_total{route="/api/{path}",status="404"} 1.0' in text
@@ -403,3 +404,17 @@ async def test_a_body_delimited_by_the_connection_closing(client: httpx.AsyncCli
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_client_errors_are_one_info_line_not_an_error_with_a_traceback(
+    backend: BackendServer, client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with running_gateway(make_settings(backend.url, log_level="info")) as gw:
+        missing = await client.get(f"{gw.http}/no-such-route")
+        wrong_method = await client.post(f"{gw.http}/health")
+    assert (missing.status_code, wrong_method.status_code) == (404, 405)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    requests = [line for line in lines if line.get("event") == "http_request"]
+    assert [(r["status"], r["level"]) for r in requests] == [(404, "info"), (405, "info")]
+    assert not [line for line in lines if line["level"] == "error"]
+    assert not any("color_message" in line for line in lines)

@@ -130,6 +130,10 @@ async def test_plain_uvicorn_on_the_factory(backend: BackendServer) -> None:
         ),
         ({"BACKEND_MODE": "grpc"}, "BACKEND_MODE: expected one of http, stub, got 'grpc'"),
         ({"JWT_SECRET": ""}, "JWT_SECRET is not set"),
+        ({"TRUSTED_PROXIES": "notanip"}, "TRUSTED_PROXIES: 'notanip' is not an IP address"),
+        ({"GATEWAY_HOST": "999.1.1.1"}, "GATEWAY_HOST: cannot resolve '999.1.1.1'"),
+        ({"GATEWAY_HOST": "192.0.2.1"}, "GATEWAY_HOST/GATEWAY_PORT: cannot listen on 192.0.2.1"),
+        ({"REDIS_URL": "redis://:hunter2@cache:port"}, "REDIS_URL: the port is not a number"),
     ],
 )
 async def test_a_bad_setting_stops_start_up_with_one_line(
@@ -150,6 +154,38 @@ async def test_a_bad_setting_stops_start_up_with_one_line(
     assert len(lines) == 1
     assert message in lines[0]
     assert "Traceback" not in err.decode()
+    assert "hunter2" not in err.decode()
+
+
+async def test_a_port_in_use_is_one_line_naming_the_variables() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "kalami_gateway",
+            "serve",
+            env=gateway_env("http://127.0.0.1:9", port),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert f"GATEWAY_HOST/GATEWAY_PORT: cannot listen on 127.0.0.1:{port}" in lines[0]
+
+
+async def test_serve_help_lists_every_environment_variable() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kalami_gateway", "serve", "--help", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    for name in ("JWT_SECRET", "BACKEND_TIMEOUT", "END_RETRY_WINDOW", "REDIS_URL", "WORKERS"):
+        assert f"  {name} " in text
 
 
 async def test_the_token_command_mints_a_token_the_gateway_accepts() -> None:

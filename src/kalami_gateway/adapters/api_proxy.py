@@ -26,7 +26,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from kalami_gateway.adapters.asgi import Receive, Scope, Send, send_json_error
-from kalami_gateway.adapters.http_checks import climbs_out
+from kalami_gateway.adapters.http_checks import TrustedPeers, climbs_out
 from kalami_gateway.adapters.upstream import (
     PoolExhausted,
     UpstreamConnection,
@@ -122,7 +122,7 @@ class ApiProxy:
         self._base_path = url.path.rstrip("/").encode()
         self._tls = ssl.create_default_context() if tls else None
         self._timeout = timeout_seconds
-        self._trusted = frozenset(trusted_proxies)
+        self._trusted = TrustedPeers(trusted_proxies)
         self._observe_latency = observe_latency
         self._record_error = record_error
         self._pool_size = pool_size

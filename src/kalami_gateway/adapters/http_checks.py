@@ -5,7 +5,9 @@ Pure functions on raw bytes, so they can be tested exhaustively and as an attack
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Iterable
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
@@ -49,3 +51,32 @@ def _climbs(segments: list[bytes]) -> bool:
                 continue
         depth += 1
     return False
+
+
+class TrustedPeers:
+    """The peers (addresses, or networks in CIDR form) whose forwarding headers are believed."""
+
+    _CACHE_LIMIT: Final = 4096
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        listed = tuple(entries)
+        self._exact = frozenset(e for e in listed if "/" not in e)
+        self._networks = tuple(ipaddress.ip_network(e, strict=False) for e in listed if "/" in e)
+        self._seen: dict[str, bool] = {}
+
+    def __contains__(self, peer: str) -> bool:
+        if peer in self._exact:
+            return True
+        if not self._networks:
+            return False
+        known = self._seen.get(peer)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(peer)
+            except ValueError:
+                known = False
+            else:
+                known = any(address in network for network in self._networks)
+            if len(self._seen) < self._CACHE_LIMIT:
+                self._seen[peer] = known
+        return known

@@ -24,7 +24,6 @@ from kalami_gateway.adapters.http_checks import valid_host
 ProxyCall = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 RecordRequest = Callable[[str, int], None]
 
-log = structlog.get_logger("kalami_gateway.http")
 
 _MAX_REQUEST_ID: Final = 128
 _CORS_MAX_AGE: Final = b"600"
@@ -87,6 +86,9 @@ class HttpEdge:
         self._cors = cors
         self._record = record_request
         self._known_routes = frozenset(known_routes)
+        # Made here, after logging is configured: structlog caches a logger's level and output
+        # on first use, so a module-level one would keep the first configuration it met.
+        self._log = structlog.get_logger("kalami_gateway.http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -159,7 +161,7 @@ class HttpEdge:
             if client_left and not started_response:
                 status = CLIENT_CLOSED_REQUEST
             self._record(route, status)
-            log.info(
+            self._log.info(
                 "http_request",
                 method=scope["method"],
                 path=path,

@@ -19,7 +19,9 @@ from prometheus_client.registry import Collector
 from kalami_gateway.domain.instance import InstanceConnections
 from kalami_gateway.domain.ports import BackendErrorKind, DirectoryCounts, Metrics
 
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+# Litestar appends "; charset=utf-8" to a text/* media type itself: naming it here too
+# sent it twice.
+CONTENT_TYPE: Final = "text/plain; version=0.0.4"
 _LATENCY_BUCKETS: Final = (
     0.001,
     0.0025,

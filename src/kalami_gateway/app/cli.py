@@ -14,9 +14,14 @@ from kalami_gateway.adapters.jwt_decoder import mint_token
 from kalami_gateway.app.factory import create_app
 from kalami_gateway.app.logs import configure_logging
 from kalami_gateway.app.server import serve
-from kalami_gateway.app.settings import SettingsError, cluster_problems, load_settings
+from kalami_gateway.app.settings import (
+    SettingsError,
+    cluster_problems,
+    environment_help,
+    load_settings,
+)
 from kalami_gateway.app.talk import run_talk
-from kalami_gateway.app.workers import Supervisor
+from kalami_gateway.app.workers import Supervisor, listen
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kalami-gateway {__version__}")
     commands = parser.add_subparsers(dest="command")
     serve_cmd = commands.add_parser(
-        "serve", help="run the gateway (the default); settings from the environment"
+        "serve",
+        help="run the gateway (the default); settings from the environment",
+        description="Run the gateway. Settings come from the environment (and a .env file in "
+        "the working directory; the environment wins). Durations are milliseconds.",
+        epilog=environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve_cmd.add_argument(
         "--workers",
@@ -86,8 +96,9 @@ def _serve(workers: int | None) -> int:
         problems = cluster_problems(settings)
         if problems:
             raise SettingsError("; ".join(problems))
+    sock = listen(settings)
     if settings.workers > 1:
         configure_logging(settings.log_level, settings.log_format)
-        return Supervisor(settings, settings.workers).run()
-    serve(create_app(settings))
+        return Supervisor(settings, settings.workers).run(sock)
+    serve(create_app(settings), sock)
     return 0

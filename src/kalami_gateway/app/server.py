@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -84,7 +85,8 @@ def uvicorn_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
     )
 
 
-def serve(app: GatewayApp) -> None:
+def serve(app: GatewayApp, sock: socket.socket) -> None:
+    """Serve on ``sock`` (bound by the caller, so a bad address is a settings error)."""
     settings = app.settings
     server = GatewayServer(uvicorn_config(app, settings), app, settings.shutdown_timeout)
-    server.run()
+    server.run(sockets=[sock])

@@ -5,6 +5,7 @@ Every bad value is reported in one line that names the variable and says what is
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -14,7 +15,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from kalami_gateway.domain.auth import CLOCK_LEEWAY_SECONDS
+
 MIN_SECRET_LENGTH: Final = 32
+DEFAULT_LEEWAY_MS: Final = round(CLOCK_LEEWAY_SECONDS * 1000)
 JWT_SETUP_HINT: Final = (
     "set JWT_SECRET to the backend's HS256 secret (at least 32 characters), e.g. "
     "export JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
@@ -34,7 +38,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     backend_url: str = "http://localhost:8000"
     backend_mode: BackendMode = "http"
     backend_timeout_ms: int = 30_000
-    jwt_leeway_ms: int = 10_000
+    jwt_leeway_ms: int = DEFAULT_LEEWAY_MS
     ws_heartbeat_interval_ms: int = 30_000
     max_message_bytes: int = 1_048_576
     max_audio_bytes: int = 10_485_760
@@ -70,6 +74,47 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def heartbeat_interval(self) -> float:
         return self.ws_heartbeat_interval_ms / 1000
+
+
+# Every variable, what it means and its default: `kalami-gateway serve --help` prints these.
+ENVIRONMENT: Final = (
+    ("JWT_SECRET", "HS256 secret the backend signs tokens with (32+ characters)", "required"),
+    ("GATEWAY_HOST", "address to listen on", "0.0.0.0"),  # noqa: S104  # text for --help
+    ("GATEWAY_PORT", "port to listen on", "3000"),
+    (
+        "BACKEND_URL",
+        "FastAPI backend base URL (/api/x goes to BACKEND_URL/x)",
+        "http://localhost:8000",
+    ),
+    ("BACKEND_MODE", "http (the real backend) or stub (built in, for development)", "http"),
+    ("BACKEND_TIMEOUT", "deadline of every backend call, ms", "30000"),
+    ("END_RETRY_WINDOW", "how long a failed session end is retried, ms", "300000"),
+    ("JWT_LEEWAY", "clock-skew allowance on exp, ms", str(DEFAULT_LEEWAY_MS)),
+    ("WS_HEARTBEAT_INTERVAL", "protocol ping interval, ms", "30000"),
+    ("MAX_MESSAGE_BYTES", "largest WebSocket frame (larger: close 1009)", "1048576"),
+    ("MAX_AUDIO_BYTES", "largest utterance", "10485760"),
+    ("WS_PER_MESSAGE_DEFLATE", "negotiate permessage-deflate", "false"),
+    ("CORS_ORIGINS", "allowed browser origins, comma-separated, * for any", "*"),
+    ("TRUSTED_PROXIES", "peers (IPs or CIDR networks) whose X-Forwarded-* are believed", "none"),
+    ("LOG_LEVEL", "debug, info, warn, error", "info"),
+    ("LOG_FORMAT", "json or console", "console on a terminal, else json"),
+    ("SHUTDOWN_TIMEOUT", "how long a graceful shutdown may take, ms", "10000"),
+    ("REDIS_URL", "Redis for the cluster (empty: one process)", "empty"),
+    ("REDIS_KEY_PREFIX", "prefix of every Redis key and channel", "kalami:"),
+    ("MAX_CONNECTIONS_PER_USER", "open sockets per user, cluster-wide (0: no cap)", "20"),
+    ("PUSH_API_KEY", "enables POST /internal/push (16+ characters)", "empty: disabled"),
+    ("WORKERS", "worker processes on one port (more than 1 needs REDIS_URL)", "1"),
+)
+
+
+def environment_help() -> str:
+    width = max(len(name) for name, _, _ in ENVIRONMENT)
+    lines = ["environment variables:"]
+    lines += [
+        f"  {name:<{width}}  {meaning} (default: {default})"
+        for name, meaning, default in ENVIRONMENT
+    ]
+    return "\n".join(lines)
 
 
 class SettingsError(Exception):
@@ -138,13 +183,13 @@ def load_settings(
         backend_url=get("BACKEND_URL", _http_url, "http://localhost:8000"),
         backend_mode=get("BACKEND_MODE", _choice("http", "stub"), "http"),  # type: ignore[arg-type]
         backend_timeout_ms=get("BACKEND_TIMEOUT", _int_range(1, 3_600_000), 30_000),
-        jwt_leeway_ms=get("JWT_LEEWAY", _int_range(0, 600_000), 10_000),
+        jwt_leeway_ms=get("JWT_LEEWAY", _int_range(0, 600_000), DEFAULT_LEEWAY_MS),
         ws_heartbeat_interval_ms=get("WS_HEARTBEAT_INTERVAL", _int_range(1, 3_600_000), 30_000),
         max_message_bytes=get("MAX_MESSAGE_BYTES", _int_range(1024, 1 << 30), 1_048_576),
         max_audio_bytes=get("MAX_AUDIO_BYTES", _int_range(1, 1 << 31), 10_485_760),
         ws_per_message_deflate=get("WS_PER_MESSAGE_DEFLATE", _bool, False),
         cors_origins=get("CORS_ORIGINS", _origins, ("*",)),
-        trusted_proxies=get("TRUSTED_PROXIES", _list, ()),
+        trusted_proxies=get("TRUSTED_PROXIES", _addresses, ()),
         log_level=get("LOG_LEVEL", _log_level, "info"),  # type: ignore[arg-type]
         log_format=get("LOG_FORMAT", _choice("json", "console"), "console" if tty else "json"),  # type: ignore[arg-type]
         shutdown_timeout_ms=get("SHUTDOWN_TIMEOUT", _int_range(0, 600_000), 10_000),
@@ -268,6 +313,22 @@ def _http_url(raw: str) -> str:
     if not raw.startswith(("http://", "https://")) or len(raw) <= len("https://"):
         raise ValueError("expected an http:// or https:// URL")
     return raw.rstrip("/")
+
+
+def _addresses(raw: str) -> tuple[str, ...]:
+    """IP addresses or networks (CIDR), normalised: ``10.0.0.1``, ``10.0.0.0/8``, ``::1``."""
+    normalised = []
+    for item in _list(raw):
+        try:
+            if "/" in item:
+                normalised.append(str(ipaddress.ip_network(item, strict=False)))
+            else:
+                normalised.append(ipaddress.ip_address(item).compressed)
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is not an IP address or a network like 10.0.0.0/8"
+            ) from None
+    return tuple(normalised)
 
 
 def _list(raw: str) -> tuple[str, ...]:

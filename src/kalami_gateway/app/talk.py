@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from kalami_gateway.adapters.jwt_decoder import mint_token
+from kalami_gateway.app.logs import redact
 from kalami_gateway.app.settings import SettingsError, load_settings
 from kalami_gateway.domain.protocol import AUDIO_FORMATS
 
@@ -40,7 +41,11 @@ def frame_size(path: Path, audio_format: str) -> int:
             with wave.open(str(path), "rb") as wav:
                 per_second = wav.getframerate() * wav.getsampwidth() * wav.getnchannels()
         except (wave.Error, EOFError) as exc:
-            raise TalkError(f"{path} is not a readable WAV file ({exc})") from None
+            why = str(exc) or "the file ends before its header does"
+            raise TalkError(
+                f"{path} is not a readable WAV file ({why}); give a real .wav, or name the "
+                "file after its format (.webm, .mp3, .m4a, .ogg)"
+            ) from None
         return max(1, per_second // 10)
     return COMPRESSED_FRAME_BYTES
 
@@ -78,7 +83,8 @@ async def _talk(args: argparse.Namespace, audio: bytes, audio_format: str, chunk
         reason = exc.rcvd.reason if exc.rcvd else "no close frame"
         raise TalkError(f"the gateway closed the connection: {code} {reason}") from None
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-        raise TalkError(f"cannot reach the gateway at {url}: {exc}") from None
+        # websockets' message repeats the whole URI, token included: never print that.
+        raise TalkError(f"cannot reach the gateway at {url}: {redact(str(exc))}") from None
     return 0
 
 

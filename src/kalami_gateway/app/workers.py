@@ -21,7 +21,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Final
 
-from kalami_gateway.app.settings import Settings
+from kalami_gateway.app.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,29 @@ _POLL_SECONDS: Final = 0.2
 _RESTART_PAUSE_SECONDS: Final = 1.0
 
 
-def bind(settings: Settings) -> socket.socket:
-    family = socket.AF_INET6 if ":" in settings.gateway_host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.gateway_host, settings.gateway_port))
-    sock.listen(4096)
+def listen(settings: Settings) -> socket.socket:
+    """The listening socket, or a SettingsError naming GATEWAY_HOST/GATEWAY_PORT: an address
+    that does not resolve, is not this machine's, or a port in use is a setting's problem."""
+    where = f"{settings.gateway_host}:{settings.gateway_port}"
+    try:
+        infos = socket.getaddrinfo(
+            settings.gateway_host, settings.gateway_port, type=socket.SOCK_STREAM
+        )
+    except socket.gaierror as exc:
+        raise SettingsError(
+            f"GATEWAY_HOST: cannot resolve {settings.gateway_host!r} ({exc.strerror})"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(4096)
+    except OSError as exc:
+        sock.close()
+        raise SettingsError(
+            f"GATEWAY_HOST/GATEWAY_PORT: cannot listen on {where} ({exc.strerror or exc})"
+        ) from None
     sock.set_inheritable(True)
     return sock
 
@@ -67,8 +84,7 @@ class Supervisor:
         self._workers: list[BaseProcess] = []
         self._stopping = False
 
-    def run(self) -> int:
-        sock = bind(self._settings)
+    def run(self, sock: socket.socket) -> int:
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._workers = [self._start(sock) for _ in range(self._count)]

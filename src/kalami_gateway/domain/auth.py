@@ -11,7 +11,8 @@ import msgspec
 from kalami_gateway.domain.ports import InvalidTokenError, TokenDecoder
 
 MAX_TOKEN_LENGTH: Final = 8192
-CLOCK_LEEWAY_SECONDS: Final = 30.0
+# The clock-skew allowance on exp unless JWT_LEEWAY says otherwise (the one default).
+CLOCK_LEEWAY_SECONDS: Final = 10.0
 # The last second of year 9999: a NumericDate beyond it is a forgery or a bug, not a date.
 MAX_NUMERIC_DATE: Final = 253_402_300_799
 
