@@ -18,7 +18,7 @@ run: $(STAMP)
 	@echo "Get a token:   JWT_SECRET=$${JWT_SECRET:-$(DEV_SECRET)} $(BIN)/kalami-gateway token --sub me"
 	@echo "Talk to it:    JWT_SECRET=$${JWT_SECRET:-$(DEV_SECRET)} $(BIN)/kalami-gateway talk --file utterance.wav"
 	JWT_SECRET=$${JWT_SECRET:-$(DEV_SECRET)} BACKEND_MODE=$${BACKEND_MODE:-stub} \
-	  LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/kalami-gateway serve
+	  $(BIN)/kalami-gateway serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

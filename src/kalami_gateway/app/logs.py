@@ -64,7 +64,11 @@ def configure_logging(level: str, log_format: str) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: Processor = (
-        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        structlog.dev.ConsoleRenderer(
+            # Colour only for a terminal: ANSI codes in a redirected log are noise.
+            colors=sys.stdout.isatty(),
+            exception_formatter=structlog.dev.plain_traceback,
+        )
         if log_format == "console"
         else structlog.processors.JSONRenderer()
     )
