@@ -278,3 +278,36 @@ async def test_secrets_in_the_handshake_never_reach_the_log(
         assert "authorization" in out.lower()  # the header was logged (debug), masked
         for secret in ("hs-secret-1", "hs-secret-2", token):
             assert secret not in out
+
+
+async def test_refresh_over_the_socket(backend: BackendServer) -> None:
+    settings = make_settings(
+        backend.url, token_expiry_warning_ms=1500, ws_heartbeat_interval_ms=500
+    )
+    async with running_gateway(settings) as gw:
+        async with connect(gw.ws(token_for("alice", ttl=2))) as ws:
+            hello = await recv_json(ws)
+            first_exp = hello["payload"]["expiresAt"]
+            assert abs(first_exp - (time.time() + 2)) < 2
+            warning = await recv_json(ws)  # 1.5 s before exp
+            assert warning == {"type": "token_expiring", "payload": {"expiresAt": first_exp}}
+            for token, words in (
+                (token_for("mallory", ttl=600), "another user"),
+                ("not-a-token", "not valid"),
+            ):
+                await ws.send(json.dumps({"type": "refresh", "payload": {"token": token}}))
+                error = await recv_json(ws)
+                assert error["type"] == "error"
+                assert words in error["payload"]["message"]
+            fresh = token_for("alice", ttl=600)
+            await ws.send(json.dumps({"type": "refresh", "payload": {"token": fresh}}))
+            refreshed = await recv_json(ws)
+            assert refreshed["type"] == "refreshed"
+            assert refreshed["payload"]["expiresAt"] > first_exp + 500
+            await asyncio.sleep(2.5)  # past the first token's exp: still open
+            await ws.send('{"type":"ping"}')
+            assert (await recv_json(ws))["type"] == "pong"
+        async with connect(gw.ws(token_for("bob", ttl=1))) as ws:
+            await recv_json(ws)
+            assert (await recv_json(ws))["type"] == "token_expiring"
+            assert await closed_with(ws) == (4003, "Token expired")

@@ -180,3 +180,18 @@ def test_origins() -> None:
     assert listed.origin_allowed(None)  # not a browser
     assert not listed.origin_allowed("https://evil.test")
     assert not listed.origin_allowed("null")
+
+
+def test_a_refresh_of_the_same_user_gives_the_new_expiry(policy: AuthPolicy) -> None:
+    fresh = mint_token(SECRET, "u", NOW + 7200)
+    assert policy.refresh("u", fresh, NOW) == Principal("u", NOW + 7200)
+
+
+def test_a_refresh_of_another_user_or_an_invalid_token_is_refused(policy: AuthPolicy) -> None:
+    other = policy.refresh("u", mint_token(SECRET, "someone-else", NOW + 7200), NOW)
+    assert isinstance(other, str)
+    assert "another user" in other
+    for bad in ("garbage", mint_token(SECRET, "u", NOW - 600), hs512()):
+        refused = policy.refresh("u", bad, NOW)
+        assert isinstance(refused, str)
+        assert "not valid" in refused

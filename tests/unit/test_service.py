@@ -91,7 +91,9 @@ async def test_an_unknown_token_closes_4002(world: World) -> None:
 
 async def test_a_good_token_is_welcomed_and_registered(world: World) -> None:
     conn, channel = await world.connect("alice")
-    assert channel.sent == [p.Connected(p.ConnectedPayload("conn-1"))]
+    assert channel.sent == [
+        p.Connected(p.ConnectedPayload("conn-1", int(world.clock.now() + 3600)))
+    ]
     stats = world.service.instance_stats()
     assert (stats.connections, stats.users) == (1, 1)
     assert await world.directory.connections_of("alice") == {conn.id}
@@ -358,3 +360,64 @@ async def test_a_push_reaches_every_connection_of_the_user_here(world: World) ->
         assert channel.wire()[-1] == '{"type":"push","payload":{"kind":"streak","days":3}}'
     assert other.types() == ["connected"]
     assert await world.service.deliver_push("nobody", b"{}") == 0
+
+
+def refresh(token: str) -> str:
+    return json.dumps({"type": "refresh", "payload": {"token": token}})
+
+
+async def test_a_refresh_extends_the_connection_and_carries_the_new_bearer(world: World) -> None:
+    conn, channel = await world.connect("alice", ttl=100)
+    fresh = world.decoder.issue("fresh", sub="alice", exp=world.clock.now() + 7200)
+    await world.service.handle_text(conn, refresh(fresh))
+    assert channel.sent[-1] == p.Refreshed(p.ExpiryPayload(int(world.clock.now() + 7200)))
+    world.clock.advance(200)  # past the first token's exp
+    assert await world.service.expire_tokens() == 0
+    await world.service.handle_text(conn, START)
+    assert world.backend.calls[-1][1] == "fresh"  # later backend calls act with the new one
+
+
+async def test_a_refused_refresh_changes_nothing(world: World) -> None:
+    conn, channel = await world.connect("alice", ttl=100)
+    stranger = world.decoder.issue("stranger", sub="mallory", exp=world.clock.now() + 7200)
+    await world.service.handle_text(conn, refresh(stranger))
+    await world.service.handle_text(conn, refresh("not-a-token"))
+    assert channel.types()[-2:] == ["error", "error"]
+    assert "another user" in channel.wire()[-2]
+    assert "not valid" in channel.wire()[-1]
+    world.clock.advance(101)
+    assert await world.service.expire_tokens() == 1
+    assert channel.closed_with == (4003, "Token expired")
+
+
+async def test_token_expiring_is_sent_once_before_expiry_then_4003() -> None:
+    clock = FakeClock()
+    decoder = FakeDecoder()
+    service = GatewayService(
+        FakeBackend(),
+        InMemoryDirectory(),
+        clock,
+        AuthPolicy(decoder, leeway_seconds=0),
+        FakeMetrics(),
+        ServiceLimits(4096, 1000, token_expiry_warning=60),
+    )
+    token = decoder.issue("t", sub="alice", exp=clock.now() + 100)
+    channel = FakeChannel()
+    conn = await service.open(channel, token)
+    assert conn is not None
+    clock.advance(30)
+    await service.expire_tokens()
+    assert channel.types() == ["connected"]  # 70 s left: not yet
+    clock.advance(15)
+    await service.expire_tokens()
+    await service.expire_tokens()
+    assert channel.types() == ["connected", "token_expiring"]  # once
+    assert channel.sent[-1] == p.TokenExpiring(p.ExpiryPayload(int(clock.now() + 55)))
+    fresh = decoder.issue("fresh", sub="alice", exp=clock.now() + 100)
+    await service.handle_text(conn, refresh(fresh))
+    clock.advance(45)
+    await service.expire_tokens()
+    assert channel.types()[-1] == "token_expiring"  # warned again, for the new token
+    clock.advance(56)
+    assert await service.expire_tokens() == 1
+    assert channel.closed_with == (4003, "Token expired")

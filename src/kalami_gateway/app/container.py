@@ -110,6 +110,7 @@ class Container(containers.DeclarativeContainer):
             max_connections_per_user=settings.provided.max_connections_per_user,
             backend_timeout=settings.provided.backend_timeout,
             end_retry_window=settings.provided.end_retry_window,
+            token_expiry_warning=settings.provided.token_expiry_warning,
         ),
         instance=instance,
     )

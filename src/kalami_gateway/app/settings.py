@@ -54,6 +54,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     push_api_key: str = ""  # empty: POST /internal/push is disabled (404)
     workers: int = 1
     end_retry_window_ms: int = 300_000
+    token_expiry_warning_ms: int = 60_000
+
+    @property
+    def token_expiry_warning(self) -> float:
+        return self.token_expiry_warning_ms / 1000
 
     @property
     def end_retry_window(self) -> float:
@@ -90,6 +95,7 @@ ENVIRONMENT: Final = (
     ("BACKEND_TIMEOUT", "deadline of every backend call, ms", "30000"),
     ("END_RETRY_WINDOW", "how long a failed session end is retried, ms", "300000"),
     ("JWT_LEEWAY", "clock-skew allowance on exp, ms", str(DEFAULT_LEEWAY_MS)),
+    ("TOKEN_EXPIRY_WARNING", "token_expiring this long before a token expires, ms", "60000"),
     ("WS_HEARTBEAT_INTERVAL", "protocol ping interval, ms", "30000"),
     ("MAX_MESSAGE_BYTES", "largest WebSocket frame (larger: close 1009)", "1048576"),
     ("MAX_AUDIO_BYTES", "largest utterance", "10485760"),
@@ -199,6 +205,7 @@ def load_settings(
         push_api_key=get("PUSH_API_KEY", _push_key, "", _length_only),
         workers=get("WORKERS", _int_range(1, 256), 1),
         end_retry_window_ms=get("END_RETRY_WINDOW", _int_range(0, 86_400_000), 300_000),
+        token_expiry_warning_ms=get("TOKEN_EXPIRY_WARNING", _int_range(0, 86_400_000), 60_000),
     )
     problems += cluster_problems(settings)
     if problems:

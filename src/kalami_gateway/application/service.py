@@ -65,6 +65,7 @@ class Connection:
         "state",
         "token",
         "turn",
+        "warned",
     )
 
     def __init__(
@@ -86,6 +87,7 @@ class Connection:
         self.chunks: list[bytes] = []
         self.turn: asyncio.Task[None] | None = None
         self.closed = False
+        self.warned = False  # token_expiring sent for the current token
 
 
 class ServiceLimits(msgspec.Struct, frozen=True):
@@ -93,6 +95,7 @@ class ServiceLimits(msgspec.Struct, frozen=True):
     max_audio_bytes: int
     max_connections_per_user: int = 0  # 0: no cap
     backend_timeout: float = 30.0  # every backend call finishes or fails within it
+    token_expiry_warning: float = 60.0  # token_expiring this long before exp (0: never)
     end_retry_window: float = 300.0  # how long a failed end call is retried in the background
 
 
@@ -159,7 +162,7 @@ class GatewayService:
         self._live[conn.id] = conn
         self._instance.add(conn.id, verdict.user_id)
         log.info("ws_connected", extra={"connection_id": conn.id, "user_id": verdict.user_id})
-        await channel.send(p.Connected(p.ConnectedPayload(conn.id)))
+        await channel.send(p.Connected(p.ConnectedPayload(conn.id, int(verdict.expires_at))))
         return conn
 
     def instance_stats(self) -> InstanceStats:
@@ -184,6 +187,9 @@ class GatewayService:
             await conn.channel.send(p.error(message.message))
             return
         self._metrics.message_received(p.message_type(message))
+        if isinstance(message, p.Refresh):
+            await self._refresh(conn, message.payload.token)
+            return
         await self._apply(conn, message)
 
     async def handle_binary(self, conn: Connection, frame: bytes) -> None:
@@ -208,9 +214,28 @@ class GatewayService:
         for effect in effects:
             await self._execute(conn, effect, None)
 
+    async def _refresh(self, conn: Connection, token: str) -> None:
+        verdict = self._auth.refresh(conn.principal.user_id, token, self._clock.now())
+        if isinstance(verdict, str):
+            log.info("ws_refresh_refused", extra={"connection_id": conn.id})
+            await conn.channel.send(p.error(verdict))
+            return
+        conn.principal = verdict
+        conn.token = token  # the bearer of every later backend call
+        conn.warned = False
+        await conn.channel.send(p.Refreshed(p.ExpiryPayload(int(verdict.expires_at))))
+
     async def expire_tokens(self) -> int:
-        """Close every connection whose token has expired (4003). Returns how many."""
+        """Warn connections whose token expires within TOKEN_EXPIRY_WARNING (once per token)
+        and close every connection whose token has expired (4003). Returns how many closed."""
         now = self._clock.now()
+        warning = self._limits.token_expiry_warning
+        if warning > 0:
+            for conn in [c for c in self._live.values() if not c.warned]:
+                expires_at = conn.principal.expires_at
+                if now >= expires_at - warning and not self._auth.has_expired(expires_at, now):
+                    conn.warned = True
+                    await conn.channel.send(p.TokenExpiring(p.ExpiryPayload(int(expires_at))))
         expired = [
             c for c in self._live.values() if self._auth.has_expired(c.principal.expires_at, now)
         ]

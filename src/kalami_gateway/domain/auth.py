@@ -114,5 +114,21 @@ class AuthPolicy:
         """Whether a handshake's Origin may open a socket (no Origin: not a browser; allowed)."""
         return origin is None or self._origins is None or origin in self._origins
 
+    def refresh(self, user_id: str, token: str, now: float) -> Principal | str:
+        """The principal a refresh token gives a connection of ``user_id``, or what to tell
+        the client when it does not (the old token then stays in force)."""
+        verdict = self.authenticate(token, now)
+        if isinstance(verdict, AuthFailure):
+            return (
+                f"The refresh token is not valid ({verdict.why}); the current token stays in "
+                "force: send a valid token of the same user."
+            )
+        if verdict.user_id != user_id:
+            return (
+                "The refresh token belongs to another user; a connection keeps its user. "
+                "The current token stays in force."
+            )
+        return verdict
+
     def has_expired(self, expires_at: float, now: float) -> bool:
         return now > expires_at + self._leeway

@@ -50,6 +50,10 @@ class EmptyPayload(_FreePayload, frozen=True):
     pass
 
 
+class RefreshPayload(_Payload, frozen=True):
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+
+
 class _ClientMessage(msgspec.Struct, frozen=True, tag_field="type"):
     pass
 
@@ -82,8 +86,21 @@ class Heartbeat(_ClientMessage, frozen=True, tag="heartbeat"):
     payload: EmptyPayload = EmptyPayload()
 
 
+class Refresh(_ClientMessage, frozen=True, tag="refresh"):
+    """A fresh token of the same user, so the connection outlives the first one's expiry."""
+
+    payload: RefreshPayload
+
+
 ClientMessage = (
-    StartSession | StartRecording | StopRecording | AudioMessage | EndSession | Ping | Heartbeat
+    StartSession
+    | StartRecording
+    | StopRecording
+    | AudioMessage
+    | EndSession
+    | Ping
+    | Heartbeat
+    | Refresh
 )
 
 _CLIENT_TYPES: Final[dict[str, type[ClientMessage]]] = {
@@ -94,6 +111,7 @@ _CLIENT_TYPES: Final[dict[str, type[ClientMessage]]] = {
     "end_session": EndSession,
     "ping": Ping,
     "heartbeat": Heartbeat,
+    "refresh": Refresh,
 }
 CLIENT_MESSAGE_TYPES: Final[tuple[str, ...]] = tuple(_CLIENT_TYPES)
 _TYPE_NAMES: Final[dict[type[ClientMessage], str]] = {
@@ -193,6 +211,7 @@ _PAYLOAD_HINTS: Final[dict[str, str]] = {
     "end_session": "{} or no payload",
     "ping": "{} or no payload",
     "heartbeat": "{} or no payload",
+    "refresh": '{"token": string}',
 }
 
 
@@ -249,6 +268,11 @@ def _describe(exc: Exception) -> str:
 
 class ConnectedPayload(msgspec.Struct, frozen=True, rename="camel"):
     connection_id: str
+    expires_at: int  # the token's exp (unix seconds)
+
+
+class ExpiryPayload(msgspec.Struct, frozen=True, rename="camel"):
+    expires_at: int
 
 
 class SessionStartedPayload(msgspec.Struct, frozen=True, rename="camel"):
@@ -356,6 +380,14 @@ class Error(_ServerMessage, frozen=True, tag="error"):
     payload: ErrorPayload
 
 
+class Refreshed(_ServerMessage, frozen=True, tag="refreshed"):
+    payload: ExpiryPayload
+
+
+class TokenExpiring(_ServerMessage, frozen=True, tag="token_expiring"):
+    payload: ExpiryPayload
+
+
 class Push(_ServerMessage, frozen=True, tag="push"):
     """A message the backend pushed to the user (``POST /internal/push``): its payload is the
     JSON object the backend sent, passed through as it was encoded."""
@@ -377,6 +409,8 @@ ServerMessage = (
     | HeartbeatReply
     | Error
     | Push
+    | Refreshed
+    | TokenExpiring
 )
 
 

@@ -158,6 +158,8 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             return Decision(state, (_PONG,))
         case p.Heartbeat():
             return Decision(state, (_HEARTBEAT,))
+        case p.Refresh():
+            return Decision(state)  # the token is the service's business, not the session's
         case AudioFrame(size=size):
             if phase is not Phase.RECORDING:
                 return _refuse(state, _AUDIO_FRAME_REFUSALS[phase])
