@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from kalami_gateway.adapters.http_protocol import guarded_http_protocol
 from kalami_gateway.app.factory import GatewayApp
 from kalami_gateway.app.settings import Settings
 
@@ -68,7 +69,10 @@ def uvicorn_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
         host=settings.gateway_host,
         port=settings.gateway_port,
         loop="uvloop",
-        http="httptools",
+        # httptools with a header deadline and size limits (adapters/http_protocol.py).
+        http=guarded_http_protocol(
+            settings.http_header_timeout_ms / 1000, settings.max_header_bytes
+        ),
         ws="websockets-sansio",
         ws_max_size=settings.max_message_bytes,
         ws_ping_interval=settings.heartbeat_interval,

@@ -55,6 +55,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1
     end_retry_window_ms: int = 300_000
     token_expiry_warning_ms: int = 60_000
+    http_header_timeout_ms: int = 10_000
+    max_header_bytes: int = 32 * 1024
 
     @property
     def token_expiry_warning(self) -> float:
@@ -105,6 +107,8 @@ ENVIRONMENT: Final = (
     ("LOG_LEVEL", "debug, info, warn, error", "info"),
     ("LOG_FORMAT", "json or console", "console on a terminal, else json"),
     ("SHUTDOWN_TIMEOUT", "how long a graceful shutdown may take, ms", "10000"),
+    ("HTTP_HEADER_TIMEOUT", "a request's line and headers must arrive within it, ms", "10000"),
+    ("MAX_HEADER_BYTES", "largest total size of a request's headers (larger: 431)", "32768"),
     ("REDIS_URL", "Redis for the cluster (empty: one process)", "empty"),
     ("REDIS_KEY_PREFIX", "prefix of every Redis key and channel", "kalami:"),
     ("MAX_CONNECTIONS_PER_USER", "open sockets per user, cluster-wide (0: no cap)", "20"),
@@ -206,6 +210,8 @@ def load_settings(
         workers=get("WORKERS", _int_range(1, 256), 1),
         end_retry_window_ms=get("END_RETRY_WINDOW", _int_range(0, 86_400_000), 300_000),
         token_expiry_warning_ms=get("TOKEN_EXPIRY_WARNING", _int_range(0, 86_400_000), 60_000),
+        http_header_timeout_ms=get("HTTP_HEADER_TIMEOUT", _int_range(100, 600_000), 10_000),
+        max_header_bytes=get("MAX_HEADER_BYTES", _int_range(1024, 1 << 20), 32 * 1024),
     )
     problems += cluster_problems(settings)
     if problems:
