@@ -151,6 +151,10 @@ class GatewayProcess:
             "LOG_FORMAT": "json",
             # The load client reuses 500 users for its connections.
             "MAX_CONNECTIONS_PER_USER": "0",
+            # Throughput is measured without the per-connection rate limits (the anchors
+            # have none); the flood case turns them back on.
+            "WS_MESSAGE_RATE": "0",
+            "WS_AUDIO_RATE": "0",
             **self.extra_env,
         }
         self.process = subprocess.Popen(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
@@ -108,8 +109,15 @@ async def serve_connection(socket: WebSocket[Any, Any, Any], service: GatewaySer
             text = event.get("text")
             if text is not None:
                 await service.handle_text(conn, text)
+                pause = service.pause_after_text(conn)
             else:
-                await service.handle_binary(conn, event.get("bytes") or b"")
+                data = event.get("bytes") or b""
+                await service.handle_binary(conn, data)
+                pause = service.pause_after_audio(conn, len(data))
+            if pause:
+                # Over its rate: read it later. uvicorn reads nothing more from this socket
+                # until the next receive(), so TCP pushes back on the client; nothing is lost.
+                await asyncio.sleep(pause)
     except (WebSocketDisconnect, OSError):
         reason = "connection_lost"
     except Exception:

@@ -111,6 +111,8 @@ class Container(containers.DeclarativeContainer):
             backend_timeout=settings.provided.backend_timeout,
             end_retry_window=settings.provided.end_retry_window,
             token_expiry_warning=settings.provided.token_expiry_warning,
+            message_rate=settings.provided.ws_message_rate,
+            audio_rate=settings.provided.ws_audio_rate,
         ),
         instance=instance,
     )

@@ -42,6 +42,7 @@ from kalami_gateway.domain.ports import (
     Metrics,
     Utterance,
 )
+from kalami_gateway.domain.rate import TokenBucket, bucket
 from kalami_gateway.domain.retry import already_gone
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Connection:
     """One open, authenticated WebSocket and its conversation."""
 
     __slots__ = (
+        "audio_rate",
         "channel",
         "chunks",
         "closed",
@@ -63,6 +65,7 @@ class Connection:
         "id",
         "principal",
         "state",
+        "text_rate",
         "token",
         "turn",
         "warned",
@@ -88,6 +91,8 @@ class Connection:
         self.turn: asyncio.Task[None] | None = None
         self.closed = False
         self.warned = False  # token_expiring sent for the current token
+        self.text_rate: TokenBucket | None = None
+        self.audio_rate: TokenBucket | None = None
 
 
 class ServiceLimits(msgspec.Struct, frozen=True):
@@ -96,6 +101,8 @@ class ServiceLimits(msgspec.Struct, frozen=True):
     max_connections_per_user: int = 0  # 0: no cap
     backend_timeout: float = 30.0  # every backend call finishes or fails within it
     token_expiry_warning: float = 60.0  # token_expiring this long before exp (0: never)
+    message_rate: float = 0.0  # text messages per second per connection (0: no limit)
+    audio_rate: float = 0.0  # binary bytes per second per connection (0: no limit)
     end_retry_window: float = 300.0  # how long a failed end call is retried in the background
 
 
@@ -161,6 +168,9 @@ class GatewayService:
             return None
         self._live[conn.id] = conn
         self._instance.add(conn.id, verdict.user_id)
+        started = self._clock.monotonic()
+        conn.text_rate = bucket(self._limits.message_rate, started)
+        conn.audio_rate = bucket(self._limits.audio_rate, started)
         log.info("ws_connected", extra={"connection_id": conn.id, "user_id": verdict.user_id})
         await channel.send(p.Connected(p.ConnectedPayload(conn.id, int(verdict.expires_at))))
         return conn
@@ -191,6 +201,17 @@ class GatewayService:
             await self._refresh(conn, message.payload.token)
             return
         await self._apply(conn, message)
+
+    def pause_after_text(self, conn: Connection) -> float:
+        """Seconds to wait before reading this connection again (WS_MESSAGE_RATE): a client
+        over its rate is read more slowly, never refused (TCP pushes back on it)."""
+        rate = conn.text_rate
+        return 0.0 if rate is None else rate.take(1, self._clock.monotonic())
+
+    def pause_after_audio(self, conn: Connection, size: int) -> float:
+        """The same for binary frames, by bytes (WS_AUDIO_RATE)."""
+        rate = conn.audio_rate
+        return 0.0 if rate is None else rate.take(size, self._clock.monotonic())
 
     async def handle_binary(self, conn: Connection, frame: bytes) -> None:
         if len(frame) > self._limits.max_message_bytes:

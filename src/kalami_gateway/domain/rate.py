@@ -1,0 +1,34 @@
+"""Per-connection rate limits by back-pressure: a token bucket that says how long to wait.
+
+Nothing is refused or dropped: a connection over its rate is read more slowly. ``take``
+debits what arrived (the balance may go negative) and returns how long to wait before
+reading that connection again, so the long-run rate is ``rate`` and a burst of two seconds'
+worth passes without waiting.
+"""
+
+from __future__ import annotations
+
+BURST_SECONDS = 2.0
+
+
+class TokenBucket:
+    __slots__ = ("_burst", "_level", "_rate", "_stamp")
+
+    def __init__(self, rate: float, now: float, burst_seconds: float = BURST_SECONDS) -> None:
+        if rate <= 0:
+            raise ValueError("a bucket needs a positive rate (0 means: no bucket)")
+        self._rate = rate
+        self._burst = rate * burst_seconds
+        self._level = self._burst
+        self._stamp = now
+
+    def take(self, amount: float, now: float) -> float:
+        """Debit ``amount``; the seconds to wait before reading more (0: go on)."""
+        self._level = min(self._burst, self._level + (now - self._stamp) * self._rate) - amount
+        self._stamp = now
+        return 0.0 if self._level >= 0 else -self._level / self._rate
+
+
+def bucket(rate: float, now: float) -> TokenBucket | None:
+    """A bucket for ``rate`` per second, or None when the limit is off (0)."""
+    return TokenBucket(rate, now) if rate > 0 else None
