@@ -282,14 +282,15 @@ async def test_secrets_in_the_handshake_never_reach_the_log(
 
 async def test_refresh_over_the_socket(backend: BackendServer) -> None:
     settings = make_settings(
-        backend.url, token_expiry_warning_ms=1500, ws_heartbeat_interval_ms=500
+        backend.url, token_expiry_warning_ms=3000, ws_heartbeat_interval_ms=500
     )
     async with running_gateway(settings) as gw:
-        async with connect(gw.ws(token_for("alice", ttl=2))) as ws:
+        # exp is whole seconds: a 4 s token lives 3 to 4 s, and is warned about 3 s before
+        async with connect(gw.ws(token_for("alice", ttl=4))) as ws:
             hello = await recv_json(ws)
             first_exp = hello["payload"]["expiresAt"]
-            assert abs(first_exp - (time.time() + 2)) < 2
-            warning = await recv_json(ws)  # 1.5 s before exp
+            assert abs(first_exp - (time.time() + 4)) < 2
+            warning = await recv_json(ws)
             assert warning == {"type": "token_expiring", "payload": {"expiresAt": first_exp}}
             for token, words in (
                 (token_for("mallory", ttl=600), "another user"),
@@ -304,10 +305,10 @@ async def test_refresh_over_the_socket(backend: BackendServer) -> None:
             refreshed = await recv_json(ws)
             assert refreshed["type"] == "refreshed"
             assert refreshed["payload"]["expiresAt"] > first_exp + 500
-            await asyncio.sleep(2.5)  # past the first token's exp: still open
+            await asyncio.sleep(max(0.0, first_exp - time.time()) + 0.6)  # past the first exp
             await ws.send('{"type":"ping"}')
             assert (await recv_json(ws))["type"] == "pong"
-        async with connect(gw.ws(token_for("bob", ttl=1))) as ws:
+        async with connect(gw.ws(token_for("bob", ttl=3))) as ws:
             await recv_json(ws)
             assert (await recv_json(ws))["type"] == "token_expiring"
             assert await closed_with(ws) == (4003, "Token expired")

@@ -9,12 +9,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_plus
 
+import msgspec
 import structlog
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import WebsocketRouteHandler
 from litestar.types import WebSocketSendEvent
 
+from kalami_gateway.adapters.ws_protocol import SOCKET_CONTROL, SocketControl
 from kalami_gateway.application.service import GatewayService
 from kalami_gateway.domain.ports import ClientChannel
 from kalami_gateway.domain.protocol import ServerMessage, encode_server_message
@@ -24,35 +26,74 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR = 1011
 
 
+class SendLimits(msgspec.Struct, frozen=True):
+    """Slow consumers: past ``buffer_bytes`` of unsent data (messages waiting to be sent plus
+    bytes the socket has not taken), or a send waiting longer than ``timeout`` seconds on the
+    socket's flow control, the connection is let go."""
+
+    buffer_bytes: int = 4 << 20
+    timeout: float = 10.0
+
+
+class SlowConsumer(Exception):
+    """The client stopped reading: its socket was released."""
+
+
 class LitestarChannel(ClientChannel):
     """One Litestar WebSocket as the domain's ClientChannel."""
 
-    __slots__ = ("_closed", "_socket")
+    __slots__ = ("_closed", "_control", "_limits", "_pending", "_socket", "slow")
 
-    def __init__(self, socket: WebSocket[Any, Any, Any]) -> None:
+    def __init__(self, socket: WebSocket[Any, Any, Any], limits: SendLimits | None = None) -> None:
         self._socket = socket
         self._closed = False
+        self._limits = limits or SendLimits()
+        extensions: dict[str, Any] = dict(socket.scope.get("extensions") or {})
+        control = extensions.get(SOCKET_CONTROL)
+        # Absent under plain uvicorn: then only the queued messages are counted.
+        self._control = control if isinstance(control, SocketControl) else None
+        self._pending = 0  # bytes of messages waiting for their send to complete
+        self.slow = False
 
     async def send(self, message: ServerMessage) -> None:
         if self._closed:
             return
+        text = encode_server_message(message)
+        unsent = self._control.unsent_bytes() if self._control is not None else 0
+        if self._pending + len(text) + unsent > self._limits.buffer_bytes:
+            self._release("send buffer full")
+            return
+        self._pending += len(text)
         try:
-            event: WebSocketSendEvent = {
-                "type": "websocket.send",
-                "text": encode_server_message(message),
-                "bytes": None,
-            }
-            await self._socket.send(event)
+            event: WebSocketSendEvent = {"type": "websocket.send", "text": text, "bytes": None}
+            async with asyncio.timeout(self._limits.timeout):
+                await self._socket.send(event)
+        except TimeoutError:
+            self._release("send timed out")
         except (WebSocketDisconnect, OSError, RuntimeError):
             # The peer is gone (uvicorn raises ClientDisconnected, an OSError, to a sender).
             self._closed = True
+        finally:
+            self._pending -= len(text)
 
     async def close(self, code: int, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
-            await self._socket.close(code, reason)
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(self._limits.timeout):
+                await self._socket.close(code, reason)
+
+    def _release(self, why: str) -> None:
+        """A slow consumer: let the socket go without waiting for it (4006 in spirit; a
+        client that does not read would never see the close frame)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.slow = True
+        log.warning("ws_slow_consumer", extra={"why": why})
+        if self._control is not None:
+            self._control.release()
 
 
 def token_from_query(query_string: bytes) -> str | None:
@@ -76,7 +117,9 @@ def origin_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def ws_route(provide_service: Callable[[], GatewayService]) -> WebsocketRouteHandler:
+def ws_route(
+    provide_service: Callable[[], GatewayService], send_limits: SendLimits | None = None
+) -> WebsocketRouteHandler:
     """The ``/ws`` handler, bound to the service at the composition root.
 
     The service is a closure, not a Litestar dependency: resolving and validating handler
@@ -85,18 +128,23 @@ def ws_route(provide_service: Callable[[], GatewayService]) -> WebsocketRouteHan
 
     @websocket("/ws")
     async def ws_endpoint(socket: WebSocket[Any, Any, Any]) -> None:
-        await serve_connection(socket, provide_service())
+        await serve_connection(socket, provide_service(), send_limits)
 
     return ws_endpoint
 
 
-async def serve_connection(socket: WebSocket[Any, Any, Any], service: GatewayService) -> None:
+async def serve_connection(
+    socket: WebSocket[Any, Any, Any],
+    service: GatewayService,
+    send_limits: SendLimits | None = None,
+) -> None:
     """One connection from accept to disconnect."""
     # The token is read here, not declared as a parameter: a missing required parameter
     # makes Litestar refuse before accept, and the client would see HTTP 403, not 4001.
     token = token_from_query(socket.scope["query_string"])
     await socket.accept()
-    conn = await service.open(LitestarChannel(socket), token, origin_of(socket.scope["headers"]))
+    channel = LitestarChannel(socket, send_limits)
+    conn = await service.open(channel, token, origin_of(socket.scope["headers"]))
     if conn is None:
         return
     structlog.contextvars.bind_contextvars(connection_id=conn.id)
@@ -125,4 +173,4 @@ async def serve_connection(socket: WebSocket[Any, Any, Any], service: GatewaySer
         log.exception("ws_handler_failed", extra={"connection_id": conn.id})
         await conn.channel.close(INTERNAL_ERROR, "Internal error")
     finally:
-        await service.disconnect(conn, reason)
+        await service.disconnect(conn, "slow_consumer" if channel.slow else reason)

@@ -12,7 +12,33 @@ than the ping timeout; uvicorn would then drop a client that is plainly alive. H
 
 from __future__ import annotations
 
+import asyncio
+from typing import Final
+
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+
+# The ASGI scope extension through which the app sees its socket's send buffer (and can let
+# go of a socket whose client stopped reading).
+SOCKET_CONTROL: Final = "kalami.socket"
+
+
+class SocketControl:
+    """What the app may know and do about its connection's socket."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def unsent_bytes(self) -> int:
+        """Bytes written to the socket that the client has not taken yet."""
+        return self._transport.get_write_buffer_size()
+
+    def release(self) -> None:
+        """Drop the connection at once, unsent bytes and all (a client that stopped reading
+        would never take a close frame either)."""
+        self._transport.abort()
 
 
 class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -23,6 +49,12 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
             self.pong_timer = None
             self.pending_ping_payload = None
             self.schedule_ping()
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:  # the app task is created, not yet started
+            extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
+            extensions[SOCKET_CONTROL] = SocketControl(self.transport)
 
     def keepalive_timeout(self) -> None:
         if (self.read_paused or not self.queue.empty()) and not self.close_sent:

@@ -35,7 +35,7 @@ from kalami_gateway.adapters.http_routes import (
 )
 from kalami_gateway.adapters.metrics import PrometheusMetrics
 from kalami_gateway.adapters.redis_directory import RENEW_SECONDS
-from kalami_gateway.adapters.websocket import ws_route
+from kalami_gateway.adapters.websocket import SendLimits, ws_route
 from kalami_gateway.app.container import Container
 from kalami_gateway.app.logs import configure_logging
 from kalami_gateway.app.settings import Settings, SettingsError, load_settings
@@ -71,7 +71,15 @@ class GatewayApp:
         self._directory: ConnectionDirectory | None = None
         self._push_bus: PushBus | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        handlers = [index, health, readiness, stats, metrics, ws_route(self.provide_service)]
+        send_limits = SendLimits(settings.ws_send_buffer_bytes, settings.ws_send_timeout_ms / 1000)
+        handlers = [
+            index,
+            health,
+            readiness,
+            stats,
+            metrics,
+            ws_route(self.provide_service, send_limits),
+        ]
         if settings.push_api_key:
             handlers.append(push_route(settings.push_api_key, self.provide_push_bus))
         self._litestar = Litestar(

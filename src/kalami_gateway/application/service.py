@@ -134,6 +134,7 @@ class GatewayService:
         )
         self._new_id = new_id
         self._live: dict[str, Connection] = {}
+        self._sending: set[asyncio.Task[None]] = set()  # pushes on their way out
         self._draining = False
 
     async def open(
@@ -180,11 +181,16 @@ class GatewayService:
         return self._instance.stats()
 
     async def deliver_push(self, user_id: str, payload: bytes) -> int:
-        """Send a pushed JSON object to the user's connections on this instance."""
+        """Send a pushed JSON object to the user's connections on this instance.
+
+        Each send is a task of its own: a connection that does not read must not hold up the
+        publisher or the user's other devices (its channel lets it go when it falls behind)."""
         message = p.Push(msgspec.Raw(payload))
         targets = [self._live[c] for c in self._instance.of_user(user_id) if c in self._live]
         for conn in targets:
-            await conn.channel.send(message)
+            task = asyncio.create_task(conn.channel.send(message))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
         return len(targets)
 
     async def handle_text(self, conn: Connection, frame: str) -> None:
