@@ -18,6 +18,10 @@ from typing import Final
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
+# After a close the client caused (a frame too big), how long its remaining bytes are still
+# read and discarded before the socket is closed (lingering close, as the RFC and nginx do).
+LINGER_SECONDS: Final = 2.0
+
 # The ASGI scope extension through which the app sees its socket's send buffer (and can let
 # go of a socket whose client stopped reading).
 SOCKET_CONTROL: Final = "kalami.socket"
@@ -42,7 +46,11 @@ class SocketControl:
 
 
 class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
+    _linger: asyncio.TimerHandle | None = None
+
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            return  # lingering: the rest of what the client sends is discarded
         super().data_received(data)
         if self.pong_timer is not None and not self.close_sent:
             self.pong_timer.cancel()
@@ -55,6 +63,30 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.response.status_code == 101:  # the app task is created, not yet started
             extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
             extensions[SOCKET_CONTROL] = SocketControl(self.transport)
+
+    def handle_parser_exception(self) -> None:
+        """The client broke the protocol (a frame over the size limit, say): send the close
+        frame, stop writing, and keep reading and discarding for a while before closing.
+        Closing at once while the client is still sending makes the kernel answer with a
+        reset, which can destroy the close frame before the client reads it."""
+        assert self.conn.close_sent is not None  # noqa: S101  # set by websockets
+        close = self.conn.close_sent
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
+        )
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+        super().connection_lost(exc)
 
     def keepalive_timeout(self) -> None:
         if (self.read_paused or not self.queue.empty()) and not self.close_sent:
