@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import uvloop
 
 from bench import wrk
+from bench.flood import paced_pings, start_flood
 from bench.services import (
     BENCH_DIR,
     SECRET,
@@ -81,6 +82,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "burst_cold_cpu_ms": ("<=", 500),
     "burst_warm_cpu_ms": ("<=", 500),
     "black_hole_late_ms": ("<=", 100),
+    "flood_p99_ratio": ("<=", 2),
 }
 
 
@@ -416,6 +418,43 @@ async def case_black_hole(nginx: Nginx, sizes: Sizes) -> list[Row]:
     ]
 
 
+async def case_flood(sizes: Sizes, backend_url: str) -> list[Row]:
+    """Issue 11: one socket floods pings while 50 others ping every 50 ms; the others' p99
+    with and without the flood, and the flooder's achieved rate — with the default
+    per-connection rate limits (50 messages/s, burst 100)."""
+    gateway = GatewayProcess(
+        backend_url=backend_url, extra_env={"WS_MESSAGE_RATE": "50", "WS_AUDIO_RATE": "1048576"}
+    )
+    others = [token(f"calm-{n}") for n in range(sizes.ping_connections)]
+    seconds = 2.0 if sizes is SMOKE else 6.0
+    try:
+        gateway.start()
+        quiet = sorted(await paced_pings(gateway.port, others, seconds, 0.05))
+        pool, flooding = start_flood(gateway.port, token("flooder"), seconds + 2)
+        await asyncio.sleep(1.0)  # the flood is under way
+        loud = sorted(await paced_pings(gateway.port, others, seconds, 0.05))
+        pongs, flood_seconds = flooding.get(timeout=seconds + 60)
+        pool.close()
+        pool.join()
+    finally:
+        gateway.stop()
+
+    def p99(values: list[float]) -> float:
+        return values[min(len(values) - 1, int(len(values) * 0.99))] * 1000
+
+    return [
+        Row(
+            "others' ping p99, quiet (50 conns, 20/s each)",
+            "flood_quiet_p99_ms",
+            p99(quiet),
+            unit="ms",
+        ),
+        Row("others' ping p99, one socket flooding", "flood_loud_p99_ms", p99(loud), unit="ms"),
+        Row("  flooded / quiet", "flood_p99_ratio", p99(loud) / max(p99(quiet), 1e-6), unit="x"),
+        Row("flooder's achieved rate (limit 50/s)", "flood_rate", pongs / flood_seconds, unit="/s"),
+    ]
+
+
 def redis_server_pid() -> int:
     """The local redis-server's pid (its CPU is part of what the directory costs)."""
     with socket.create_connection(("127.0.0.1", 6379), timeout=3) as conn:
@@ -550,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += uvloop.run(run_async_cases([(gateway, case_memory), (stub, case_turns)], sizes))
         rows += uvloop.run(run_async_cases([(gateway, case_turn_burst)], sizes))
         rows += uvloop.run(case_black_hole(nginx, sizes))
+        rows += uvloop.run(case_flood(sizes, f"http://127.0.0.1:{nginx.backend_port}"))
         stub.stop()
         gateway.stop()
         rows += uvloop.run(case_cluster(nginx, rows, sizes))
