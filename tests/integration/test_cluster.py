@@ -29,7 +29,7 @@ from tests.integration.conftest import (
     token_for,
 )
 from tests.integration.redis_fixtures import REDIS_URL, delete_prefix
-from tests.integration.test_lifecycle import free_port, gateway_env, process
+from tests.integration.test_lifecycle import free_port, gateway_env, process, refused_start
 
 PUSH_KEY = "push-key-for-tests-0123456789"
 
@@ -272,20 +272,7 @@ async def test_serve_with_two_workers_serves_counts_and_drains(
 
 async def test_workers_without_redis_refuse_to_start() -> None:
     env = gateway_env("http://127.0.0.1:9", free_port(), WORKERS="3")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kalami_gateway",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 2
-    lines = err.decode().strip().splitlines()
-    assert len(lines) == 1
-    assert "WORKERS=3 needs REDIS_URL" in lines[0]
+    assert "WORKERS=3 needs REDIS_URL" in await refused_start(env)
 
 
 def children_of(pid: int) -> set[int]:
