@@ -67,9 +67,12 @@ async def running_gateway(
     port = sock.getsockname()[1]
     server = GatewayServer(uvicorn_config(app, settings), app, settings.shutdown_timeout)
     task = asyncio.create_task(server.serve(sockets=[sock]))
+    deadline = time.monotonic() + 30
     while not server.started:
         if task.done():
             task.result()
+        if time.monotonic() > deadline:
+            raise AssertionError("the gateway did not start within 30 s")
         await asyncio.sleep(0.01)
     try:
         yield Gateway(app, port)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -44,24 +46,31 @@ def gateway_env(backend_url: str, port: int, **extra: str) -> dict[str, str]:
 async def process(
     args: Sequence[str], env: dict[str, str], port: int
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                try:
-                    if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
+    """The gateway as a process of its own (and its workers), stopped whatever happens.
+
+    Its output goes to a file, not a pipe: a pipe nobody reads fills up and freezes the
+    gateway mid-log, and a pipe that orphaned workers hold open keeps ``wait()`` from ever
+    returning. It runs in a session of its own, so its workers are killed with it."""
+    with tempfile.TemporaryFile() as output:
+        proc = await asyncio.create_subprocess_exec(
+            *args, env=env, stdout=output, stderr=asyncio.subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            async with httpx.AsyncClient() as client:
+                for _ in range(300):
+                    try:
+                        if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
                     await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the gateway did not start")
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+                else:
+                    raise AssertionError("the gateway did not start")
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and any worker left
+            await asyncio.wait_for(proc.wait(), 10)
 
 
 async def open_session(port: int, user: str) -> ClientConnection:
