@@ -35,10 +35,6 @@ class SendLimits(msgspec.Struct, frozen=True):
     timeout: float = 10.0
 
 
-class SlowConsumer(Exception):
-    """The client stopped reading: its socket was released."""
-
-
 class LitestarChannel(ClientChannel):
     """One Litestar WebSocket as the domain's ClientChannel."""
 
@@ -66,8 +62,13 @@ class LitestarChannel(ClientChannel):
         self._pending += len(text)
         try:
             event: WebSocketSendEvent = {"type": "websocket.send", "text": text, "bytes": None}
-            async with asyncio.timeout(self._limits.timeout):
+            if unsent == 0 and self._control is not None:
+                # Nothing waits in the socket: uvicorn's send cannot block on flow control, so
+                # no deadline is armed (a timer per message cost ~3 µs of a ~17 µs ping).
                 await self._socket.send(event)
+            else:
+                async with asyncio.timeout(self._limits.timeout):
+                    await self._socket.send(event)
         except TimeoutError:
             self._release("send timed out")
         except (WebSocketDisconnect, OSError, RuntimeError):
