@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import json
 import time
 import uuid
@@ -17,6 +15,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from kalami_gateway.adapters.websocket import token_from_query
+from tests.forged_tokens import signed as forged
 from tests.integration.backend_server import BackendServer
 from tests.integration.conftest import (
     SECRET,
@@ -55,13 +54,7 @@ def b64(data: dict[str, object]) -> str:
 
 def signed(payload: bytes) -> str:
     """A correctly signed HS256 token over raw JSON (NaN, Infinity, huge numbers included)."""
-
-    def enc(raw: bytes) -> bytes:
-        return base64.urlsafe_b64encode(raw).rstrip(b"=")
-
-    signing_input = enc(b'{"alg":"HS256","typ":"JWT"}') + b"." + enc(payload)
-    signature = enc(hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest())
-    return (signing_input + b"." + signature).decode()
+    return forged(payload, SECRET)
 
 
 INVALID_TOKENS = {

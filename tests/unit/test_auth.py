@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 
 import jwt
@@ -18,6 +16,7 @@ from kalami_gateway.domain.auth import (
     CloseCode,
     Principal,
 )
+from tests.forged_tokens import signed as forged
 from tests.unit.fakes import FakeDecoder
 
 SECRET = "unit-test-secret-" + "0123456789abcdef" * 4
@@ -114,13 +113,7 @@ def test_a_bool_exp_is_not_a_number() -> None:
 
 def signed(payload: bytes) -> str:
     """A correctly signed HS256 token over raw JSON (NaN, Infinity, huge numbers included)."""
-
-    def enc(raw: bytes) -> bytes:
-        return base64.urlsafe_b64encode(raw).rstrip(b"=")
-
-    signing_input = enc(b'{"alg":"HS256","typ":"JWT"}') + b"." + enc(payload)
-    signature = enc(hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest())
-    return (signing_input + b"." + signature).decode()
+    return forged(payload, SECRET)
 
 
 FAR = b"%d" % (NOW + 600)
