@@ -19,7 +19,7 @@ def test_connections_by_user_and_the_figures() -> None:
     assert mine.remove("nope") is None
     mine.remove("c2")
     assert mine.of_user("alice") == frozenset()
-    assert mine.count_of("bob") == 1
+    assert mine.of_user("bob") == {"c3"}
     assert mine.stats() == InstanceStats(1, 1, 3, 3)  # accepted and peak stay
 
 

@@ -439,10 +439,6 @@ class UpstreamPool:
     def open_connections(self) -> int:
         return len(self._open)
 
-    @property
-    def idle_connections(self) -> int:
-        return len(self._idle)
-
     async def acquire(self, wait: float, fresh: bool = False) -> UpstreamConnection:
         """A connected connection: an idle one unless ``fresh``, else a new one.
 

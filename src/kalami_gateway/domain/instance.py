@@ -47,9 +47,6 @@ class InstanceConnections:
     def of_user(self, user_id: str) -> frozenset[str]:
         return frozenset(self._by_user.get(user_id, ()))
 
-    def count_of(self, user_id: str) -> int:
-        return len(self._by_user.get(user_id, ()))
-
     def stats(self) -> InstanceStats:
         return InstanceStats(
             connections=len(self._user_of),
