@@ -300,7 +300,9 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-async def test_a_worker_that_dies_is_replaced(backend: BackendServer, prefix: str) -> None:
+async def test_a_worker_that_dies_is_replaced(
+    backend: BackendServer, prefix: str, redis: Redis
+) -> None:
     port = free_port()
     env = gateway_env(backend.url, port, REDIS_URL=REDIS_URL, REDIS_KEY_PREFIX=prefix)
     args = [sys.executable, "-m", "kalami_gateway", "serve", "--workers", "2"]
@@ -312,12 +314,14 @@ async def test_a_worker_that_dies_is_replaced(backend: BackendServer, prefix: st
             lambda: victim not in (now := worker_pids(proc.pid)) and len(now) == 2, within=10
         )
 
-        async def instances(expected: int) -> bool:
-            body = (await client.get(f"http://127.0.0.1:{port}/stats")).json()
-            return bool(body["cluster"]["instances"] == expected)
+        async def directory_is_the_live_workers() -> bool:
+            # Instance ids are host:pid:random; the dead one's lease lapses, the new one joins.
+            members = await redis.zrange(f"{prefix}instances", 0, -1)
+            ids = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+            pids = {int(member.split(":")[1]) for member in ids}
+            stats = (await client.get(f"http://127.0.0.1:{port}/stats")).json()
+            return pids == worker_pids(proc.pid) and stats["cluster"]["instances"] == 2
 
-        # The replacement joins while the dead worker's lease still runs, which then lapses.
-        await eventually(lambda: instances(3), within=9)
-        await eventually(lambda: instances(2), within=20)
+        await eventually(directory_is_the_live_workers, within=25)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
