@@ -64,6 +64,7 @@ class BackendServer:
     end_statuses: list[int] = field(default_factory=list)
     end_hold: asyncio.Event | None = None
     drip_seconds: float | None = None
+    turn_seconds: float = 0.0  # every turn takes this long (speech-to-text, LLM, TTS)
     end_calls: list[str] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
@@ -81,6 +82,10 @@ class BackendServer:
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
+
+    def open_sessions(self) -> set[str]:
+        """Sessions created and not (yet) ended."""
+        return self.sessions - {sid for sid, _ in self.ended}
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -159,6 +164,8 @@ class BackendServer:
             )
         )
         self.audio_arrived.set()
+        if self.turn_seconds:
+            await asyncio.sleep(self.turn_seconds)
         if self.audio_hold is not None:
             await self.audio_hold.wait()
         if self.audio_status is not None:

@@ -245,11 +245,20 @@ async def test_a_killed_instance_leaves_the_directory_within_the_lease(
         )
 
 
+@pytest.mark.parametrize(
+    ("grace", "close"),
+    [
+        ("30000", (1012, "Service restart")),  # sessions parked in Redis: reconnect, resume
+        ("0", (1001, "Server shutting down")),  # nothing to resume
+    ],
+)
 async def test_serve_with_two_workers_serves_counts_and_drains(
-    backend: BackendServer, prefix: str
+    backend: BackendServer, prefix: str, grace: str, close: tuple[int, str]
 ) -> None:
     port = free_port()
-    env = gateway_env(backend.url, port, REDIS_URL=REDIS_URL, REDIS_KEY_PREFIX=prefix)
+    env = gateway_env(
+        backend.url, port, REDIS_URL=REDIS_URL, REDIS_KEY_PREFIX=prefix, RESUME_GRACE=grace
+    )
     args = [sys.executable, "-m", "kalami_gateway", "serve", "--workers", "2"]
     async with process(args, env, port) as proc:
         sockets = []
@@ -266,7 +275,7 @@ async def test_serve_with_two_workers_serves_counts_and_drains(
             await eventually(both_workers_counted)
         proc.send_signal(signal.SIGTERM)
         for ws in sockets:
-            assert await closed_with(ws) == (1001, "Server shutting down")
+            assert await closed_with(ws) == close
         assert await asyncio.wait_for(proc.wait(), 20) == 0
 
 

@@ -165,18 +165,35 @@ async def test_the_connection_answers_while_a_turn_is_processing(
     await ws.close()
 
 
-async def test_disconnect_mid_turn_ends_the_session(
-    gateway: Gateway, backend: BackendServer
+async def test_without_a_resume_grace_a_disconnect_mid_turn_ends_the_session(
+    backend: BackendServer,
 ) -> None:
-    ws = await session(gateway)
-    backend.audio_hold = asyncio.Event()
-    await record(ws, [b"bye"])
-    await ws.send('{"type":"stop_recording"}')
-    await asyncio.wait_for(backend.audio_arrived.wait(), 5)
-    await ws.close()
-    await eventually(lambda: len(backend.ended) == 1)
-    await eventually(lambda: gateway.app.service.instance_stats().connections == 0)
-    backend.audio_hold.set()
+    async with running_gateway(make_settings(backend.url, resume_grace_ms=0)) as gateway:
+        ws = await session(gateway)
+        backend.audio_hold = asyncio.Event()
+        await record(ws, [b"bye"])
+        await ws.send('{"type":"stop_recording"}')
+        await asyncio.wait_for(backend.audio_arrived.wait(), 5)
+        await ws.close()
+        await eventually(lambda: len(backend.ended) == 1)
+        await eventually(lambda: gateway.app.service.instance_stats().connections == 0)
+        backend.audio_hold.set()
+
+
+async def test_a_disconnect_mid_turn_parks_the_session_and_the_grace_ends_it(
+    backend: BackendServer,
+) -> None:
+    async with running_gateway(make_settings(backend.url, resume_grace_ms=300)) as gateway:
+        ws = await session(gateway)
+        backend.audio_hold = asyncio.Event()
+        await record(ws, [b"bye"])
+        await ws.send('{"type":"stop_recording"}')
+        await asyncio.wait_for(backend.audio_arrived.wait(), 5)
+        await ws.close()
+        await eventually(lambda: gateway.app.service.instance_stats().connections == 0)
+        assert backend.ended == []  # parked: the turn still runs
+        backend.audio_hold.set()
+        await eventually(lambda: len(backend.ended) == 1)  # nobody resumed it
 
 
 async def test_a_base64_audio_message_runs_the_same_turn(

@@ -14,7 +14,7 @@ import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from kalami_gateway.adapters.websocket import token_from_query
+from kalami_gateway.adapters.websocket import query_values
 from tests.forged_tokens import signed as forged
 from tests.integration.backend_server import BackendServer
 from tests.integration.conftest import (
@@ -169,12 +169,15 @@ async def test_a_backend_refusal_to_start_is_an_error_and_a_retry_works(gateway:
         assert (await recv_json(ws))["type"] == "session_started"
 
 
-async def test_disconnect_ends_the_open_session(gateway: Gateway, backend: BackendServer) -> None:
-    async with connect(gateway.ws(token_for("alice"))) as ws:
-        await recv_json(ws)
-        await ws.send(json.dumps({"type": "start_session", "payload": {"profileId": "p1"}}))
-        await recv_json(ws)
-    await eventually(lambda: backend.ended == [("sess-1", backend.created[0][1])])
+async def test_without_a_resume_grace_a_disconnect_ends_the_open_session(
+    backend: BackendServer,
+) -> None:
+    async with running_gateway(make_settings(backend.url, resume_grace_ms=0)) as gateway:
+        async with connect(gateway.ws(token_for("alice"))) as ws:
+            await recv_json(ws)
+            await ws.send(json.dumps({"type": "start_session", "payload": {"profileId": "p1"}}))
+            await recv_json(ws)
+        await eventually(lambda: backend.ended == [("sess-1", backend.created[0][1])])
 
 
 async def test_stats_go_up_and_back_to_zero(gateway: Gateway) -> None:
@@ -227,17 +230,20 @@ async def test_a_client_that_never_answers_pings_is_dropped(backend: BackendServ
 
 
 @pytest.mark.parametrize(
-    ("query", "token"),
+    ("query", "token", "resume"),
     [
-        (b"", None),
-        (b"token=", ""),
-        (b"token=abc.def.ghi", "abc.def.ghi"),
-        (b"x=1&token=a%2Eb&token=second", "a.b"),
-        (b"tokens=nope", None),
+        (b"", None, None),
+        (b"token=", "", None),
+        (b"token=abc.def.ghi", "abc.def.ghi", None),
+        (b"x=1&token=a%2Eb&token=second", "a.b", None),
+        (b"tokens=nope&resumes=no", None, None),
+        (b"resume=r%2D1&token=t&resume=second", "t", "r-1"),
     ],
 )
-def test_the_token_is_read_from_the_raw_query(query: bytes, token: str | None) -> None:
-    assert token_from_query(query) == token
+def test_token_and_resume_are_read_from_the_raw_query(
+    query: bytes, token: str | None, resume: str | None
+) -> None:
+    assert query_values(query) == (token, resume)
 
 
 async def test_a_browser_origin_not_in_cors_origins_closes_4008(backend: BackendServer) -> None:

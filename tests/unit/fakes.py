@@ -127,6 +127,7 @@ class FakeMetrics(Metrics):
         self.backend_errors: list[BackendErrorKind] = []
         self.closed: list[str] = []
         self.cleanup: list[str] = []
+        self.parking: list[str] = []
 
     def message_received(self, message_type: str) -> None:
         self.messages.append(message_type)
@@ -145,6 +146,9 @@ class FakeMetrics(Metrics):
 
     def session_cleanup(self, outcome: str) -> None:
         self.cleanup.append(outcome)
+
+    def session_parking(self, event: str) -> None:
+        self.parking.append(event)
 
 
 class FakeDecoder(TokenDecoder):

@@ -86,10 +86,10 @@ def test_unknown_type_error_lists_the_known_types() -> None:
 
 
 def test_server_messages_encode_to_the_wire_shape() -> None:
-    frame = p.encode_server_message(p.Connected(p.ConnectedPayload("abc", 1_700_000_000)))
+    frame = p.encode_server_message(p.Connected(p.ConnectedPayload("abc", 1_700_000_000, "r")))
     assert json.loads(frame) == {
         "type": "connected",
-        "payload": {"connectionId": "abc", "expiresAt": 1_700_000_000},
+        "payload": {"connectionId": "abc", "expiresAt": 1_700_000_000, "resumeToken": "r"},
     }
     started = p.SessionStarted(p.SessionStartedPayload("s1", "prof", None))
     assert json.loads(p.encode_server_message(started)) == {

@@ -92,7 +92,7 @@ async def test_an_unknown_token_closes_4002(world: World) -> None:
 async def test_a_good_token_is_welcomed_and_registered(world: World) -> None:
     conn, channel = await world.connect("alice")
     assert channel.sent == [
-        p.Connected(p.ConnectedPayload("conn-1", int(world.clock.now() + 3600)))
+        p.Connected(p.ConnectedPayload("conn-1", int(world.clock.now() + 3600), conn.resume_token))
     ]
     stats = world.service.instance_stats()
     assert (stats.connections, stats.users) == (1, 1)

@@ -107,6 +107,8 @@ async def stats(
             "connections": cluster.connections,
             "users": cluster.users,
         },
+        # Waiting for their client to resume (cluster-wide on Redis; null while it is away).
+        "sessions": {"parked": await service.parked_sessions()},
     }
 
 

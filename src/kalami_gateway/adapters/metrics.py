@@ -117,6 +117,13 @@ class PrometheusMetrics(Metrics):
             ["outcome"],
             registry=r,
         )
+        self._parking = Counter(
+            "kalami_resumable_sessions",
+            "Resumable sessions by event: parked (its connection went away), resumed, expired "
+            "(ended after the grace, counted by the instance that ended it).",
+            ["event"],
+            registry=r,
+        )
         self._cluster_instances = Gauge(
             "kalami_cluster_instances", "Live gateway instances in the cluster.", registry=r
         )
@@ -165,6 +172,9 @@ class PrometheusMetrics(Metrics):
 
     def session_cleanup(self, outcome: str) -> None:
         self._cleanup.labels(outcome).inc()
+
+    def session_parking(self, event: str) -> None:
+        self._parking.labels(event).inc()
 
     def cluster(self, counts: DirectoryCounts) -> None:
         """The cluster figures, read from the directory just before a scrape."""

@@ -49,8 +49,9 @@ REDIS_POOL_SIZE: Final = 32
 # What a Redis call can fail with: the client's errors, and the socket's.
 REDIS_FAILURES: Final = (RedisError, OSError, TimeoutError)
 
-# Shared by every script: the time, and the reaping of instances whose lease has lapsed.
-_PRELUDE = """
+# Shared by every script (the parking store's too): the prefix, the time, the key TTL, and the
+# reaping of instances whose lease has lapsed.
+PRELUDE = """
 local p = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -97,13 +98,13 @@ local function add(iid, cid, uid)
 end
 """
 
-_PRELUDE = _PRELUDE.replace("KEY_TTL", str(KEY_TTL))
+PRELUDE = PRELUDE.replace("KEY_TTL", str(KEY_TTL))
 
 # ARGV: prefix, instance id, lease ms, then connection id, user id, cap triples (a batch).
 # Returns {whether this instance had dropped out of the directory (1/0), then admitted (1/0)
 # for each triple, in order}. In order means the cap is judged as if they came one by one.
 _REGISTER: Final = (
-    _PRELUDE
+    PRELUDE
     + """
 local iid = ARGV[2]
 local fresh = lease(iid, tonumber(ARGV[3]))
@@ -127,7 +128,7 @@ return out
 
 # ARGV: prefix, instance id, then connection ids (a batch).
 _UNREGISTER: Final = (
-    _PRELUDE
+    PRELUDE
     + """
 local key = p .. 'instance:' .. ARGV[2]
 for i = 3, #ARGV do
@@ -143,7 +144,7 @@ return 0
 
 # ARGV: prefix, instance id, lease ms. Returns 1 if the instance had dropped out (was absent).
 _RENEW: Final = (
-    _PRELUDE
+    PRELUDE
     + """
 reap()
 return lease(ARGV[2], tonumber(ARGV[3]))
@@ -153,7 +154,7 @@ return lease(ARGV[2], tonumber(ARGV[3]))
 # ARGV: prefix, instance id, lease ms, then connection id, user id pairs: this instance's
 # entries, written back as they are (no cap: they are open already).
 _RESYNC: Final = (
-    _PRELUDE
+    PRELUDE
     + """
 local iid = ARGV[2]
 reap()
@@ -168,7 +169,7 @@ return 0
 
 # ARGV: prefix, instance id.
 _LEAVE: Final = (
-    _PRELUDE
+    PRELUDE
     + """
 forget_instance(ARGV[2])
 return 0
@@ -177,7 +178,7 @@ return 0
 
 # ARGV: prefix. Returns {instances, connections, users}.
 _COUNTS: Final = (
-    _PRELUDE
+    PRELUDE
     + """
 reap()
 local live = redis.call('ZRANGE', p .. 'instances', 0, -1)
@@ -191,7 +192,7 @@ return {#live, connections, redis.call('SCARD', p .. 'users')}
 
 # ARGV: prefix, user id.
 _CONNECTIONS_OF: Final = (
-    _PRELUDE
+    PRELUDE
     + """
 reap()
 return redis.call('SMEMBERS', p .. 'user:' .. ARGV[2])
@@ -200,7 +201,7 @@ return redis.call('SMEMBERS', p .. 'user:' .. ARGV[2])
 
 # ARGV: prefix, user id, channel, message. Returns the user's connection count when published.
 PUSH_SCRIPT: Final = (
-    _PRELUDE
+    PRELUDE
     + """
 reap()
 local n = redis.call('SCARD', p .. 'user:' .. ARGV[2])

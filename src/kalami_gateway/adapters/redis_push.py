@@ -9,8 +9,6 @@ published while an instance is cut off does not reach that instance's connection
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -18,14 +16,11 @@ from typing import Final
 import msgspec
 from redis.asyncio import Redis
 
+from kalami_gateway.adapters.redis_channel import listen
 from kalami_gateway.adapters.redis_directory import PUSH_SCRIPT, REDIS_FAILURES
 from kalami_gateway.domain.ports import PushBus, PushUnavailable
 
 log = logging.getLogger(__name__)
-
-# How long one wait for a message lasts before the loop looks again (and pings when idle).
-_POLL_SECONDS: Final = 1.0
-_RETRY_SECONDS: Final = (0.2, 0.5, 1.0, 2.0)
 
 
 class PushEnvelope(msgspec.Struct, frozen=True):
@@ -52,36 +47,12 @@ class RedisPushBus(PushBus):
         return int(count)
 
     async def run(self, deliver: Callable[[str, bytes], Awaitable[None]]) -> None:
-        failures = 0
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        async def hand_over(data: bytes) -> None:
             try:
-                await pubsub.subscribe(self._channel)
-                if failures:
-                    log.warning("push_subscription_restored", extra={"channel": self._channel})
-                failures = 0
-                while True:
-                    message = await pubsub.get_message(timeout=_POLL_SECONDS)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    await _hand_over(message["data"], deliver)
-            except REDIS_FAILURES as exc:
-                if failures == 0:
-                    log.warning(
-                        "push_subscription_lost",
-                        extra={"channel": self._channel, "error": f"{type(exc).__name__}: {exc}"},
-                    )
-                failures += 1
-            finally:
-                with contextlib.suppress(*REDIS_FAILURES):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
-            await asyncio.sleep(_RETRY_SECONDS[min(failures, len(_RETRY_SECONDS)) - 1])
+                envelope = _decode_envelope.decode(data)
+            except msgspec.DecodeError:
+                log.warning("push_message_unreadable", extra={"bytes": len(data)})
+                return
+            await deliver(envelope.userId, bytes(envelope.payload))
 
-
-async def _hand_over(data: bytes, deliver: Callable[[str, bytes], Awaitable[None]]) -> None:
-    try:
-        envelope = _decode_envelope.decode(data)
-    except msgspec.DecodeError:
-        log.warning("push_message_unreadable", extra={"bytes": len(data)})
-        return
-    await deliver(envelope.userId, bytes(envelope.payload))
+        await listen(self._client, self._channel, hand_over)

@@ -13,8 +13,10 @@ from kalami_gateway.adapters.clock import SystemClock
 from kalami_gateway.adapters.httpx_backend import HttpxBackend, build_client
 from kalami_gateway.adapters.jwt_decoder import PyJwtDecoder
 from kalami_gateway.adapters.local_push import LocalPushBus
+from kalami_gateway.adapters.memory_parking import InMemoryParking
 from kalami_gateway.adapters.metrics import PrometheusMetrics
-from kalami_gateway.adapters.redis_directory import RedisDirectory, redis_client
+from kalami_gateway.adapters.redis_directory import RedisDirectory, new_instance_id, redis_client
+from kalami_gateway.adapters.redis_parking import RedisParking
 from kalami_gateway.adapters.redis_push import RedisPushBus
 from kalami_gateway.adapters.stub_backend import StubBackend
 from kalami_gateway.app.settings import Settings
@@ -22,6 +24,7 @@ from kalami_gateway.application.service import GatewayService, ServiceLimits
 from kalami_gateway.domain.auth import AuthPolicy
 from kalami_gateway.domain.directory import InMemoryDirectory
 from kalami_gateway.domain.instance import InstanceConnections
+from kalami_gateway.domain.parking import ParkingRules
 
 
 async def backend_client(base_url: str, timeout_seconds: float) -> AsyncIterator[httpx.AsyncClient]:
@@ -50,6 +53,17 @@ def cluster_mode(redis_url: str) -> str:
     return "redis" if redis_url else "memory"
 
 
+def restart_parks(redis_url: str, resume_grace: float) -> bool:
+    """A shutdown parks sessions for another instance (1012) only when one can resume them."""
+    return bool(redis_url) and resume_grace > 0
+
+
+def turn_wait(shutdown_timeout: float) -> float:
+    """How long a restart lets turns in flight finish: the shutdown's budget less a second
+    for closing up."""
+    return max(0.0, shutdown_timeout - 1.0)
+
+
 def socket_origins(cors_origins: tuple[str, ...]) -> frozenset[str] | None:
     """The origins a browser may open /ws from: CORS_ORIGINS, or any (None) with ``*``."""
     return None if "*" in cors_origins else frozenset(cors_origins)
@@ -71,11 +85,31 @@ class Container(containers.DeclarativeContainer):
 
     redis = providers.Resource(redis_connection, url=settings.provided.redis_url)
     mode = providers.Callable(cluster_mode, settings.provided.redis_url)
+    instance_id = providers.Singleton(new_instance_id)
     directory = providers.Selector(
         mode,
         memory=providers.Singleton(InMemoryDirectory),
         redis=providers.Singleton(
-            RedisDirectory, client=redis, prefix=settings.provided.redis_key_prefix
+            RedisDirectory,
+            client=redis,
+            prefix=settings.provided.redis_key_prefix,
+            instance_id=instance_id,
+        ),
+    )
+    parking_rules = providers.Singleton(
+        ParkingRules,
+        grace=settings.provided.resume_grace,
+        max_bytes=settings.provided.max_audio_bytes,
+    )
+    parking = providers.Selector(
+        mode,
+        memory=providers.Singleton(InMemoryParking, rules=parking_rules, clock=clock),
+        redis=providers.Singleton(
+            RedisParking,
+            client=redis,
+            prefix=settings.provided.redis_key_prefix,
+            instance_id=instance_id,
+            rules=parking_rules,
         ),
     )
     push_bus = providers.Selector(
@@ -113,8 +147,14 @@ class Container(containers.DeclarativeContainer):
             token_expiry_warning=settings.provided.token_expiry_warning,
             message_rate=settings.provided.ws_message_rate,
             audio_rate=settings.provided.ws_audio_rate,
+            resume_grace=settings.provided.resume_grace,
+            restart_parks=providers.Callable(
+                restart_parks, settings.provided.redis_url, settings.provided.resume_grace
+            ),
+            shutdown_turn_wait=providers.Callable(turn_wait, settings.provided.shutdown_timeout),
         ),
         instance=instance,
+        parking=parking,
     )
     proxy = providers.Singleton(
         ApiProxy,

@@ -40,13 +40,15 @@ from kalami_gateway.app.container import Container
 from kalami_gateway.app.logs import configure_logging
 from kalami_gateway.app.settings import Settings, SettingsError, load_settings
 from kalami_gateway.application.service import GatewayService
-from kalami_gateway.domain.ports import Backend, ConnectionDirectory, PushBus
+from kalami_gateway.domain.ports import Backend, ConnectionDirectory, PushBus, SessionParking
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # The expiry ticker runs at least this often, whatever the heartbeat interval.
 MAX_EXPIRY_TICK_SECONDS = 1.0
+# Parked sessions whose grace has lapsed are looked for this often (by every instance).
+PARKED_SWEEP_SECONDS = 1.0
 
 
 async def _resolve(provider: providers.Provider[T]) -> T:
@@ -155,6 +157,7 @@ class GatewayApp:
         self._backend = await _resolve(self.container.backend)
         self._directory = directory = await _resolve(self.container.directory)
         self._push_bus = push_bus = await _resolve(self.container.push_bus)
+        parking: SessionParking = await _resolve(self.container.parking)
         self._service = service = await _resolve(self.container.service)
         await self._proxy.start()
         await directory.renew()  # joins the cluster (or notes that Redis is away)
@@ -163,6 +166,8 @@ class GatewayApp:
             asyncio.create_task(run_every(tick, service.expire_tokens)),
             asyncio.create_task(run_every(RENEW_SECONDS, directory.renew)),
             asyncio.create_task(push_bus.run(service.deliver_push)),
+            asyncio.create_task(parking.run(service)),
+            asyncio.create_task(run_every(PARKED_SWEEP_SECONDS, service.expire_parked)),
         ]
         log.info(
             "gateway_started",

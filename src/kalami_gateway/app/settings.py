@@ -61,6 +61,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_send_timeout_ms: int = 10_000
     ws_audio_rate: int = 1 << 20
     max_header_bytes: int = 32 * 1024
+    resume_grace_ms: int = 30_000  # 0: a dropped connection ends its session at once
+
+    @property
+    def resume_grace(self) -> float:
+        return self.resume_grace_ms / 1000
 
     @property
     def token_expiry_warning(self) -> float:
@@ -122,6 +127,7 @@ ENVIRONMENT: Final = (
     ("MAX_CONNECTIONS_PER_USER", "open sockets per user, cluster-wide (0: no cap)", "20"),
     ("PUSH_API_KEY", "enables POST /internal/push (16+ characters)", "empty: disabled"),
     ("WORKERS", "worker processes on one port (more than 1 needs REDIS_URL)", "1"),
+    ("RESUME_GRACE", "how long a dropped connection's session waits for a resume, ms", "30000"),
 )
 
 
@@ -224,6 +230,7 @@ def load_settings(
         ws_send_timeout_ms=get("WS_SEND_TIMEOUT", _int_range(100, 3_600_000), 10_000),
         ws_audio_rate=get("WS_AUDIO_RATE", _int_range(0, 1 << 30), 1 << 20),
         max_header_bytes=get("MAX_HEADER_BYTES", _int_range(1024, 1 << 20), 32 * 1024),
+        resume_grace_ms=get("RESUME_GRACE", _int_range(0, 86_400_000), 30_000),
     )
     problems += cluster_problems(settings)
     if problems:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import msgspec
 
+from kalami_gateway.domain.parking import Claim, Holder, ParkedPhase, SessionRecord
 from kalami_gateway.domain.protocol import AudioFormat, GrammarCorrection, ServerMessage
 
 
@@ -133,6 +134,11 @@ class Metrics(Protocol):
         orphaned create's end succeeded), ``gave_up`` (the retry window ran out)."""
         ...
 
+    def session_parking(self, event: str) -> None:
+        """A resumable session was ``parked``, ``resumed`` or ``expired`` (ended after its
+        grace)."""
+        ...
+
 
 class ConnectionEntry(msgspec.Struct, frozen=True):
     """A live WebSocket connection as the directory knows it."""
@@ -204,4 +210,82 @@ class PushBus(Protocol):
     async def run(self, deliver: Callable[[str, bytes], Awaitable[None]]) -> None:
         """Hand every push published anywhere to ``deliver(user_id, payload)``, until
         cancelled (surviving the loss of the shared store)."""
+        ...
+
+
+class ParkingUnavailable(Exception):
+    """The session store cannot be reached (Redis is away)."""
+
+
+class ParkingEvents(Protocol):
+    """What a parking store hands to the instance that holds a connection."""
+
+    async def forwarded(
+        self, connection_id: str, key: str, messages: Sequence[bytes], turn_done: bool
+    ) -> None:
+        """Messages of a turn that ran elsewhere (where the session used to be), for the
+        connection that holds the session now; ``turn_done``: the turn is over."""
+        ...
+
+    async def release(self, connection_id: str, key: str) -> None:
+        """Another connection resumes this connection's session ``key``: close it (4007)
+        and park the session."""
+        ...
+
+
+class SessionParking(Protocol):
+    """Open sessions that outlive their connection: held by a connection, parked while its
+    client is away, claimed by the client's next connection (on any instance), ended once
+    when the grace lapses. Implemented in memory (one process) and on Redis (a cluster); both
+    pass one contract suite. Failures to reach the store raise ``ParkingUnavailable``."""
+
+    async def hold(self, resume_token: str, record: SessionRecord, connection_id: str) -> None:
+        """A connection of this instance opened ``record``: ``resume_token`` now resumes it."""
+        ...
+
+    async def park(
+        self, key: str, connection_id: str, phase: ParkedPhase, token: str | None
+    ) -> bool:
+        """The holder went away: wait for a resume until the grace lapses (``token``: the
+        bearer to keep, None for the one held). False if the session is not this
+        connection's any more (taken over, ended, lapsed)."""
+        ...
+
+    async def keep(self, key: str, messages: Sequence[bytes], turn_done: bool) -> None:
+        """A turn's messages (encoded): kept (bounded) while the session is parked, forwarded
+        to the connection holding it otherwise, dropped if it is gone."""
+        ...
+
+    async def claim(
+        self, resume_token: str, user_id: str, new_resume_token: str, connection_id: str
+    ) -> Claim:
+        """Take a parked session for a new connection of this instance (single use of the
+        token; ``new_resume_token`` resumes it next). Another user's token changes nothing."""
+        ...
+
+    async def ask_release(self, holder: Holder, key: str) -> None:
+        """Ask the instance of a connection still holding a session to let it go."""
+        ...
+
+    async def forget(self, key: str) -> None:
+        """The client ended the session: it cannot be resumed any more."""
+        ...
+
+    async def take_lapsed(self) -> list[SessionRecord]:
+        """Parked sessions whose grace has lapsed, each handed to exactly one caller across
+        the cluster (who ends it at the backend)."""
+        ...
+
+    async def parked(self) -> int:
+        """How many sessions are parked (cluster-wide with Redis)."""
+        ...
+
+    async def leave(self) -> list[SessionRecord]:
+        """At shutdown: the sessions that nobody can resume once this instance is gone (all
+        of them in memory; none on Redis, where another instance resumes them)."""
+        ...
+
+    async def run(self, events: ParkingEvents) -> None:
+        """Hand forwarded messages and release requests for this instance's connections to
+        ``events``, until cancelled."""
         ...

@@ -269,6 +269,7 @@ def _describe(exc: Exception) -> str:
 class ConnectedPayload(msgspec.Struct, frozen=True, rename="camel"):
     connection_id: str
     expires_at: int  # the token's exp (unix seconds)
+    resume_token: str  # reconnect with /ws?token=...&resume=<this> to carry the session on
 
 
 class ExpiryPayload(msgspec.Struct, frozen=True, rename="camel"):
@@ -279,6 +280,13 @@ class SessionStartedPayload(msgspec.Struct, frozen=True, rename="camel"):
     id: str
     profile_id: str
     topic: str | None
+
+
+class SessionResumedPayload(msgspec.Struct, frozen=True, rename="camel"):
+    id: str
+    profile_id: str
+    topic: str | None
+    state: Literal["active", "processing"]
 
 
 class RecordingStartedPayload(msgspec.Struct, frozen=True):
@@ -340,6 +348,10 @@ class SessionStarted(_ServerMessage, frozen=True, tag="session_started"):
     payload: SessionStartedPayload
 
 
+class SessionResumed(_ServerMessage, frozen=True, tag="session_resumed"):
+    payload: SessionResumedPayload
+
+
 class RecordingStarted(_ServerMessage, frozen=True, tag="recording_started"):
     payload: RecordingStartedPayload
 
@@ -398,6 +410,7 @@ class Push(_ServerMessage, frozen=True, tag="push"):
 ServerMessage = (
     Connected
     | SessionStarted
+    | SessionResumed
     | RecordingStarted
     | AudioReceived
     | Processing
@@ -420,8 +433,23 @@ def error(message: str) -> Error:
 
 
 _encoder: Final = msgspec.json.Encoder()
+_server_decoder: Final = msgspec.json.Decoder(ServerMessage)
 
 
 def encode_server_message(message: ServerMessage) -> str:
     """The text frame for a server message."""
     return _encoder.encode(message).decode()
+
+
+def encode_kept(message: ServerMessage) -> bytes:
+    """A server message as kept for a parked session (and forwarded between instances)."""
+    return _encoder.encode(message)
+
+
+def decode_kept(data: bytes) -> ServerMessage | None:
+    """A kept message back as it was produced; None if it is not one (never sent on)."""
+    try:
+        message: ServerMessage = _server_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return message

@@ -74,8 +74,19 @@ class TurnFailed(msgspec.Struct, frozen=True):
     message: str
 
 
+class TurnRelayed(msgspec.Struct, frozen=True):
+    """A turn that ran on another connection (before a resume) is over; its messages were
+    relayed as they came."""
+
+
 Event = (
-    p.ClientMessage | AudioFrame | SessionCreated | SessionCreateFailed | TurnSucceeded | TurnFailed
+    p.ClientMessage
+    | AudioFrame
+    | SessionCreated
+    | SessionCreateFailed
+    | TurnSucceeded
+    | TurnFailed
+    | TurnRelayed
 )
 
 
@@ -262,6 +273,10 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             if phase is not Phase.PROCESSING:
                 return Decision(state)
             return Decision(msgspec.structs.replace(state, phase=Phase.ACTIVE), (_error(message),))
+        case TurnRelayed():
+            if phase is not Phase.PROCESSING:
+                return Decision(state)
+            return Decision(msgspec.structs.replace(state, phase=Phase.ACTIVE))
         case p.EndSession():
             if phase is Phase.IDLE or state.session_id is None:
                 return _refuse(state, "No session is open, so there is nothing to end.")

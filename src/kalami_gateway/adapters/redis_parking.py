@@ -1,0 +1,402 @@
+"""Resumable sessions on Redis: parked by one instance, claimed on any, ended once.
+
+Keys (under the prefix ``p``, beside the directory's, whose ``p instances`` leases say which
+holders are alive):
+
+- ``p rs:<key>``          hash: the session (``user``, ``meta``, ``token``, ``phase``, its
+                          holder's ``inst`` and ``conn`` — empty while parked —, ``grace`` ms,
+                          ``tok`` its current resume token's hash, ``dropped``, ``bytes``)
+- ``p rs:<key>:kept``     list: messages kept while parked, oldest first
+- ``p rt:<token hash>``   string: the session key a resume token resumes, or a tombstone
+                          (``!used``, ``!lapsed``, ``!ended``) so a late resume is told why
+- ``p parked``            sorted set: parked session key -> grace deadline (ms, Redis's clock)
+- ``p held:<instance>``   set of the session keys that instance's connections hold
+- ``p holders``           set of instances that hold sessions
+- channel ``p inst:<instance>``: a turn's messages for a connection of that instance
+  (``F<conn>\\n<key>\\n<done>\\n<message>\\n...``) and release requests (``R<conn>\\n<key>``)
+
+Every step is one script, so a claim, a keep and an expiry never interleave: a lapsed
+session is handed to exactly one instance; a turn's messages are either kept (and returned
+by the claim) or forwarded to the claimer, never both. Sessions held by an instance whose
+lease lapsed (killed) are parked by the next sweep, so their backend sessions get ended too.
+Resume tokens are stored as SHA-256 hashes: the store never holds one that works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+from redis.asyncio import Redis
+
+from kalami_gateway.adapters.redis_channel import listen
+from kalami_gateway.adapters.redis_directory import PRELUDE, REDIS_FAILURES
+from kalami_gateway.domain import parking as pk
+from kalami_gateway.domain.ports import ParkingEvents, ParkingUnavailable, SessionParking
+
+log = logging.getLogger(__name__)
+
+# At most this many lapsed sessions are taken by one sweep (the next sweep takes the rest).
+SWEEP_BATCH: Final = 100
+
+# ARGV: prefix, key, token hash, user, meta, bearer, instance, connection, grace ms.
+_HOLD: Final = (
+    PRELUDE
+    + """
+local r = p .. 'rs:' .. ARGV[2]
+redis.call('DEL', r, r .. ':kept')
+redis.call('HSET', r, 'user', ARGV[4], 'meta', ARGV[5], 'token', ARGV[6], 'phase', 'active',
+  'inst', ARGV[7], 'conn', ARGV[8], 'grace', ARGV[9], 'tok', ARGV[3], 'dropped', 0, 'bytes', 0)
+redis.call('EXPIRE', r, ttl)
+redis.call('SET', p .. 'rt:' .. ARGV[3], ARGV[2], 'EX', ttl)
+redis.call('SADD', p .. 'held:' .. ARGV[7], ARGV[2])
+redis.call('EXPIRE', p .. 'held:' .. ARGV[7], ttl)
+redis.call('SADD', p .. 'holders', ARGV[7])
+redis.call('EXPIRE', p .. 'holders', ttl)
+return 1
+"""
+)
+
+# ARGV: prefix, key, instance, connection, phase, bearer ('' keeps the held one).
+_PARK: Final = (
+    PRELUDE
+    + """
+local r = p .. 'rs:' .. ARGV[2]
+if redis.call('HGET', r, 'inst') ~= ARGV[3] or redis.call('HGET', r, 'conn') ~= ARGV[4] then
+  return 0
+end
+redis.call('SREM', p .. 'held:' .. ARGV[3], ARGV[2])
+redis.call('HSET', r, 'inst', '', 'conn', '', 'phase', ARGV[5], 'dropped', 0, 'bytes', 0)
+if ARGV[6] ~= '' then
+  redis.call('HSET', r, 'token', ARGV[6])
+end
+redis.call('DEL', r .. ':kept')
+redis.call('EXPIRE', r, ttl)
+redis.call('ZADD', p .. 'parked', now + tonumber(redis.call('HGET', r, 'grace')), ARGV[2])
+redis.call('EXPIRE', p .. 'parked', ttl)
+return 1
+"""
+)
+
+# ARGV: prefix, key, max messages, max bytes, done (1/0), forward frame, then the messages.
+# Returns 0 (gone), 1 (forwarded to the holder), 2 (kept). The bounds are domain/parking.keep's.
+_KEEP: Final = (
+    PRELUDE
+    + """
+local r = p .. 'rs:' .. ARGV[2]
+if redis.call('EXISTS', r) == 0 then
+  return 0
+end
+if ARGV[5] == '1' then
+  redis.call('HSET', r, 'phase', 'active')
+end
+local conn = redis.call('HGET', r, 'conn')
+if conn ~= '' then
+  local inst = redis.call('HGET', r, 'inst')
+  redis.call('PUBLISH', p .. 'inst:' .. inst, 'F' .. conn .. '\\n' .. ARGV[6])
+  return 1
+end
+local k = r .. ':kept'
+local size = tonumber(redis.call('HGET', r, 'bytes'))
+local dropped = tonumber(redis.call('HGET', r, 'dropped'))
+local max_n, max_b = tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 7, #ARGV do
+  redis.call('RPUSH', k, ARGV[i])
+  size = size + #ARGV[i]
+end
+local n = redis.call('LLEN', k)
+while n > 0 and (n > max_n or size > max_b) do
+  size = size - #redis.call('LPOP', k)
+  dropped = dropped + 1
+  n = n - 1
+end
+redis.call('HSET', r, 'bytes', size, 'dropped', dropped)
+redis.call('EXPIRE', k, ttl)
+return 2
+"""
+)
+
+# ARGV: prefix, token hash, user, new token hash, instance, connection, tombstone seconds.
+# Returns {'refused', why} | {'held', instance, connection, key} |
+# {'resumed', key, meta, bearer, phase, dropped, kept messages...}.
+_CLAIM: Final = (
+    PRELUDE
+    + """
+local m = redis.call('GET', p .. 'rt:' .. ARGV[2])
+if not m then
+  return {'refused', 'unknown'}
+end
+if string.sub(m, 1, 1) == '!' then
+  return {'refused', string.sub(m, 2)}
+end
+local r = p .. 'rs:' .. m
+if redis.call('EXISTS', r) == 0 then
+  return {'refused', 'unknown'}
+end
+if redis.call('HGET', r, 'user') ~= ARGV[3] then
+  return {'refused', 'other_user'}
+end
+local holder = redis.call('HGET', r, 'inst')
+if holder ~= '' then
+  local lease = redis.call('ZSCORE', p .. 'instances', holder)
+  if lease and tonumber(lease) > now then
+    return {'held', holder, redis.call('HGET', r, 'conn'), m}
+  end
+  -- Its instance is gone (killed): so is any turn it was running.
+  redis.call('SREM', p .. 'held:' .. holder, m)
+  redis.call('HSET', r, 'phase', 'active')
+end
+redis.call('ZREM', p .. 'parked', m)
+redis.call('SET', p .. 'rt:' .. ARGV[2], '!used', 'EX', ARGV[7])
+redis.call('SET', p .. 'rt:' .. ARGV[4], m, 'EX', ttl)
+local out = {'resumed', m, redis.call('HGET', r, 'meta'), redis.call('HGET', r, 'token'),
+  redis.call('HGET', r, 'phase'), redis.call('HGET', r, 'dropped')}
+for _, v in ipairs(redis.call('LRANGE', r .. ':kept', 0, -1)) do
+  out[#out + 1] = v
+end
+redis.call('DEL', r .. ':kept')
+redis.call('HSET', r, 'inst', ARGV[5], 'conn', ARGV[6], 'tok', ARGV[4], 'dropped', 0, 'bytes', 0)
+redis.call('EXPIRE', r, ttl)
+redis.call('SADD', p .. 'held:' .. ARGV[5], m)
+redis.call('EXPIRE', p .. 'held:' .. ARGV[5], ttl)
+redis.call('SADD', p .. 'holders', ARGV[5])
+redis.call('EXPIRE', p .. 'holders', ttl)
+return out
+"""
+)
+
+# ARGV: prefix, key, tombstone seconds.
+_FORGET: Final = (
+    PRELUDE
+    + """
+local r = p .. 'rs:' .. ARGV[2]
+local tok = redis.call('HGET', r, 'tok')
+if not tok then
+  return 0
+end
+redis.call('SET', p .. 'rt:' .. tok, '!ended', 'EX', ARGV[3])
+local holder = redis.call('HGET', r, 'inst')
+if holder ~= '' then
+  redis.call('SREM', p .. 'held:' .. holder, ARGV[2])
+end
+redis.call('ZREM', p .. 'parked', ARGV[2])
+redis.call('DEL', r, r .. ':kept')
+return 1
+"""
+)
+
+# ARGV: prefix, batch size, tombstone seconds. Returns key, meta, bearer triples.
+_TAKE_LAPSED: Final = (
+    PRELUDE
+    + """
+for _, holder in ipairs(redis.call('SMEMBERS', p .. 'holders')) do
+  local lease = redis.call('ZSCORE', p .. 'instances', holder)
+  if not lease or tonumber(lease) <= now then
+    -- A dead instance's sessions start their grace now, as if their connections had dropped.
+    for _, key in ipairs(redis.call('SMEMBERS', p .. 'held:' .. holder)) do
+      local r = p .. 'rs:' .. key
+      if redis.call('HGET', r, 'inst') == holder then
+        redis.call('HSET', r, 'inst', '', 'conn', '', 'phase', 'active')
+        redis.call('ZADD', p .. 'parked', now + tonumber(redis.call('HGET', r, 'grace')), key)
+      end
+    end
+    redis.call('DEL', p .. 'held:' .. holder)
+    redis.call('SREM', p .. 'holders', holder)
+  end
+end
+local out = {}
+local due = redis.call('ZRANGEBYSCORE', p .. 'parked', '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, key in ipairs(due) do
+  redis.call('ZREM', p .. 'parked', key)
+  local r = p .. 'rs:' .. key
+  local tok = redis.call('HGET', r, 'tok')
+  if tok then
+    redis.call('SET', p .. 'rt:' .. tok, '!lapsed', 'EX', ARGV[3])
+    out[#out + 1] = key
+    out[#out + 1] = redis.call('HGET', r, 'meta')
+    out[#out + 1] = redis.call('HGET', r, 'token')
+    redis.call('DEL', r, r .. ':kept')
+  end
+end
+return out
+"""
+)
+
+_REFUSALS: Final = {
+    b"unknown": pk.Refusal.UNKNOWN,
+    b"used": pk.Refusal.USED,
+    b"lapsed": pk.Refusal.LAPSED,
+    b"ended": pk.Refusal.ENDED,
+    b"other_user": pk.Refusal.OTHER_USER,
+}
+
+
+class _Meta(msgspec.Struct, frozen=True, array_like=True):
+    user_id: str
+    session_id: str
+    profile_id: str
+    topic: str | None
+
+
+_encode_meta: Final = msgspec.json.Encoder().encode
+_decode_meta: Final = msgspec.json.Decoder(_Meta).decode
+
+
+def token_hash(resume_token: str) -> str:
+    return hashlib.sha256(resume_token.encode()).hexdigest()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisParking(SessionParking):
+    """This instance's side of the cluster's resumable sessions (see the module docstring)."""
+
+    def __init__(
+        self, client: Redis, prefix: str, instance_id: str, rules: pk.ParkingRules
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._instance_id = instance_id
+        self._rules = rules
+        self._grace_ms = str(round(rules.grace * 1000))
+        self._tombstone = str(round(pk.TOMBSTONE_SECONDS))
+        self._hold = client.register_script(_HOLD)
+        self._park = client.register_script(_PARK)
+        self._keep = client.register_script(_KEEP)
+        self._claim = client.register_script(_CLAIM)
+        self._forget = client.register_script(_FORGET)
+        self._take_lapsed = client.register_script(_TAKE_LAPSED)
+
+    def _channel(self, instance_id: str) -> str:
+        return f"{self._prefix}inst:{instance_id}"
+
+    async def _call(self, script: Any, *args: Any) -> Any:
+        try:
+            return await script(args=[self._prefix, *args])
+        except REDIS_FAILURES as exc:
+            raise ParkingUnavailable(f"Redis is unreachable: {type(exc).__name__}") from None
+
+    async def hold(self, resume_token: str, record: pk.SessionRecord, connection_id: str) -> None:
+        meta = _encode_meta(
+            _Meta(record.user_id, record.session_id, record.profile_id, record.topic)
+        )
+        await self._call(
+            self._hold,
+            record.key,
+            token_hash(resume_token),
+            record.user_id,
+            meta,
+            record.token,
+            self._instance_id,
+            connection_id,
+            self._grace_ms,
+        )
+
+    async def park(
+        self, key: str, connection_id: str, phase: pk.ParkedPhase, token: str | None
+    ) -> bool:
+        parked = await self._call(
+            self._park, key, self._instance_id, connection_id, phase, token or ""
+        )
+        return bool(parked)
+
+    async def keep(self, key: str, messages: Sequence[bytes], turn_done: bool) -> None:
+        done = b"1" if turn_done else b"0"
+        frame = b"\n".join([key.encode(), done, *messages])
+        await self._call(
+            self._keep,
+            key,
+            self._rules.max_messages,
+            self._rules.max_bytes,
+            done,
+            frame,
+            *messages,
+        )
+
+    async def claim(
+        self, resume_token: str, user_id: str, new_resume_token: str, connection_id: str
+    ) -> pk.Claim:
+        reply = await self._call(
+            self._claim,
+            token_hash(resume_token),
+            user_id,
+            token_hash(new_resume_token),
+            self._instance_id,
+            connection_id,
+            self._tombstone,
+        )
+        verdict = reply[0]
+        if verdict == b"refused":
+            return pk.ResumeRefused(_REFUSALS.get(reply[1], pk.Refusal.UNKNOWN))
+        if verdict == b"held":
+            return pk.HeldElsewhere(pk.Holder(_text(reply[1]), _text(reply[2])), _text(reply[3]))
+        key, meta, bearer, phase, dropped, *kept = reply[1:]
+        m = _decode_meta(meta)
+        record = pk.SessionRecord(
+            _text(key), m.user_id, m.session_id, m.profile_id, m.topic, _text(bearer)
+        )
+        return pk.Resumed(
+            record,
+            "processing" if phase == b"processing" else "active",
+            tuple(kept),
+            int(dropped),
+        )
+
+    async def ask_release(self, holder: pk.Holder, key: str) -> None:
+        message = f"R{holder.connection_id}\n{key}"
+        try:
+            await self._client.publish(self._channel(holder.instance_id), message)
+        except REDIS_FAILURES as exc:
+            raise ParkingUnavailable(f"Redis is unreachable: {type(exc).__name__}") from None
+
+    async def forget(self, key: str) -> None:
+        await self._call(self._forget, key, self._tombstone)
+
+    async def take_lapsed(self) -> list[pk.SessionRecord]:
+        flat = await self._call(self._take_lapsed, SWEEP_BATCH, self._tombstone)
+        records = []
+        for i in range(0, len(flat), 3):
+            m = _decode_meta(flat[i + 1])
+            records.append(
+                pk.SessionRecord(
+                    _text(flat[i]),
+                    m.user_id,
+                    m.session_id,
+                    m.profile_id,
+                    m.topic,
+                    _text(flat[i + 2]),
+                )
+            )
+        return records
+
+    async def parked(self) -> int:
+        try:
+            return int(await self._client.zcard(f"{self._prefix}parked"))
+        except REDIS_FAILURES as exc:
+            raise ParkingUnavailable(f"Redis is unreachable: {type(exc).__name__}") from None
+
+    async def leave(self) -> list[pk.SessionRecord]:
+        return []  # they stay parked in Redis: another instance resumes (or ends) them
+
+    async def run(self, events: ParkingEvents) -> None:
+        async def dispatch(data: bytes) -> None:
+            kind, fields = data[:1], data[1:].split(b"\n")
+            try:
+                if kind == b"F" and len(fields) >= 3:
+                    connection_id, key, done, *messages = fields
+                    await events.forwarded(
+                        connection_id.decode(), key.decode(), messages, done == b"1"
+                    )
+                elif kind == b"R" and len(fields) == 2:
+                    await events.release(fields[0].decode(), fields[1].decode())
+                else:
+                    log.warning("parking_message_unreadable", extra={"bytes": len(data)})
+            except Exception:  # one bad delivery must not end the instance's subscription
+                log.exception("parking_message_failed", extra={"kind": kind.decode("latin-1")})
+
+        await listen(self._client, self._channel(self._instance_id), dispatch)
