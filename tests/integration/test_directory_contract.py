@@ -15,6 +15,7 @@ from kalami_gateway.adapters.redis_directory import RedisDirectory, redis_client
 from kalami_gateway.domain.directory import InMemoryDirectory
 from kalami_gateway.domain.ports import ConnectionDirectory, ConnectionEntry, DirectoryCounts
 from tests.integration.redis_fixtures import REDIS_URL, delete_prefix
+from tests.integration.tcp_relay import TcpRelay
 
 _ids = itertools.count(1)
 
@@ -158,31 +159,8 @@ async def test_entries_lost_by_redis_are_written_back_on_the_next_renewal(
 async def test_a_redis_that_goes_away_is_survived_and_caught_up_with(
     redis: Redis, prefix: str
 ) -> None:
-    # A proxy that can cut every connection to Redis, as a network partition would.
-    cut = asyncio.Event()
-    links: set[asyncio.StreamWriter] = set()
-
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if cut.is_set():
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 6379)
-        links.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except ConnectionError:
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    server = await asyncio.start_server(relay, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    relay = await TcpRelay(6379).start()  # cut, it is a network partition
+    port = relay.port
     client = redis_client(f"redis://127.0.0.1:{port}/0")
     try:
         flaky = RedisDirectory(client, prefix)
@@ -191,9 +169,7 @@ async def test_a_redis_that_goes_away_is_survived_and_caught_up_with(
         await watcher.renew()
         kept = entry("alice")
         await flaky.register(kept, cap=2)
-        cut.set()
-        for link in links:
-            link.close()
+        relay.cut()
         await flaky.renew()  # the outage is noticed
         assert not flaky.reachable()
         # Connections keep coming and going; the cap is judged on what this instance holds.
@@ -202,14 +178,14 @@ async def test_a_redis_that_goes_away_is_survived_and_caught_up_with(
         assert not await flaky.register(entry("alice"), cap=2)
         await flaky.unregister(kept)
         assert await flaky.counts() == DirectoryCounts(1, 1, 1)  # its own figures
-        cut.clear()
+        relay.mend()
         await flaky.renew()  # back: writes its entries back
         assert flaky.reachable()
         assert await watcher.connections_of("alice") == {during.connection_id}
         assert await watcher.counts() == DirectoryCounts(2, 1, 1)
     finally:
         await client.aclose()
-        server.close()
+        await relay.close()
 
 
 async def test_a_killed_redis_connection_is_replaced_transparently(

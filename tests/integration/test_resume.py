@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,8 +26,10 @@ from tests.integration.conftest import (
     token_for,
 )
 from tests.integration.redis_fixtures import REDIS_URL
+from tests.integration.tcp_relay import TcpRelay
 from tests.integration.test_cluster import cluster
 from tests.integration.test_lifecycle import free_port, gateway_env, process
+from tests.integration.test_voice import make_wav, run_cli
 
 TURN: list[str | bytes] = [
     json.dumps({"type": "start_recording", "payload": {"format": "wav"}}),
@@ -278,3 +281,54 @@ async def test_a_rolling_restart_loses_no_session_and_no_reply(
         assert len(backend.end_calls) == 20
         assert backend.open_sessions() == set()
         assert await parked_on(b) == 0
+
+
+async def test_talk_resumes_on_the_other_instance_when_its_network_drops(
+    backend: BackendServer, prefix: str, tmp_path: Path
+) -> None:
+    backend.turn_seconds = 1.0
+    size = make_wav(tmp_path / "hello.wav")
+    async with cluster(backend, prefix) as (a, b):
+        relay = await TcpRelay(a.port).start()  # the phone's network, in front of a
+        try:
+            talk = asyncio.create_task(
+                run_cli(
+                    "talk",
+                    "--file",
+                    "hello.wav",
+                    "--url",
+                    f"ws://127.0.0.1:{relay.port}/ws",
+                    "--resume-url",
+                    b.ws(),
+                    "--sub",
+                    "alice",
+                    cwd=tmp_path,
+                )
+            )
+            await asyncio.wait_for(backend.audio_arrived.wait(), 30)  # the turn is running
+            relay.cut()
+            code, out, err = await talk
+        finally:
+            await relay.close()
+    assert code == 0, err + out
+    # "processing" may or may not have got through before the cut: it is not a reply.
+    lines = [line for line in out.splitlines() if not line.startswith("processing")]
+    labels = [line.split()[0] for line in lines]
+    assert labels == [
+        "connected",
+        "session",
+        "recording",
+        "dropped",
+        "connected",
+        "resumed",
+        "you",
+        "tutor",
+        "correction",
+        "audio",
+        "session",
+    ]
+    assert "no close frame" in lines[3]
+    assert "(processing)" in lines[5]  # resumed while the turn was still running
+    assert f"{size} bytes" in lines[6]
+    assert len(backend.uploads) == 1
+    assert backend.end_calls == [backend.uploads[0].session_id]  # the end talk sent, once

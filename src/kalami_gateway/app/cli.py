@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     talk.add_argument(
         "--url", default=None, help="gateway WebSocket URL (ws://127.0.0.1:GATEWAY_PORT/ws)"
     )
+    talk.add_argument(
+        "--resume-url",
+        default=None,
+        help="where to reconnect and resume if the socket drops mid-turn (default: --url); "
+        "another instance of the cluster, say",
+    )
     talk.add_argument("--profile", default="default", help="learner profile id (default)")
     talk.add_argument("--topic", default=None, help="conversation topic")
     who = talk.add_mutually_exclusive_group()

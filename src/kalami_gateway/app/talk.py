@@ -1,7 +1,9 @@
 """``kalami-gateway talk``: one voice turn from an audio file, the way a phone would do it.
 
 Connects, starts a session, streams the file in ~100 ms frames, stops recording, prints every
-server message readably, saves the tutor's audio, and ends the session.
+server message readably, saves the tutor's audio, and ends the session. If the socket drops
+while the turn is being processed, it reconnects once with the connection's resume token
+(to ``--resume-url``, another instance, if given) and takes the turn's replies there.
 """
 
 from __future__ import annotations
@@ -75,17 +77,40 @@ def _out(label: str, text: str) -> None:
 
 async def _talk(args: argparse.Namespace, audio: bytes, audio_format: str, chunk: int) -> int:
     url, token = _target(args)
+    resume_url = args.resume_url or url
     try:
-        async with connect(f"{url}?token={token}", max_size=None, open_timeout=10) as ws:
-            await _conversation(ws, args, audio, audio_format, chunk)
+        async with _connect(url, token) as ws:
+            resume_token, session_id = await _start(ws, args)
+            await _record(ws, audio, audio_format, chunk)
+            try:
+                await _replies(ws, args, session_id)
+                ws_now = ws
+            except ConnectionClosed as exc:
+                _out("dropped", f"{_closed(exc)}; resuming the session at {resume_url}")
+                ws_now = await _connect(resume_url, token, resume_token)
+                await _resumed(ws_now, args, session_id)
+            try:
+                await _end(ws_now)
+            finally:
+                if ws_now is not ws:
+                    await ws_now.close()
     except ConnectionClosed as exc:
-        code = exc.rcvd.code if exc.rcvd else None
-        reason = exc.rcvd.reason if exc.rcvd else "no close frame"
-        raise TalkError(f"the gateway closed the connection: {code} {reason}") from None
+        raise TalkError(f"the gateway closed the connection: {_closed(exc)}") from None
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
         # websockets' message repeats the whole URI, token included: never print that.
         raise TalkError(f"cannot reach the gateway at {url}: {redact(str(exc))}") from None
     return 0
+
+
+def _connect(url: str, token: str, resume: str | None = None) -> connect:
+    query = f"?token={token}" + (f"&resume={resume}" if resume else "")
+    return connect(url + query, max_size=None, open_timeout=10)
+
+
+def _closed(exc: ConnectionClosed) -> str:
+    if exc.rcvd is None:
+        return "the connection was lost (no close frame)"
+    return f"{exc.rcvd.code} {exc.rcvd.reason}"
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str]:
@@ -109,10 +134,12 @@ async def _receive(
     return message
 
 
-async def _expect(ws: ClientConnection, wanted: str) -> dict[str, Any]:
+async def _expect(
+    ws: ClientConnection, wanted: str, wait_seconds: float = REPLY_WAIT_SECONDS
+) -> dict[str, Any]:
     """The next message that is not an audio acknowledgement; an error ends the talk."""
     while True:
-        message = await _receive(ws)
+        message = await _receive(ws, wait_seconds)
         kind = message.get("type")
         payload: dict[str, Any] = message.get("payload") or {}
         if kind == "audio_received":
@@ -124,9 +151,8 @@ async def _expect(ws: ClientConnection, wanted: str) -> dict[str, Any]:
         return payload
 
 
-async def _conversation(
-    ws: ClientConnection, args: argparse.Namespace, audio: bytes, audio_format: str, chunk: int
-) -> None:
+async def _start(ws: ClientConnection, args: argparse.Namespace) -> tuple[str, str]:
+    """Connected, then a session started: the resume token and the session id."""
     hello = await _expect(ws, "connected")
     _out("connected", f"connection {hello.get('connectionId')}")
     await ws.send(
@@ -135,11 +161,15 @@ async def _conversation(
         )
     )
     started = await _expect(ws, "session_started")
-    session_id = started.get("id")
+    session_id = str(started.get("id"))
     _out(
         "session",
         f"{session_id} started (profile {started.get('profileId')}, topic {started.get('topic')})",
     )
+    return str(hello.get("resumeToken")), session_id
+
+
+async def _record(ws: ClientConnection, audio: bytes, audio_format: str, chunk: int) -> None:
     await ws.send(json.dumps({"type": "start_recording", "payload": {"format": audio_format}}))
     await _expect(ws, "recording_started")
     frames = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
@@ -150,9 +180,43 @@ async def _conversation(
         f"sent {len(audio)} bytes of {audio_format} in {len(frames)} frames of {chunk} bytes",
     )
     await ws.send(json.dumps({"type": "stop_recording"}))
+
+
+async def _replies(ws: ClientConnection, args: argparse.Namespace, session_id: str) -> None:
     stage = await _expect(ws, "processing")
     _out("processing", str(stage.get("stage")))
-    heard = await _expect(ws, "transcription")
+    await _turn_result(ws, args, session_id)
+
+
+async def _resumed(ws: ClientConnection, args: argparse.Namespace, session_id: str) -> None:
+    """The session carried on over a new connection: its turn's replies come there."""
+    hello = await _expect(ws, "connected")
+    _out("connected", f"connection {hello.get('connectionId')}")
+    resumed = await _expect(ws, "session_resumed")
+    if resumed.get("id") != session_id:
+        raise TalkError(f"resumed session {resumed.get('id')}, not {session_id}")
+    _out("resumed", f"{session_id} ({resumed.get('state')})")
+    if resumed.get("state") == "active":
+        # The replies were kept while we were away and follow at once, or the utterance
+        # never reached the gateway.
+        try:
+            await _turn_result(ws, args, session_id, TRAILING_AUDIO_WAIT_SECONDS)
+        except TimeoutError:
+            raise TalkError(
+                "the utterance did not reach the gateway before the connection dropped; "
+                "run talk again"
+            ) from None
+        return
+    await _turn_result(ws, args, session_id)
+
+
+async def _turn_result(
+    ws: ClientConnection,
+    args: argparse.Namespace,
+    session_id: str,
+    wait_seconds: float = REPLY_WAIT_SECONDS,
+) -> None:
+    heard = await _expect(ws, "transcription", wait_seconds)
     _out("you said", str(heard.get("text")))
     reply = await _expect(ws, "response")
     _out("tutor", str(reply.get("text")))
@@ -171,6 +235,9 @@ async def _conversation(
         out = Path(args.out or f"reply-{session_id}.{payload.get('format', 'mp3')}")
         await asyncio.to_thread(out.write_bytes, data)
         _out("audio", f"saved {len(data)} bytes of {payload.get('format', 'mp3')} to {out}")
+
+
+async def _end(ws: ClientConnection) -> None:
     await ws.send(json.dumps({"type": "end_session"}))
     ended = await _expect(ws, "session_ended")
     _out("session", f"{ended.get('id')} ended")
