@@ -56,7 +56,8 @@ def test_handshake_headers_and_tracebacks_are_masked(
         ("{'cookie': 'a=b; c=d'}", "{'cookie': '[redacted]'}"),
         ('"Set-Cookie": "id=1"', '"Set-Cookie": "[redacted]"'),
         ("proxy-authorization=Basic x\nnext line", "proxy-authorization=[redacted]\nnext line"),
-        ("/ws?token=abc&resume=1", "/ws?token=[redacted]&resume=1"),
+        ("/ws?token=abc&resume=1", "/ws?token=[redacted]&resume=[redacted]"),
+        ("/ws?resume=r-1&token=abc", "/ws?resume=[redacted]&token=[redacted]"),
         ("nothing secret here", "nothing secret here"),
     ],
 )

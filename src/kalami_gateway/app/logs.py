@@ -1,8 +1,8 @@
 """Logging: structlog for our events, stdlib (uvicorn, the domain) through the same processors.
 
 JSON lines in production, pretty console output in development. Secrets never reach a log
-line, at any level or format: the last processor before rendering masks ``token=...`` (uvicorn
-logs WebSocket paths) and the values of ``Authorization``, ``Proxy-Authorization``, ``Cookie``
+line, at any level or format: the last processor before rendering masks ``token=...`` and
+``resume=...`` (uvicorn logs WebSocket paths; a resume token carries a session on) and the values of ``Authorization``, ``Proxy-Authorization``, ``Cookie``
 and ``Set-Cookie`` (at debug, uvicorn logs every handshake header) in every string of the
 event, tracebacks included. Tracebacks are rendered as plain text, never with local variables
 (the console renderer's default would print a request's headers).
@@ -19,13 +19,15 @@ from typing import Any, Final
 import structlog
 from structlog.typing import Processor
 
-_TOKEN_IN_TEXT: Final = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
+_TOKEN_IN_TEXT: Final = re.compile(r"((?:token|resume)=)[^&\s\"']+", re.IGNORECASE)
 # "authorization: Bearer x", "('authorization', 'Bearer x')", "{'cookie': 'a=b'}", "cookie=a=b"
 _SECRET_HEADER_IN_TEXT: Final = re.compile(
     r"((?:proxy-)?authorization|set-cookie|cookie)(\s*[:=]\s*|['\"]\s*[:,]\s*b?['\"])[^\r\n'\"]*",
     re.IGNORECASE,
 )
-_SECRET_KEYS: Final = frozenset({"token", "authorization", "cookie", "set-cookie"})
+_SECRET_KEYS: Final = frozenset(
+    {"token", "resume_token", "authorization", "cookie", "set-cookie"}
+)
 _LEVELS: Final = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -37,7 +39,7 @@ _LEVELS: Final = {
 def redact(text: str) -> str:
     """``text`` with every token and secret header value masked."""
     lower = text.lower()
-    if "token=" in lower:
+    if "token=" in lower or "resume=" in lower:
         text = _TOKEN_IN_TEXT.sub(r"\1[redacted]", text)
     if "authorization" in lower or "cookie" in lower:
         text = _SECRET_HEADER_IN_TEXT.sub(r"\1\2[redacted]", text)
