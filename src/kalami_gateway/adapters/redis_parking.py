@@ -24,6 +24,7 @@ Resume tokens are stored as SHA-256 hashes: the store never holds one that works
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -381,7 +382,11 @@ class RedisParking(SessionParking):
             raise ParkingUnavailable(f"Redis is unreachable: {type(exc).__name__}") from None
 
     async def leave(self) -> list[pk.SessionRecord]:
-        return []  # they stay parked in Redis: another instance resumes (or ends) them
+        # The sessions stay parked in Redis: another instance resumes (or ends) them. This
+        # instance holds none by now (the drain parked them); it stops being a holder.
+        with contextlib.suppress(*REDIS_FAILURES):
+            await self._client.srem(f"{self._prefix}holders", self._instance_id)
+        return []
 
     async def run(self, events: ParkingEvents) -> None:
         async def dispatch(data: bytes) -> None:

@@ -2,10 +2,11 @@
 
 JSON lines in production, pretty console output in development. Secrets never reach a log
 line, at any level or format: the last processor before rendering masks ``token=...`` and
-``resume=...`` (uvicorn logs WebSocket paths; a resume token carries a session on) and the values of ``Authorization``, ``Proxy-Authorization``, ``Cookie``
-and ``Set-Cookie`` (at debug, uvicorn logs every handshake header) in every string of the
-event, tracebacks included. Tracebacks are rendered as plain text, never with local variables
-(the console renderer's default would print a request's headers).
+``resume=...`` (uvicorn logs WebSocket paths; a resume token carries a session on) and the
+values of ``Authorization``, ``Proxy-Authorization``, ``Cookie`` and ``Set-Cookie`` (at debug,
+uvicorn logs every handshake header) in every string of the event, tracebacks included.
+Tracebacks are rendered as plain text, never with local variables (the console renderer's
+default would print a request's headers).
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ _SECRET_HEADER_IN_TEXT: Final = re.compile(
     r"((?:proxy-)?authorization|set-cookie|cookie)(\s*[:=]\s*|['\"]\s*[:,]\s*b?['\"])[^\r\n'\"]*",
     re.IGNORECASE,
 )
-_SECRET_KEYS: Final = frozenset(
-    {"token", "resume_token", "authorization", "cookie", "set-cookie"}
-)
+_SECRET_KEYS: Final = frozenset({"token", "resume_token", "authorization", "cookie", "set-cookie"})
 _LEVELS: Final = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
