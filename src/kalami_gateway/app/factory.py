@@ -33,7 +33,9 @@ from kalami_gateway.adapters.http_routes import (
     readiness,
     stats,
 )
+from kalami_gateway.adapters.jwt_decoder import mint_token
 from kalami_gateway.adapters.metrics import PrometheusMetrics
+from kalami_gateway.adapters.playground import PLAYGROUND_ROUTES, playground_routes
 from kalami_gateway.adapters.redis_directory import RENEW_SECONDS
 from kalami_gateway.adapters.websocket import SendLimits, ws_route
 from kalami_gateway.app.container import Container
@@ -84,6 +86,11 @@ class GatewayApp:
         ]
         if settings.push_api_key:
             handlers.append(push_route(settings.push_api_key, self.provide_push_bus))
+        if settings.playground_enabled:
+            secret = settings.jwt_secret
+            handlers += playground_routes(
+                settings.backend_mode == "stub", lambda sub, exp: mint_token(secret, sub, exp)
+            )
         self._litestar = Litestar(
             route_handlers=handlers,
             dependencies={
@@ -105,7 +112,7 @@ class GatewayApp:
             self._proxy,
             CorsPolicy(settings.cors_origins),
             self.metrics.http_request,
-            KNOWN_ROUTES,
+            (*KNOWN_ROUTES, *PLAYGROUND_ROUTES),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -62,6 +62,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_audio_rate: int = 1 << 20
     max_header_bytes: int = 32 * 1024
     resume_grace_ms: int = 30_000  # 0: a dropped connection ends its session at once
+    playground: bool | None = None  # None: on with the stub backend, off with the real one
+
+    @property
+    def playground_enabled(self) -> bool:
+        return self.backend_mode == "stub" if self.playground is None else self.playground
 
     @property
     def resume_grace(self) -> float:
@@ -128,6 +133,7 @@ ENVIRONMENT: Final = (
     ("PUSH_API_KEY", "enables POST /internal/push (16+ characters)", "empty: disabled"),
     ("WORKERS", "worker processes on one port (more than 1 needs REDIS_URL)", "1"),
     ("RESUME_GRACE", "how long a dropped connection's session waits for a resume, ms", "30000"),
+    ("PLAYGROUND", "serve the browser playground at /playground", "true in stub mode, else false"),
 )
 
 
@@ -231,6 +237,7 @@ def load_settings(
         ws_audio_rate=get("WS_AUDIO_RATE", _int_range(0, 1 << 30), 1 << 20),
         max_header_bytes=get("MAX_HEADER_BYTES", _int_range(1024, 1 << 20), 32 * 1024),
         resume_grace_ms=get("RESUME_GRACE", _int_range(0, 86_400_000), 30_000),
+        playground=get("PLAYGROUND", _bool, None),
     )
     problems += cluster_problems(settings)
     if problems:
