@@ -73,6 +73,8 @@ def test_values_are_parsed() -> None:
         ("LOG_FORMAT", "xml", "LOG_FORMAT"),
         ("BACKEND_URL", "localhost:8000", "BACKEND_URL: expected an http:// or https:// URL"),
         ("CORS_ORIGINS", "example.com", "CORS_ORIGINS"),
+        ("RESUME_GRACE", "-1", "RESUME_GRACE: expected a whole number from 0 to 86400000"),
+        ("PLAYGROUND", "sometimes", "PLAYGROUND: expected true or false"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str, fragment: str) -> None:
@@ -164,3 +166,14 @@ def test_secrets_in_bad_values_are_not_repeated() -> None:
 def test_workers_need_redis() -> None:
     with pytest.raises(SettingsError, match="WORKERS=2 needs REDIS_URL"):
         load_settings({"JWT_SECRET": "s" * 40, "WORKERS": "2"}, env_file=None)
+
+
+def test_resume_grace_and_the_playground() -> None:
+    defaults = load({"JWT_SECRET": SECRET})
+    assert (defaults.resume_grace, defaults.playground_enabled) == (30.0, False)
+    stub = load({"JWT_SECRET": SECRET, "BACKEND_MODE": "stub"})
+    assert stub.playground_enabled  # on with the stub backend unless turned off
+    off = load({"JWT_SECRET": SECRET, "BACKEND_MODE": "stub", "PLAYGROUND": "false"})
+    assert not off.playground_enabled
+    on = load({"JWT_SECRET": SECRET, "PLAYGROUND": "yes", "RESUME_GRACE": "0"})
+    assert (on.playground_enabled, on.resume_grace) == (True, 0.0)
