@@ -18,8 +18,14 @@ from kalami_gateway.domain.ports import (
     TokenDecoder,
     TurnReply,
     Utterance,
+    UtteranceUpload,
 )
-from kalami_gateway.domain.protocol import GrammarCorrection, ServerMessage, encode_server_message
+from kalami_gateway.domain.protocol import (
+    AudioFormat,
+    GrammarCorrection,
+    ServerMessage,
+    encode_server_message,
+)
 
 
 class FakeClock(Clock):
@@ -73,6 +79,9 @@ class FakeBackend(Backend):
         self.release = asyncio.Event()
         self.turn_started = asyncio.Event()
         self.health_verdict = BackendHealth.HEALTHY
+        self.uploads: list[FakeUpload] = []
+        self.upload_fail_at: int | None = None  # uploads fail from this write on
+        self.upload_room: asyncio.Event | None = None  # writes wait for it when set
         self._next = 0
 
     def _maybe_fail(self) -> None:
@@ -115,8 +124,51 @@ class FakeBackend(Backend):
             vocabulary_introduced=["word"],
         )
 
+    def open_upload(
+        self, token: str, session_id: str, audio_format: AudioFormat
+    ) -> UtteranceUpload:
+        self.calls.append(("upload", token, session_id))
+        upload = FakeUpload(self, token, session_id, audio_format)
+        self.uploads.append(upload)
+        return upload
+
     async def health(self) -> BackendHealth:
         return self.health_verdict
+
+
+class FakeUpload(UtteranceUpload):
+    """Records what was written; fails from write number ``fail_at`` when the backend's
+    ``upload_fail_at`` says so; ``finish`` answers like ``submit_utterance``."""
+
+    def __init__(
+        self, backend: FakeBackend, token: str, session_id: str, audio_format: AudioFormat
+    ) -> None:
+        self.backend = backend
+        self.token = token
+        self.session_id = session_id
+        self.audio_format: AudioFormat = audio_format
+        self.chunks: list[bytes] = []
+        self.aborted = False
+        self.finished = False
+        self.writes = 0
+
+    async def write(self, chunk: bytes) -> None:
+        self.writes += 1
+        fail_at = self.backend.upload_fail_at
+        if fail_at is not None and self.writes >= fail_at:
+            raise BackendError(BackendErrorKind.UNREACHABLE, "the backend is unavailable.")
+        if self.backend.upload_room is not None:
+            await self.backend.upload_room.wait()  # a backend reading slowly
+        self.chunks.append(chunk)
+
+    async def finish(self) -> TurnReply:
+        self.finished = True
+        return await self.backend.submit_utterance(
+            self.token, self.session_id, Utterance(self.chunks, self.audio_format)
+        )
+
+    def abort(self) -> None:
+        self.aborted = True
 
 
 class FakeMetrics(Metrics):

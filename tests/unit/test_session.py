@@ -218,3 +218,45 @@ def test_disconnect_ends_an_open_session(
     state: s.SessionState, effects: tuple[s.Effect, ...]
 ) -> None:
     assert s.on_disconnect(state) == effects
+
+
+# --- a streamed upload that breaks mid-recording ------------------------------------------
+
+UPLOAD_BROKE = s.UploadFailed("Could not send the utterance: the backend is unavailable.")
+
+
+def test_a_broken_upload_gives_one_error_and_drops_the_utterance() -> None:
+    decision = s.decide(RECORDING_WITH_AUDIO, UPLOAD_BROKE, LIMITS)
+    assert decision.state.phase is s.Phase.RECORDING  # until the client's stop_recording
+    assert decision.state.upload_failed
+    assert decision.effects[0] == s.DropUtterance()
+    assert error_text(decision) == UPLOAD_BROKE.message
+    again = s.decide(decision.state, UPLOAD_BROKE, LIMITS)
+    assert (again.state, again.effects) == (decision.state, ())  # one error, not two
+
+
+def test_after_a_broken_upload_frames_are_acknowledged_and_ignored_even_past_the_cap() -> None:
+    broken = s.decide(RECORDING_WITH_AUDIO, UPLOAD_BROKE, LIMITS).state
+    for _ in range(20):  # 200 bytes past a 100-byte cap: no error, nothing appended
+        decision = s.decide(broken, FRAME, LIMITS)
+        assert [type(e) for e in decision.effects] == [s.Send]
+        assert isinstance(sends(decision)[0], p.AudioReceived)
+        broken = decision.state
+    assert broken.phase is s.Phase.RECORDING
+
+
+def test_the_stop_after_a_broken_upload_answers_nothing_and_the_next_recording_works() -> None:
+    broken = s.decide(RECORDING_WITH_AUDIO, UPLOAD_BROKE, LIMITS).state
+    stopped = s.decide(broken, STOP_REC, LIMITS)
+    assert stopped.effects == ()
+    assert stopped.state == msgspec.structs.replace(ACTIVE, audio_format="wav")
+    fresh = s.decide(stopped.state, START_REC, LIMITS).state
+    assert not fresh.upload_failed
+    appended = s.decide(fresh, FRAME, LIMITS)
+    assert s.AppendAudio() in appended.effects
+
+
+@pytest.mark.parametrize("state", [IDLE, ACTIVE, PROCESSING], ids=["idle", "active", "processing"])
+def test_an_upload_failure_outside_recording_changes_nothing(state: s.SessionState) -> None:
+    decision = s.decide(state, UPLOAD_BROKE, LIMITS)
+    assert (decision.state, decision.effects) == (state, ())

@@ -75,6 +75,7 @@ def test_values_are_parsed() -> None:
         ("CORS_ORIGINS", "example.com", "CORS_ORIGINS"),
         ("RESUME_GRACE", "-1", "RESUME_GRACE: expected a whole number from 0 to 86400000"),
         ("PLAYGROUND", "sometimes", "PLAYGROUND: expected true or false"),
+        ("UTTERANCE_UPLOAD", "chunked", "UTTERANCE_UPLOAD: expected one of stream, buffer"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str, fragment: str) -> None:
@@ -177,3 +178,9 @@ def test_resume_grace_and_the_playground() -> None:
     assert not off.playground_enabled
     on = load({"JWT_SECRET": SECRET, "PLAYGROUND": "yes", "RESUME_GRACE": "0"})
     assert (on.playground_enabled, on.resume_grace) == (True, 0.0)
+
+
+def test_utterances_are_streamed_unless_buffering_is_asked_for() -> None:
+    assert load({"JWT_SECRET": SECRET}).utterance_upload == "stream"
+    buffered = load({"JWT_SECRET": SECRET, "UTTERANCE_UPLOAD": "BUFFER"})
+    assert buffered.utterance_upload == "buffer"

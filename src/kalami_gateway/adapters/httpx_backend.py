@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from http.cookiejar import DefaultCookiePolicy
 from typing import Final, TypeVar
 
@@ -20,8 +23,9 @@ from kalami_gateway.domain.ports import (
     CreatedSession,
     TurnReply,
     Utterance,
+    UtteranceUpload,
 )
-from kalami_gateway.domain.protocol import GrammarCorrection
+from kalami_gateway.domain.protocol import AudioFormat, GrammarCorrection
 
 AUDIO_CONTENT_TYPES: Final = {
     "webm": "audio/webm",
@@ -117,34 +121,18 @@ class HttpxBackend(Backend):
     async def submit_utterance(
         self, token: str, session_id: str, utterance: Utterance
     ) -> TurnReply:
-        boundary = uuid.uuid4().hex
-        filename = f"recording.{utterance.audio_format}"
-        head = (
-            f"--{boundary}\r\n"
-            f'Content-Disposition: form-data; name="audio"; filename="{filename}"\r\n'
-            f"Content-Type: {AUDIO_CONTENT_TYPES[utterance.audio_format]}\r\n\r\n"
-        ).encode()
-        tail = f"\r\n--{boundary}--\r\n".encode()
+        form = _AudioForm(utterance.audio_format)
         # One join per turn (not per frame): the utterance's chunks go out in arrival order.
-        body = b"".join((head, *utterance.chunks, tail))
+        body = b"".join((form.head, *utterance.chunks, form.tail))
         response = await self._send(
-            "POST",
-            f"/conversations/sessions/{session_id}/audio",
-            token,
-            content=body,
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            "POST", _audio_path(session_id), token, content=body, headers=form.headers
         )
-        turn = _decode(_turn_decoder, response)
-        return TurnReply(
-            user_text=turn.user_text,
-            assistant_text=turn.assistant_text,
-            assistant_audio_base64=turn.assistant_audio_base64 or None,
-            corrections=[
-                GrammarCorrection(c.original, c.corrected, c.explanation)
-                for c in turn.corrections or ()
-            ],
-            vocabulary_introduced=list(turn.vocabulary_introduced or ()),
-        )
+        return _turn_reply(response)
+
+    def open_upload(
+        self, token: str, session_id: str, audio_format: AudioFormat
+    ) -> UtteranceUpload:
+        return _StreamedUpload(self, token, session_id, audio_format)
 
     async def health(self) -> BackendHealth:
         try:
@@ -161,7 +149,7 @@ class HttpxBackend(Backend):
         token: str,
         *,
         json: object = None,
-        content: bytes | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         all_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
@@ -182,6 +170,125 @@ class HttpxBackend(Backend):
                 status=response.status_code,
             )
         return response
+
+
+# At most this much audio of one recording waits in the gateway for the backend to read it.
+UPLOAD_WINDOW_BYTES: Final = 256 * 1024
+
+
+def _audio_path(session_id: str) -> str:
+    return f"/conversations/sessions/{session_id}/audio"
+
+
+class _AudioForm:
+    """The multipart/form-data framing of an utterance: part ``audio``, ``recording.<fmt>``."""
+
+    __slots__ = ("head", "headers", "tail")
+
+    def __init__(self, audio_format: AudioFormat) -> None:
+        boundary = uuid.uuid4().hex
+        self.head = (
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="audio"; filename="recording.{audio_format}"'
+            f"\r\nContent-Type: {AUDIO_CONTENT_TYPES[audio_format]}\r\n\r\n"
+        ).encode()
+        self.tail = f"\r\n--{boundary}--\r\n".encode()
+        self.headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+class _StreamedUpload(UtteranceUpload):
+    """A chunked upload fed frame by frame: the request runs as a task whose body generator
+    takes frames from a queue of at most UPLOAD_WINDOW_BYTES (one larger frame on its own).
+    aiohttp asks for the next chunk only once the last one is written to the socket, so a
+    backend that reads slowly holds the queue full, and ``write`` waits: the client's socket
+    is not read meanwhile (TCP pushes back on the learner's phone, nothing piles up here)."""
+
+    def __init__(
+        self, backend: HttpxBackend, token: str, session_id: str, audio_format: AudioFormat
+    ) -> None:
+        form = _AudioForm(audio_format)
+        self._form = form
+        self._queue: collections.deque[bytes | None] = collections.deque()  # None: the end
+        self._queued = 0
+        self._readable = asyncio.Event()  # the body may take something
+        self._room = asyncio.Event()  # write may add something
+        self._room.set()
+        self._task = asyncio.ensure_future(
+            backend._send(
+                "POST", _audio_path(session_id), token, content=self._body(), headers=form.headers
+            )
+        )
+        self._task.add_done_callback(self._request_done)
+
+    async def write(self, chunk: bytes) -> None:
+        if not chunk:
+            self._failed_early()
+            return  # an empty frame adds nothing (and an empty chunk would end the body)
+        while self._queued and self._queued + len(chunk) > UPLOAD_WINDOW_BYTES:
+            self._failed_early()
+            self._room.clear()
+            await self._room.wait()
+        self._failed_early()
+        self._queue.append(chunk)
+        self._queued += len(chunk)
+        self._readable.set()
+
+    async def finish(self) -> TurnReply:
+        self._queue.append(None)
+        self._readable.set()
+        return _turn_reply(await self._task)
+
+    def abort(self) -> None:
+        self._task.cancel()
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        yield self._form.head
+        while True:
+            while not self._queue:
+                self._readable.clear()
+                await self._readable.wait()
+            chunk = self._queue.popleft()
+            if chunk is None:
+                break
+            self._queued -= len(chunk)
+            self._room.set()
+            yield chunk
+        yield self._form.tail
+
+    def _failed_early(self) -> None:
+        """The request ended before its body did: the backend failed or answered early."""
+        if not self._task.done():
+            return
+        if self._task.cancelled():
+            raise BackendError(BackendErrorKind.UNREACHABLE, "the upload was aborted.")
+        exc = self._task.exception()
+        if exc is not None:
+            raise exc
+        status = self._task.result().status_code
+        raise BackendError(
+            BackendErrorKind.REJECTED,
+            f"the backend answered {status} before the utterance was complete.",
+            status=status,
+        )
+
+    def _request_done(self, task: asyncio.Future[httpx.Response]) -> None:
+        self._room.set()  # a writer waiting for room learns of it at once
+        if not task.cancelled():
+            task.exception()  # retrieved here: a failure is reported by write or finish
+
+
+def _turn_reply(response: httpx.Response) -> TurnReply:
+    turn = _decode(_turn_decoder, response)
+    return TurnReply(
+        user_text=turn.user_text,
+        assistant_text=turn.assistant_text,
+        assistant_audio_base64=turn.assistant_audio_base64 or None,
+        corrections=[
+            GrammarCorrection(c.original, c.corrected, c.explanation)
+            for c in turn.corrections or ()
+        ],
+        vocabulary_introduced=list(turn.vocabulary_introduced or ()),
+    )
 
 
 def _timed_out(exc: httpx.HTTPError) -> bool:

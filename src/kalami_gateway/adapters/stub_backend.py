@@ -19,8 +19,9 @@ from kalami_gateway.domain.ports import (
     CreatedSession,
     TurnReply,
     Utterance,
+    UtteranceUpload,
 )
-from kalami_gateway.domain.protocol import GrammarCorrection
+from kalami_gateway.domain.protocol import AudioFormat, GrammarCorrection
 
 # Ten frames of MPEG-1 Layer III silence (128 kbit/s, 44.1 kHz): a real, playable reply.
 _MP3_FRAME: Final = b"\xff\xfb\x90\x64" + bytes(413)
@@ -58,10 +59,19 @@ class StubBackend(Backend):
     async def submit_utterance(
         self, token: str, session_id: str, utterance: Utterance
     ) -> TurnReply:
+        return self.reply(session_id, utterance.size, utterance.audio_format)
+
+    def open_upload(
+        self, token: str, session_id: str, audio_format: AudioFormat
+    ) -> UtteranceUpload:
+        return _CountingUpload(self, session_id, audio_format)
+
+    def reply(self, session_id: str, size: int, audio_format: AudioFormat) -> TurnReply:
+        """The tutor's answer to ``size`` bytes of audio (404 for a session not open)."""
         if session_id not in self._open:
             raise BackendError(BackendErrorKind.REJECTED, "the backend answered 404.", status=404)
         return TurnReply(
-            user_text=f"I heard {utterance.size} bytes of {utterance.audio_format} audio.",
+            user_text=f"I heard {size} bytes of {audio_format} audio.",
             assistant_text="Well done! Tell me more: what did you do at the market?",
             assistant_audio_base64=REPLY_AUDIO_BASE64,
             corrections=[CORRECTION],
@@ -70,3 +80,28 @@ class StubBackend(Backend):
 
     async def health(self) -> BackendHealth:
         return BackendHealth.HEALTHY
+
+
+class _CountingUpload(UtteranceUpload):
+    """Consumes the stream as the real backend would: it counts the bytes as they come and
+    keeps none of them."""
+
+    def __init__(self, backend: StubBackend, session_id: str, audio_format: AudioFormat) -> None:
+        self._backend = backend
+        self._session_id = session_id
+        self._format: AudioFormat = audio_format
+        self._size = 0
+        self._aborted = False
+
+    async def write(self, chunk: bytes) -> None:
+        if self._aborted:
+            raise BackendError(BackendErrorKind.UNREACHABLE, "the upload was aborted.")
+        self._size += len(chunk)
+
+    async def finish(self) -> TurnReply:
+        if self._aborted:
+            raise BackendError(BackendErrorKind.UNREACHABLE, "the upload was aborted.")
+        return self._backend.reply(self._session_id, self._size, self._format)
+
+    def abort(self) -> None:
+        self._aborted = True

@@ -58,6 +58,11 @@ def restart_parks(redis_url: str, resume_grace: float) -> bool:
     return bool(redis_url) and resume_grace > 0
 
 
+def streams(utterance_upload: str) -> bool:
+    """UTTERANCE_UPLOAD=stream: each utterance goes to the backend while it is recorded."""
+    return utterance_upload == "stream"
+
+
 def turn_wait(shutdown_timeout: float) -> float:
     """How long a restart lets turns in flight finish: the shutdown's budget less a second
     for closing up."""
@@ -152,6 +157,7 @@ class Container(containers.DeclarativeContainer):
                 restart_parks, settings.provided.redis_url, settings.provided.resume_grace
             ),
             shutdown_turn_wait=providers.Callable(turn_wait, settings.provided.shutdown_timeout),
+            stream_uploads=providers.Callable(streams, settings.provided.utterance_upload),
         ),
         instance=instance,
         parking=parking,

@@ -27,6 +27,7 @@ JWT_SETUP_HINT: Final = (
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "console"]
 BackendMode = Literal["http", "stub"]
+UtteranceUpload = Literal["stream", "buffer"]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,6 +64,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_header_bytes: int = 32 * 1024
     resume_grace_ms: int = 30_000  # 0: a dropped connection ends its session at once
     playground: bool | None = None  # None: on with the stub backend, off with the real one
+    utterance_upload: UtteranceUpload = "stream"
 
     @property
     def playground_enabled(self) -> bool:
@@ -134,6 +136,11 @@ ENVIRONMENT: Final = (
     ("WORKERS", "worker processes on one port (more than 1 needs REDIS_URL)", "1"),
     ("RESUME_GRACE", "how long a dropped connection's session waits for a resume, ms", "30000"),
     ("PLAYGROUND", "serve the browser playground at /playground", "true in stub mode, else false"),
+    (
+        "UTTERANCE_UPLOAD",
+        "stream (to the backend while the learner speaks) or buffer (upload after stop)",
+        "stream",
+    ),
 )
 
 
@@ -238,6 +245,7 @@ def load_settings(
         max_header_bytes=get("MAX_HEADER_BYTES", _int_range(1024, 1 << 20), 32 * 1024),
         resume_grace_ms=get("RESUME_GRACE", _int_range(0, 86_400_000), 30_000),
         playground=get("PLAYGROUND", _bool, None),
+        utterance_upload=get("UTTERANCE_UPLOAD", _choice("stream", "buffer"), "stream"),  # type: ignore[arg-type]
     )
     problems += cluster_problems(settings)
     if problems:

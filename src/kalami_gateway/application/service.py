@@ -52,7 +52,9 @@ from kalami_gateway.domain.ports import (
     ParkingEvents,
     ParkingUnavailable,
     SessionParking,
+    TurnReply,
     Utterance,
+    UtteranceUpload,
 )
 from kalami_gateway.domain.rate import TokenBucket, bucket
 from kalami_gateway.domain.retry import already_gone
@@ -96,6 +98,7 @@ class Connection:
         "text_rate",
         "token",
         "turn",
+        "upload",
         "warned",
         "watchdog",
     )
@@ -123,7 +126,8 @@ class Connection:
         self.token = token
         self.channel = channel
         self.state = s.IDLE
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes] = []  # the utterance, when it is buffered
+        self.upload: UtteranceUpload | None = None  # the utterance, when it is streamed
         self.turn: asyncio.Task[None] | None = None
         self.closed = False
         self.warned = False  # token_expiring sent for the current token
@@ -146,6 +150,7 @@ class ServiceLimits(msgspec.Struct, frozen=True):
     # A resumed session's turn runs where it started; if its messages have not come this long
     # past BACKEND_TIMEOUT, they were lost (their instance died) and the client is told so.
     remote_turn_slack: float = 5.0
+    stream_uploads: bool = False  # stream each utterance to the backend while it is recorded
 
 
 class GatewayService(ParkingEvents):
@@ -481,7 +486,7 @@ class GatewayService(ParkingEvents):
         key = conn.session_key
         self._stop_watchdog(conn)  # a remote turn delivers to the store from now on
         if conn.state.phase is s.Phase.RECORDING:
-            conn.chunks = []  # the client records again
+            self._drop_utterance(conn)  # the client records again
         try:
             parked = await self._parking.park(key, conn.id, pk.parked_phase(conn.state), conn.token)
         except ParkingUnavailable:
@@ -622,18 +627,41 @@ class GatewayService(ParkingEvents):
                 await conn.channel.send(message)
             case s.AppendAudio():
                 assert frame is not None  # noqa: S101  # only a binary frame appends
-                conn.chunks.append(frame)
                 self._metrics.audio_received(len(frame))
-            case s.StartUtterance() | s.DropUtterance():
-                conn.chunks = []
+                if conn.upload is not None:
+                    await self._write(conn, conn.upload, frame)
+                else:
+                    conn.chunks.append(frame)
+            case s.StartUtterance():
+                self._drop_utterance(conn)
+                session_id = conn.state.session_id
+                if self._limits.stream_uploads and session_id is not None:
+                    conn.upload = self._backend.open_upload(
+                        conn.token, session_id, conn.state.audio_format
+                    )
+            case s.DropUtterance():
+                self._drop_utterance(conn)
             case s.CreateSession(profile_id=profile_id, topic=topic):
                 await self._create_session(conn, profile_id, topic)
             case s.EndSession(session_id=session_id):
                 await self._end_session(conn, session_id)
             case s.SubmitUtterance(session_id=session_id, audio_format=audio_format):
-                utterance = Utterance(conn.chunks, audio_format)
-                conn.chunks = []
-                conn.turn = asyncio.create_task(self._run_turn(conn, session_id, utterance))
+                upload, conn.upload = conn.upload, None
+                if upload is not None:
+                    conn.turn = asyncio.create_task(self._run_turn(conn, upload.finish))
+                    # However the turn ends (a reply, a deadline, end_session, a cancel before
+                    # it ran), the upload is over: aborting a finished one changes nothing.
+                    conn.turn.add_done_callback(lambda _: upload.abort())
+                else:
+                    utterance = Utterance(conn.chunks, audio_format)
+                    conn.chunks = []
+                    token = conn.token
+                    conn.turn = asyncio.create_task(
+                        self._run_turn(
+                            conn,
+                            lambda: self._backend.submit_utterance(token, session_id, utterance),
+                        )
+                    )
             case s.SubmitEncodedAudio():
                 conn.turn = asyncio.create_task(self._run_encoded_turn(conn, effect))
             case s.CancelTurn():
@@ -710,6 +738,32 @@ class GatewayService(ParkingEvents):
             if not already_gone(exc.status):
                 self._cleanup.end_later(token, session_id)  # nobody is kept waiting
 
+    async def _write(self, conn: Connection, upload: UtteranceUpload, frame: bytes) -> None:
+        """A frame into the streamed upload; while the backend reads slower than the learner
+        speaks this waits, and this connection is not read meanwhile (back-pressure)."""
+        try:
+            await self._on_time(upload.write(frame))
+        except BackendError as exc:
+            self._metrics.backend_error(exc.kind)
+            log.warning(
+                "voice_upload_failed",
+                extra={"connection_id": conn.id, "kind": exc.kind.value, "status": exc.status},
+            )
+            await self._apply(
+                conn,
+                s.UploadFailed(
+                    f"Could not send the utterance to the backend: {exc.detail} The rest of "
+                    "this recording is ignored; send stop_recording, then record again."
+                ),
+            )
+
+    @staticmethod
+    def _drop_utterance(conn: Connection) -> None:
+        conn.chunks = []
+        upload, conn.upload = conn.upload, None
+        if upload is not None:
+            upload.abort()  # the backend sees a broken request, never a turn
+
     async def _cancel_turn(self, conn: Connection) -> None:
         self._stop_watchdog(conn)
         turn, conn.turn = conn.turn, None
@@ -742,15 +796,17 @@ class GatewayService(ParkingEvents):
                 ),
             )
             return
-        await self._run_turn(conn, effect.session_id, Utterance((audio,), effect.audio_format))
+        utterance = Utterance((audio,), effect.audio_format)
+        await self._run_turn(
+            conn,
+            lambda: self._backend.submit_utterance(conn.token, effect.session_id, utterance),
+        )
 
-    async def _run_turn(self, conn: Connection, session_id: str, utterance: Utterance) -> None:
+    async def _run_turn(self, conn: Connection, call: Callable[[], Awaitable[TurnReply]]) -> None:
         started = self._clock.monotonic()
         event: s.TurnSucceeded | s.TurnFailed
         try:
-            reply = await self._on_time(
-                self._backend.submit_utterance(conn.token, session_id, utterance)
-            )
+            reply = await self._on_time(call())
         except BackendError as exc:
             self._metrics.backend_error(exc.kind)
             log.warning(

@@ -62,6 +62,25 @@ class TurnReply(msgspec.Struct, frozen=True):
     vocabulary_introduced: list[str]
 
 
+class UtteranceUpload(Protocol):
+    """One utterance on its way to the backend while the learner is still speaking: the body
+    of ``POST /conversations/sessions/{id}/audio``, written frame by frame. At most a small
+    window of audio waits in the gateway; past it ``write`` waits (back-pressure)."""
+
+    async def write(self, chunk: bytes) -> None:
+        """Add a frame to the body; waits while the backend reads slower than the learner
+        speaks. Raises ``BackendError`` if the upload has failed."""
+        ...
+
+    async def finish(self) -> TurnReply:
+        """End the body and wait for the backend's reply (raises ``BackendError``)."""
+        ...
+
+    def abort(self) -> None:
+        """Break the upload off: the backend sees a broken request, never a turn."""
+        ...
+
+
 class Backend(Protocol):
     """The Kalami FastAPI backend. Every call but ``health`` acts as the learner (``token``).
 
@@ -77,6 +96,13 @@ class Backend(Protocol):
     async def submit_utterance(
         self, token: str, session_id: str, utterance: Utterance
     ) -> TurnReply: ...
+
+    def open_upload(
+        self, token: str, session_id: str, audio_format: AudioFormat
+    ) -> UtteranceUpload:
+        """Start streaming an utterance to the backend (the same request ``submit_utterance``
+        makes, its body written as the audio arrives)."""
+        ...
 
     async def health(self) -> BackendHealth: ...
 

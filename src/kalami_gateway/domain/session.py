@@ -34,6 +34,7 @@ class SessionState(msgspec.Struct, frozen=True):
     topic: str | None = None
     audio_format: p.AudioFormat = "webm"
     buffered_bytes: int = 0
+    upload_failed: bool = False  # the streamed upload broke: the rest of the recording is ignored
 
 
 IDLE: Final = SessionState()
@@ -74,6 +75,12 @@ class TurnFailed(msgspec.Struct, frozen=True):
     message: str
 
 
+class UploadFailed(msgspec.Struct, frozen=True):
+    """The backend failed (or timed out) while the utterance was being streamed to it."""
+
+    message: str
+
+
 class TurnRelayed(msgspec.Struct, frozen=True):
     """A turn that ran on another connection (before a resume) is over; its messages were
     relayed as they came."""
@@ -87,6 +94,7 @@ Event = (
     | TurnSucceeded
     | TurnFailed
     | TurnRelayed
+    | UploadFailed
 )
 
 
@@ -109,19 +117,20 @@ class EndSession(msgspec.Struct, frozen=True):
 
 
 class StartUtterance(msgspec.Struct, frozen=True):
-    """Start a new, empty utterance buffer."""
+    """Start a new, empty utterance (a buffer, or an upload streamed to the backend)."""
 
 
 class AppendAudio(msgspec.Struct, frozen=True):
-    """Append the frame just received to the utterance buffer."""
+    """Add the frame just received to the utterance."""
 
 
 class DropUtterance(msgspec.Struct, frozen=True):
-    """Forget the utterance buffer."""
+    """Forget the utterance (an upload under way is aborted: the backend sees no turn)."""
 
 
 class SubmitUtterance(msgspec.Struct, frozen=True):
-    """Hand the buffered utterance to the backend as one turn (in the background)."""
+    """Hand the utterance to the backend as one turn (in the background): send the buffer,
+    or close the streamed upload's body, then relay the reply."""
 
     session_id: str
     audio_format: p.AudioFormat
@@ -175,6 +184,11 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             if phase is not Phase.RECORDING:
                 return _refuse(state, _AUDIO_FRAME_REFUSALS[phase])
             total = state.buffered_bytes + size
+            if state.upload_failed:  # acknowledged, and ignored until stop_recording
+                return Decision(
+                    msgspec.structs.replace(state, buffered_bytes=total),
+                    (Send(p.AudioReceived(p.AudioReceivedPayload(size, total))),),
+                )
             if total > limits.max_audio_bytes:
                 return Decision(
                     msgspec.structs.replace(state, phase=Phase.ACTIVE, buffered_bytes=0),
@@ -213,7 +227,11 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
                 return _refuse(state, _START_RECORDING_REFUSALS[phase])
             return Decision(
                 msgspec.structs.replace(
-                    state, phase=Phase.RECORDING, audio_format=payload.format, buffered_bytes=0
+                    state,
+                    phase=Phase.RECORDING,
+                    audio_format=payload.format,
+                    buffered_bytes=0,
+                    upload_failed=False,
                 ),
                 (
                     StartUtterance(),
@@ -224,6 +242,12 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             if phase is not Phase.RECORDING:
                 return _refuse(state, _STOP_RECORDING_REFUSALS[phase])
             assert state.session_id is not None  # noqa: S101  # recording implies a session
+            if state.upload_failed:  # its one error was sent when the upload broke
+                return Decision(
+                    msgspec.structs.replace(
+                        state, phase=Phase.ACTIVE, buffered_bytes=0, upload_failed=False
+                    )
+                )
             if state.buffered_bytes == 0:
                 return Decision(
                     msgspec.structs.replace(state, phase=Phase.ACTIVE),
@@ -273,6 +297,13 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             if phase is not Phase.PROCESSING:
                 return Decision(state)
             return Decision(msgspec.structs.replace(state, phase=Phase.ACTIVE), (_error(message),))
+        case UploadFailed(message=message):
+            if phase is not Phase.RECORDING or state.upload_failed:
+                return Decision(state)
+            return Decision(
+                msgspec.structs.replace(state, upload_failed=True),
+                (DropUtterance(), _error(message)),
+            )
         case TurnRelayed():
             if phase is not Phase.PROCESSING:
                 return Decision(state)
