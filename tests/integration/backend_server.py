@@ -6,10 +6,13 @@ import asyncio
 import hashlib
 import itertools
 import json
+import time
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
 
+import aiohttp
+import aiohttp.http_exceptions
 from aiohttp import web
 
 
@@ -65,6 +68,13 @@ class BackendServer:
     end_hold: asyncio.Event | None = None
     drip_seconds: float | None = None
     turn_seconds: float = 0.0  # every turn takes this long (speech-to-text, LLM, TTS)
+    # Streamed uploads: each piece of an audio body as it arrived (monotonic time, bytes),
+    # uploads broken off mid-body, and a pause after every read (a backend reading slowly).
+    body_arrivals: list[tuple[float, int]] = field(default_factory=list)
+    broken_uploads: int = 0
+    read_pause: float = 0.0
+    reject_early: int | None = None
+    read_size: int = 65536
     end_calls: list[str] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
@@ -140,9 +150,45 @@ class BackendServer:
         self.ended.append((sid, recorded.header("Authorization")))
         return web.json_response({"id": sid, "ended_at": "2026-01-01T00:01:00Z"})
 
+    async def _read_streamed(self, request: web.Request) -> Recorded | None:
+        """The body piece by piece, as FastAPI's multipart parser would take it; None if the
+        client broke the request off."""
+        pieces = []
+        try:
+            while piece := await request.content.read(self.read_size):
+                self.body_arrivals.append((time.monotonic(), len(piece)))
+                pieces.append(piece)
+                if self.read_pause:
+                    await asyncio.sleep(self.read_pause)
+        except (
+            ConnectionError,
+            aiohttp.ClientPayloadError,
+            aiohttp.http_exceptions.HttpProcessingError,
+        ):
+            self.broken_uploads += 1
+            return None
+        recorded = Recorded(
+            method=request.method,
+            raw_path=request.raw_path.split("?", 1)[0],
+            query_string=request.raw_path.split("?", 1)[1] if "?" in request.raw_path else "",
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
+            body=b"".join(pieces),
+        )
+        self.requests.append(recorded)
+        return recorded
+
+    def streamed_bytes(self) -> int:
+        return sum(size for _, size in self.body_arrivals)
+
     async def _audio(self, request: web.Request) -> web.StreamResponse:
-        recorded = await self._record(request)
         sid = request.match_info["sid"]
+        if self.reject_early is not None:  # answered before the body is read (a proxy, say)
+            return web.json_response({"detail": "refused early"}, status=self.reject_early)
+        recorded = await self._read_streamed(request)
+        if recorded is None:
+            return web.Response(status=400)
+        if sid not in self.sessions:
+            return web.json_response({"detail": "Session not found"}, status=404)
         content_type = recorded.header("Content-Type") or ""
         message = BytesParser(policy=HTTP).parsebytes(
             b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + recorded.body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,6 +17,7 @@ from kalami_gateway.domain.ports import (
     Utterance,
 )
 from tests.integration.backend_server import BackendServer
+from tests.integration.conftest import eventually
 
 TOKEN = "learner-token"
 
@@ -106,3 +108,96 @@ async def test_the_httpx_backend_maps_failures(backend: BackendServer) -> None:
             await HttpxBackend(dead).create_session(TOKEN, "p", None)
         assert unreachable.value.kind is BackendErrorKind.UNREACHABLE
         assert await HttpxBackend(dead).health() is BackendHealth.UNREACHABLE
+
+
+async def test_a_streamed_utterance_gets_the_same_turn(adapter: Backend) -> None:
+    created = await adapter.create_session(TOKEN, "profile-1", None)
+    upload = adapter.open_upload(TOKEN, created.id, "wav")
+    for chunk in (b"\x01" * 1000, b"", b"\x02" * 234):
+        await upload.write(chunk)
+    reply = await upload.finish()
+    assert "1234" in reply.user_text
+    assert reply.corrections
+    assert reply.assistant_audio_base64
+
+
+async def test_a_streamed_utterance_to_an_unknown_session_is_a_rejection(
+    adapter: Backend,
+) -> None:
+    upload = adapter.open_upload(TOKEN, "no-such-session", "wav")
+    await upload.write(b"\x01" * 10)  # the backend reads the whole body before it answers
+    with pytest.raises(BackendError) as caught:
+        await upload.finish()
+    assert (caught.value.kind, caught.value.status) == (BackendErrorKind.REJECTED, 404)
+
+
+async def test_an_aborted_upload_is_never_a_turn(adapter: Backend) -> None:
+    created = await adapter.create_session(TOKEN, "profile-1", None)
+    upload = adapter.open_upload(TOKEN, created.id, "wav")
+    await upload.write(b"\x01" * 1000)
+    upload.abort()
+    with pytest.raises(BackendError):
+        await upload.finish()
+
+
+async def test_the_httpx_upload_is_the_same_request_sent_as_the_frames_come(
+    backend: BackendServer,
+) -> None:
+    async with build_client(backend.url, 5) as client:
+        adapter = HttpxBackend(client)
+        created = await adapter.create_session(TOKEN, "profile-9", "food")
+        upload = adapter.open_upload(TOKEN, created.id, "m4a")
+        frames = [bytes([n]) * 5000 for n in range(1, 9)]
+        for frame in frames:
+            await upload.write(frame)
+        # Before the end of the body, the backend has the audio already.
+        await eventually(lambda: backend.streamed_bytes() >= sum(map(len, frames)))
+        assert backend.uploads == []
+        await upload.finish()
+    [upload_seen] = backend.uploads
+    assert (upload_seen.audio, upload_seen.filename, upload_seen.content_type) == (
+        b"".join(frames),
+        "recording.m4a",
+        "audio/mp4",
+    )
+    assert upload_seen.authorization == f"Bearer {TOKEN}"
+    [request] = [r for r in backend.requests if r.raw_path.endswith("/audio")]
+    assert request.header("Transfer-Encoding") == "chunked"
+    assert (request.header("Content-Type") or "").startswith("multipart/form-data; boundary=")
+
+
+async def test_an_aborted_httpx_upload_is_a_broken_request_at_the_backend(
+    backend: BackendServer,
+) -> None:
+    async with build_client(backend.url, 5) as client:
+        adapter = HttpxBackend(client)
+        created = await adapter.create_session(TOKEN, "p", None)
+        upload = adapter.open_upload(TOKEN, created.id, "webm")
+        await upload.write(b"\x01" * 5000)
+        await eventually(lambda: backend.streamed_bytes() >= 5000)
+        upload.abort()
+        await eventually(lambda: backend.broken_uploads == 1)
+        assert backend.uploads == []
+        # The client's pool is clean: the next call goes through.
+        assert (await adapter.create_session(TOKEN, "p", None)).id
+
+
+async def test_a_backend_that_answers_mid_upload_fails_the_next_write(
+    backend: BackendServer,
+) -> None:
+    async with build_client(backend.url, 5) as client:
+        adapter = HttpxBackend(client)
+        backend.reject_early = 503
+        upload = adapter.open_upload(TOKEN, "sess", "webm")
+
+        async def write_until_refused() -> None:
+            for _ in range(500):  # the 503 arrives while the body is still being written
+                await upload.write(b"\x01" * 4096)
+                await asyncio.sleep(0.002)
+
+        with pytest.raises(BackendError) as caught:
+            await write_until_refused()
+        assert caught.value.status == 503
+        upload.abort()
+        backend.reject_early = None
+        assert (await adapter.create_session(TOKEN, "p", None)).id  # the pool is clean

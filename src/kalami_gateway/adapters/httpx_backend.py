@@ -213,6 +213,7 @@ class _StreamedUpload(UtteranceUpload):
         self._readable = asyncio.Event()  # the body may take something
         self._room = asyncio.Event()  # write may add something
         self._room.set()
+        self._aborted = False
         self._task = asyncio.ensure_future(
             backend._send(
                 "POST", _audio_path(session_id), token, content=self._body(), headers=form.headers
@@ -234,11 +235,14 @@ class _StreamedUpload(UtteranceUpload):
         self._readable.set()
 
     async def finish(self) -> TurnReply:
+        if self._aborted:
+            raise BackendError(BackendErrorKind.UNREACHABLE, "the upload was aborted.")
         self._queue.append(None)
         self._readable.set()
         return _turn_reply(await self._task)
 
     def abort(self) -> None:
+        self._aborted = True
         self._task.cancel()
 
     async def _body(self) -> AsyncIterator[bytes]:
@@ -257,10 +261,10 @@ class _StreamedUpload(UtteranceUpload):
 
     def _failed_early(self) -> None:
         """The request ended before its body did: the backend failed or answered early."""
+        if self._aborted or (self._task.done() and self._task.cancelled()):
+            raise BackendError(BackendErrorKind.UNREACHABLE, "the upload was aborted.")
         if not self._task.done():
             return
-        if self._task.cancelled():
-            raise BackendError(BackendErrorKind.UNREACHABLE, "the upload was aborted.")
         exc = self._task.exception()
         if exc is not None:
             raise exc
