@@ -122,6 +122,39 @@ class Nginx:
 
 
 @dataclass
+class UploadBackend:
+    """``bench/upload_backend.py`` in a process of its own: reads bodies to their end."""
+
+    delay: float
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.upload_backend",
+                "--port",
+                str(self.port),
+                "--delay",
+                str(self.delay),
+            ],
+            cwd=BENCH_DIR.parent,
+        )
+        wait_for_http(f"{self.url}/health")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@dataclass
 class GatewayProcess:
     backend_url: str
     backend_mode: str = "http"
