@@ -32,9 +32,11 @@ from bench.services import (
     SECRET,
     GatewayProcess,
     Nginx,
+    NodeAnchor,
     UploadBackend,
     cpu_seconds,
     ensure_tools,
+    node_anchor_missing,
     rss_kb,
 )
 from bench.workers import LoadRun, run_workers
@@ -83,7 +85,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "ping_round_trips_per_s": (">=", 48000),
     "ping_p99_ms": ("<=", 5),
     "audio_ingest_mb_per_s": (">=", 70),
-    "idle_kb_per_connection": ("<=", 24),
+    "idle_kb_per_connection": ("<=", 12),  # issue 15: half of the 24 KB measured fresh
     "workers_connect_speedup": (">=", 1.7),
     "workers_proxy_speedup": (">=", 1.7),
     "upload_rss_growth_stream_mb": ("<=", 100),
@@ -95,6 +97,18 @@ TARGETS: dict[str, tuple[str, float]] = {
 }
 
 
+# Issue 15: the gateway against the Node stack it replaces, measured in the same run.
+NODE_TARGETS: dict[str, tuple[str, float]] = {
+    "proxy_get_rps": (">=", 2.0),
+    "proxy_post_rps": (">=", 2.0),
+    "ws_connects_per_s": (">=", 1.3),
+    "ping_round_trips_per_s": (">=", 1.1),
+    "ping_p99_ms": ("<=", 1.0),
+    "audio_ingest_mb_per_s": (">=", 1.0),
+}
+Target = GatewayProcess | NodeAnchor
+
+
 @dataclass
 class Row:
     figure: str
@@ -102,6 +116,25 @@ class Row:
     gateway: float
     nginx: float | None = None
     unit: str = ""
+    node: float | None = None
+
+    @property
+    def node_ratio(self) -> float | None:
+        if self.node in (None, 0):
+            return None
+        assert self.node is not None
+        return self.gateway / self.node
+
+    def node_verdict(self, judged: bool = True) -> str:
+        target = NODE_TARGETS.get(self.key)
+        ratio = self.node_ratio
+        if target is None or ratio is None:
+            return ""
+        op, value = target
+        if not judged:
+            return f"{op} {value:g}x (smoke: not judged)"
+        met = ratio >= value if op == ">=" else ratio <= value
+        return f"{op} {value:g}x: {'yes' if met else 'NO'}"
 
     @property
     def ratio(self) -> float | None:
@@ -129,7 +162,7 @@ def token(user: str) -> str:
     return mint_token(SECRET, user, time.time() + 3600)
 
 
-def stats(gateway: GatewayProcess) -> dict[str, Any]:
+def stats(gateway: Target) -> dict[str, Any]:
     with urllib.request.urlopen(f"{gateway.http}/stats", timeout=5) as response:  # noqa: S310
         body: dict[str, Any] = json.loads(response.read())
         return body
@@ -156,22 +189,29 @@ def close_all(clients: list[WsClient]) -> None:
         client.close()
 
 
-async def until_zero(gateway: GatewayProcess) -> None:
+def open_connections(target: Target) -> int:
+    """What /stats says: the cluster's figure (the gateway), or the process's (Node)."""
+    body = stats(target)
+    count: int = (body.get("cluster") or body["websocket"])["connections"]
+    return count
+
+
+async def until_zero(gateway: Target) -> None:
     for _ in range(200):
-        if stats(gateway)["cluster"]["connections"] == 0:
+        if open_connections(gateway) == 0:
             return
         await asyncio.sleep(0.05)
     raise RuntimeError("connections did not drain after the clients closed")
 
 
-async def case_connects(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
+async def case_connects(gateway: Target, sizes: Sizes) -> list[Row]:
     tokens = [token(f"user-{n % 500}") for n in range(sizes.connects)]
     cpu_before = cpu_seconds(gateway.pid)
     started = time.perf_counter()
     clients = await bounded(connect_with(gateway.port, tokens, sizes.connect_concurrency))
     elapsed = time.perf_counter() - started
     cpu_per_connect = (cpu_seconds(gateway.pid) - cpu_before) / sizes.connects * 1e6
-    seen = stats(gateway)["cluster"]["connections"]
+    seen = open_connections(gateway)
     if seen != sizes.connects:
         raise RuntimeError(f"/stats says {seen} connections, expected {sizes.connects}")
     close_all(clients)
@@ -187,7 +227,7 @@ async def case_connects(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
     ]
 
 
-def repeated(kind: str, gateway: GatewayProcess, connections: int, each: int) -> list[LoadRun]:
+def repeated(kind: str, gateway: Target, connections: int, each: int) -> list[LoadRun]:
     """The short message cases are over in well under a second: run each a few times."""
     return [
         run_workers(kind, gateway.port, gateway.pid, connections, each, CLIENT_WORKERS)
@@ -195,7 +235,7 @@ def repeated(kind: str, gateway: GatewayProcess, connections: int, each: int) ->
     ]
 
 
-def case_pings(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
+def case_pings(gateway: Target, sizes: Sizes) -> list[Row]:
     runs = repeated("ping", gateway, sizes.ping_connections, sizes.pings_each)
     rate = statistics.median(r.operations / r.seconds for r in runs)
     latencies = sorted(x for r in runs for x in r.latencies)
@@ -214,8 +254,9 @@ def case_pings(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
     ]
 
 
-def case_audio(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
-    runs = repeated("audio", gateway, sizes.audio_connections, sizes.audio_frames_each)
+def case_audio(gateway: Target, sizes: Sizes) -> list[Row]:
+    kind = "audio" if gateway.session_protocol else "raw_audio"
+    runs = repeated(kind, gateway, sizes.audio_connections, sizes.audio_frames_each)
     rate = statistics.median(r.payload_bytes / r.seconds for r in runs)
     cpu = sum(r.gateway_cpu_seconds for r in runs) / sum(r.operations for r in runs)
     return [
@@ -236,11 +277,13 @@ async def start_session(client: WsClient, expect: bytes = b'"session_started"') 
         raise RuntimeError(f"start_session failed: {reply[:120]!r}")
 
 
-async def case_memory(backend_url: str, sizes: Sizes) -> list[Row]:
+async def case_memory(
+    backend_url: str, sizes: Sizes, make: Callable[..., Target] = GatewayProcess
+) -> list[Row]:
     """RSS per idle connection on a freshly started gateway, before any other case ran on it:
     a process that served other loads first hides the cost in the allocator's freed pools
     (issue 15: 9-12 KB measured that way against 23.6-24.4 KB fresh)."""
-    gateway = GatewayProcess(backend_url=backend_url)
+    gateway = make(backend_url=backend_url)
     rows: list[Row] = []
     held: list[WsClient] = []
     try:
@@ -305,7 +348,9 @@ async def case_turns(gateway: GatewayProcess, sizes: Sizes) -> list[Row]:
     ]
 
 
-def case_proxy(gateway: GatewayProcess, nginx: Nginx, sizes: Sizes) -> list[Row]:
+def case_proxy(
+    gateway: GatewayProcess, nginx: Nginx, sizes: Sizes, node: NodeAnchor | None = None
+) -> list[Row]:
     rows = []
     for post, path, label in (
         (False, "/api/users/me", "GET"),
@@ -322,6 +367,11 @@ def case_proxy(gateway: GatewayProcess, nginx: Nginx, sizes: Sizes) -> list[Row]
         )
         if ours.errors:
             raise RuntimeError(f"{label} through the gateway: {ours.errors} errors")
+        node_run = None
+        if node is not None:
+            node_run = wrk.run(
+                f"{node.http}{path}", sizes.wrk_connections, sizes.wrk_seconds, post=post
+            )
         key = "proxy_post" if post else "proxy_get"
         rows += [
             Row(
@@ -330,9 +380,24 @@ def case_proxy(gateway: GatewayProcess, nginx: Nginx, sizes: Sizes) -> list[Row]
                 ours.requests_per_second,
                 theirs.requests_per_second,
                 "req/s",
+                node_run.requests_per_second if node_run else None,
             ),
-            Row(f"proxy {label} p50", f"{key}_p50_ms", ours.p50_ms, theirs.p50_ms, "ms"),
-            Row(f"proxy {label} p99", f"{key}_p99_ms", ours.p99_ms, theirs.p99_ms, "ms"),
+            Row(
+                f"proxy {label} p50",
+                f"{key}_p50_ms",
+                ours.p50_ms,
+                theirs.p50_ms,
+                "ms",
+                node_run.p50_ms if node_run else None,
+            ),
+            Row(
+                f"proxy {label} p99",
+                f"{key}_p99_ms",
+                ours.p99_ms,
+                theirs.p99_ms,
+                "ms",
+                node_run.p99_ms if node_run else None,
+            ),
             Row(f"gateway CPU per proxied {label}", f"{key}_cpu_us", cpu_per_request, unit="µs"),
         ]
     return rows
@@ -677,16 +742,30 @@ async def case_stop_to_transcription(mode: str, sizes: Sizes) -> list[Row]:
     ]
 
 
+def with_node(rows: list[Row], node_rows: list[Row]) -> list[Row]:
+    """``rows`` with the Node anchor's figure of the same key beside the gateway's."""
+    theirs = {r.key: r.gateway for r in node_rows}
+    for row in rows:
+        if row.key in theirs:
+            row.node = theirs[row.key]
+    return rows
+
+
 def table(rows: list[Row], judged: bool = True) -> str:
     lines = [
-        "| figure | gateway | nginx | gateway/nginx | target (Node original) |",
-        "|---|---|---|---|---|",
+        "| figure | gateway | Node | gateway/Node | vs Node | nginx | gateway/nginx | target |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         nginx = f"{row.nginx:,.1f} {row.unit}" if row.nginx is not None else "—"
         ratio = f"{row.ratio:.3f}" if row.ratio is not None else "—"
+        node = f"{row.node:,.1f} {row.unit}" if row.node is not None else "—"
+        node_ratio = f"{row.node_ratio:.2f}" if row.node_ratio is not None else "—"
         gateway = f"{row.gateway:,.1f} {row.unit}"
-        lines.append(f"| {row.figure} | {gateway} | {nginx} | {ratio} | {row.verdict(judged)} |")
+        lines.append(
+            f"| {row.figure} | {gateway} | {node} | {node_ratio} | {row.node_verdict(judged)} "
+            f"| {nginx} | {ratio} | {row.verdict(judged)} |"
+        )
     return "\n".join(lines)
 
 
@@ -712,18 +791,33 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ensure_tools()
     nginx = Nginx()
-    gateway = GatewayProcess(backend_url=f"http://127.0.0.1:{nginx.backend_port}")
-    stub = GatewayProcess(backend_url=f"http://127.0.0.1:{nginx.backend_port}", backend_mode="stub")
+    backend_url = f"http://127.0.0.1:{nginx.backend_port}"
+    gateway = GatewayProcess(backend_url=backend_url)
+    stub = GatewayProcess(backend_url=backend_url, backend_mode="stub")
+    why_no_node = node_anchor_missing()
+    node = NodeAnchor(backend_url=backend_url) if why_no_node is None else None
+    if why_no_node is not None:
+        print(f"bench: the Node column stays empty: {why_no_node}", file=sys.stderr)
     try:
         nginx.start()
-        # Memory first, on a gateway of its own that nothing else has run on.
-        rows = uvloop.run(case_memory(f"http://127.0.0.1:{nginx.backend_port}", sizes))
+        # Memory first, on a gateway (and a Node anchor) of its own that nothing else ran on.
+        rows = uvloop.run(case_memory(backend_url, sizes))
+        if node is not None:
+            with_node(rows, uvloop.run(case_memory(backend_url, sizes, NodeAnchor)))
+            node.start()
         gateway.start()
         stub.start()
-        rows += case_proxy(gateway, nginx, sizes)
-        rows += uvloop.run(run_async_cases([(gateway, case_connects)], sizes))
-        rows += case_pings(gateway, sizes)
-        rows += case_audio(gateway, sizes)
+        rows += case_proxy(gateway, nginx, sizes, node)
+        single = uvloop.run(run_async_cases([(gateway, case_connects)], sizes))
+        single += case_pings(gateway, sizes)
+        single += case_audio(gateway, sizes)
+        if node is not None:
+            theirs = uvloop.run(case_connects(node, sizes))
+            theirs += case_pings(node, sizes)
+            theirs += case_audio(node, sizes)
+            with_node(single, theirs)
+            node.stop()
+        rows += single
         rows += uvloop.run(run_async_cases([(stub, case_turns)], sizes))
         rows += uvloop.run(run_async_cases([(gateway, case_turn_burst)], sizes))
         rows += uvloop.run(case_black_hole(nginx, sizes))
@@ -738,6 +832,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stub.stop()
         gateway.stop()
+        if node is not None:
+            node.stop()
         nginx.stop()
     print(table(rows, judged=not args.smoke))
     out = (

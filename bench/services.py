@@ -121,6 +121,88 @@ class Nginx:
         shutil.rmtree(self.prefix, ignore_errors=True)
 
 
+# The Node stack the gateway replaces (kept beside the repository for the team, not in it).
+NODE_ANCHOR_DIR = Path(
+    os.environ.get(
+        "KALAMI_NODE_ANCHOR", BENCH_DIR.parent.parent / "shared" / "anchors" / "node-gateway"
+    )
+)
+NODE_INSTALL_DIR = BENCH_DIR / ".node-anchor"
+
+
+def node_anchor_missing() -> str | None:
+    """Why the Node anchor cannot run here (None when it can)."""
+    if not (NODE_ANCHOR_DIR / "package.json").is_file():
+        return f"no Node anchor at {NODE_ANCHOR_DIR} (set KALAMI_NODE_ANCHOR)"
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "node and npm are not installed (Debian: nodejs, npm)"
+    return None
+
+
+def install_node_anchor() -> Path:
+    """A copy of the anchor with its dependencies (``npm ci`` again when its lock changes)."""
+    lock = (NODE_ANCHOR_DIR / "package-lock.json").read_bytes()
+    stamp = NODE_INSTALL_DIR / ".installed-lock"
+    if stamp.is_file() and stamp.read_bytes() == lock:
+        return NODE_INSTALL_DIR
+    shutil.rmtree(NODE_INSTALL_DIR, ignore_errors=True)
+    shutil.copytree(
+        NODE_ANCHOR_DIR, NODE_INSTALL_DIR, ignore=shutil.ignore_patterns("node_modules")
+    )
+    subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--silent"],
+        cwd=NODE_INSTALL_DIR,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    stamp.write_bytes(lock)
+    return NODE_INSTALL_DIR
+
+
+@dataclass
+class NodeAnchor:
+    """The Node/Express gateway (express, http-proxy-middleware, ws, jsonwebtoken, pino), one
+    process, against the same backend stand-in: the figure to beat."""
+
+    backend_url: str
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    session_protocol: bool = False  # it answers frames in any state; it has no sessions
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        directory = install_node_anchor()
+        env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "BACKEND_URL": self.backend_url,
+            "JWT_SECRET": SECRET,
+            "LOG_LEVEL": "warn",
+        }
+        self.process = subprocess.Popen(
+            ["node", "src/server.js"], cwd=directory, env=env, stdout=subprocess.DEVNULL
+        )
+        wait_for_http(f"{self.http}/health")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 @dataclass
 class UploadBackend:
     """``bench/upload_backend.py`` in a process of its own: reads bodies to their end."""
@@ -162,6 +244,7 @@ class GatewayProcess:
     process: subprocess.Popen[bytes] | None = None
     workers: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
+    session_protocol: bool = True  # audio frames need a session and a recording first
 
     @property
     def http(self) -> str:

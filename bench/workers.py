@@ -85,14 +85,21 @@ async def _pings(
 
 
 async def _audio(
-    port: int, count: int, frames: int, first_user: int, start_at: float, gateway_pid: int
+    port: int,
+    count: int,
+    frames: int,
+    first_user: int,
+    start_at: float,
+    gateway_pid: int,
+    preface: bool = True,
 ) -> WorkerResult:
     clients = await _connect(port, count, first_user)
     frame = client_frame(BINARY, bytes(range(256)) * 16)  # 4096 bytes
-    for client in clients:
+    # The Node anchor has no session logic: it acknowledges binary frames in any state.
+    for client in clients if preface else ():
         client.send(client_frame(TEXT, b'{"type":"start_session","payload":{"profileId":"bench"}}'))
         client.send(client_frame(TEXT, b'{"type":"start_recording","payload":{"format":"webm"}}'))
-    for client in clients:
+    for client in clients if preface else ():
         for expected in (b'"session_started"', b'"recording_started"'):
             reply = await client.recv()
             if expected not in reply:
@@ -115,6 +122,13 @@ def audio_worker(
     return uvloop.run(_audio(port, count, frames, first_user, start_at, gateway_pid))
 
 
+def raw_audio_worker(
+    port: int, count: int, frames: int, first_user: int, start_at: float, gateway_pid: int
+) -> WorkerResult:
+    """Audio frames without starting a session and a recording first (the Node anchor)."""
+    return uvloop.run(_audio(port, count, frames, first_user, start_at, gateway_pid, False))
+
+
 def spread(total: int, workers: int) -> list[int]:
     """``total`` connections over ``workers`` processes, as evenly as possible."""
     return [total // workers + (1 if n < total % workers else 0) for n in range(workers)]
@@ -124,7 +138,7 @@ def run_workers(
     kind: str, port: int, gateway_pid: int, connections: int, per_connection: int, workers: int
 ) -> LoadRun:
     """Run a load in ``workers`` processes, all starting at one moment after connecting."""
-    target = {"ping": ping_worker, "audio": audio_worker}[kind]
+    target = {"ping": ping_worker, "audio": audio_worker, "raw_audio": raw_audio_worker}[kind]
     start_at = time.time() + 2.0 + connections * 0.005  # time for everyone to connect first
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = []
