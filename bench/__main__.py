@@ -27,6 +27,7 @@ import uvloop
 
 from bench import wrk
 from bench.flood import paced_pings, start_flood
+from bench.idle import IdleSockets
 from bench.services import (
     BENCH_DIR,
     SECRET,
@@ -68,10 +69,14 @@ class Sizes:
     upload_connections: int  # streaming many utterances at once (issue 13)
     upload_bytes: int  # each one's size
     latency_upload_bytes: int  # the utterance whose stop -> transcription is timed
+    idle_tax_sockets: int  # idle sockets held while the proxy is measured (issue 15)
 
 
-FULL = Sizes(10, 64, 1000, 50, 50, 200, 20, 100, (2000, 10000), 20, 10, 250, 200, 8 << 20, 5 << 20)
-SMOKE = Sizes(1, 4, 20, 5, 4, 10, 2, 5, (20, 40), 2, 2, 5, 4, 256 << 10, 256 << 10)
+FULL = Sizes(
+    10, 64, 1000, 50, 50, 200, 20, 100, (2000, 10000), 20, 10, 250, 200, 8 << 20, 5 << 20, 5000
+)
+SMOKE = Sizes(1, 4, 20, 5, 4, 10, 2, 5, (20, 40), 2, 2, 5, 4, 256 << 10, 256 << 10, 50)
+IDLE_HEARTBEAT_MS = 5000  # the idle-tax case's heartbeat: phones on a short keepalive
 UPLOAD_FRAME = 4096
 UPLOAD_WINDOW_FRAMES = 32  # frames a client has in flight before it waits for acknowledgements
 BACKEND_REPLY_DELAY_S = 0.05  # the upload backend answers this long after a body's end
@@ -89,6 +94,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "workers_connect_speedup": (">=", 1.7),
     "workers_proxy_speedup": (">=", 1.7),
     "upload_rss_growth_stream_mb": ("<=", 100),
+    "idle_tax_p99_ratio": ("<=", 1.5),
+    "idle_tax_rps_ratio": (">=", 0.9),
     "stop_to_transcription_stream_ms": ("<=", 70),
     "burst_cold_cpu_ms": ("<=", 500),
     "burst_warm_cpu_ms": ("<=", 500),
@@ -742,6 +749,54 @@ async def case_stop_to_transcription(mode: str, sizes: Sizes) -> list[Row]:
     ]
 
 
+def case_idle_tax(nginx: Nginx, sizes: Sizes) -> list[Row]:
+    """Issue 15: idle sockets must not tax the proxy. ``/api`` GET on a fresh gateway (heartbeat
+    every 5 s), then again while ``idle_tax_sockets`` idle sockets are held by another process
+    that answers the pings."""
+    gateway = GatewayProcess(
+        backend_url=f"http://127.0.0.1:{nginx.backend_port}",
+        extra_env={"WS_HEARTBEAT_INTERVAL": str(IDLE_HEARTBEAT_MS)},
+    )
+    url = f"{gateway.http}/api/users/me"
+    try:
+        gateway.start()
+        wrk.run(url, sizes.wrk_connections, 1)  # warm-up
+        alone = wrk.run(url, sizes.wrk_connections, sizes.wrk_seconds)
+        with IdleSockets(gateway.port, sizes.idle_tax_sockets) as idle:
+            time.sleep(IDLE_HEARTBEAT_MS / 1000 + 1)  # their pings are under way
+            cpu_before = cpu_seconds(gateway.pid)
+            time.sleep(5)
+            idle_cpu = (cpu_seconds(gateway.pid) - cpu_before) / 5
+            crowded = wrk.run(url, sizes.wrk_connections, sizes.wrk_seconds)
+            dropped = idle.release()
+        if dropped:
+            raise RuntimeError(f"the gateway dropped {dropped} idle sockets that answered pings")
+    finally:
+        gateway.stop()
+    n = sizes.idle_tax_sockets
+    return [
+        Row("proxy GET p99, no idle sockets", "idle_tax_p99_alone_ms", alone.p99_ms, unit="ms"),
+        Row(f"proxy GET p99, {n} idle sockets", "idle_tax_p99_ms", crowded.p99_ms, unit="ms"),
+        Row("  with / without", "idle_tax_p99_ratio", crowded.p99_ms / alone.p99_ms, unit="x"),
+        Row(
+            "proxy GET, no idle sockets", "idle_tax_rps_alone", alone.requests_per_second, unit="/s"
+        ),
+        Row(f"proxy GET, {n} idle sockets", "idle_tax_rps", crowded.requests_per_second, unit="/s"),
+        Row(
+            "  with / without",
+            "idle_tax_rps_ratio",
+            crowded.requests_per_second / alone.requests_per_second,
+            unit="x",
+        ),
+        Row(
+            f"gateway CPU while {n} sockets idle (heartbeat 5 s)",
+            "idle_tax_cpu_pct",
+            idle_cpu * 100,
+            unit="% of a core",
+        ),
+    ]
+
+
 def with_node(rows: list[Row], node_rows: list[Row]) -> list[Row]:
     """``rows`` with the Node anchor's figure of the same key beside the gateway's."""
     theirs = {r.key: r.gateway for r in node_rows}
@@ -822,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += uvloop.run(run_async_cases([(gateway, case_turn_burst)], sizes))
         rows += uvloop.run(case_black_hole(nginx, sizes))
         rows += uvloop.run(case_flood(sizes, f"http://127.0.0.1:{nginx.backend_port}"))
+        rows += case_idle_tax(nginx, sizes)
         for mode in ("stream", "buffer"):
             rows += uvloop.run(case_stop_to_transcription(mode, sizes))
         for mode in ("stream", "buffer"):
