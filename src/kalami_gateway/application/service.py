@@ -38,6 +38,7 @@ from kalami_gateway.domain.auth import (
     CloseCode,
     Principal,
 )
+from kalami_gateway.domain.expiry import Due, DueItem, ExpiryQueue
 from kalami_gateway.domain.instance import InstanceConnections, InstanceStats
 from kalami_gateway.domain.ports import (
     Backend,
@@ -186,6 +187,7 @@ class GatewayService(ParkingEvents):
         # Resumable sessions need a store and a grace; without either, a drop ends the session.
         self._parking = parking if limits.resume_grace > 0 else None
         self._live: dict[str, Connection] = {}
+        self._expiry = ExpiryQueue()
         self._leaving: dict[str, Connection] = {}  # parking under way (connection id)
         self._detached: dict[str, Connection] = {}  # turns running on (session key)
         self._sending: set[asyncio.Task[None]] = set()  # pushes on their way out
@@ -227,6 +229,7 @@ class GatewayService(ParkingEvents):
             await channel.close(*self._drain_close())
             return None
         self._live[conn.id] = conn
+        self._watch_expiry(conn)
         self._instance.add(conn.id, verdict.user_id)
         started = self._clock.monotonic()
         conn.text_rate = bucket(self._limits.message_rate, started)
@@ -522,26 +525,40 @@ class GatewayService(ParkingEvents):
         conn.principal = verdict
         conn.token = token  # the bearer of every later backend call
         conn.warned = False
+        self._watch_expiry(conn)
         await conn.channel.send(p.Refreshed(p.ExpiryPayload(int(verdict.expires_at))))
+
+    def _watch_expiry(self, conn: Connection) -> None:
+        """When its token needs attention: a warning, then the close (per token)."""
+        expires_at = conn.principal.expires_at
+        warning = self._limits.token_expiry_warning
+        if warning > 0:
+            self._expiry.schedule(expires_at - warning, DueItem(conn.id, Due.WARN, expires_at))
+        self._expiry.schedule(
+            self._auth.expiry_due(expires_at), DueItem(conn.id, Due.EXPIRE, expires_at)
+        )
 
     async def expire_tokens(self) -> int:
         """Warn connections whose token expires within TOKEN_EXPIRY_WARNING (once per token)
         and close every connection whose token has expired (4003). Returns how many closed."""
         now = self._clock.now()
-        warning = self._limits.token_expiry_warning
-        if warning > 0:
-            for conn in [c for c in self._live.values() if not c.warned]:
-                expires_at = conn.principal.expires_at
-                if now >= expires_at - warning and not self._auth.has_expired(expires_at, now):
+        closed = 0
+        for item in self._expiry.due(now):
+            conn = self._live.get(item.connection_id)
+            if conn is None or conn.principal.expires_at != item.expires_at:
+                continue  # gone, or refreshed since: this entry is for an old token
+            if not self._auth.has_expired(item.expires_at, now):
+                if item.kind is Due.EXPIRE:  # due by the clock, not yet by the leeway
+                    self._expiry.schedule(now + 1.0, item)
+                elif not conn.warned:
                     conn.warned = True
-                    await conn.channel.send(p.TokenExpiring(p.ExpiryPayload(int(expires_at))))
-        expired = [
-            c for c in self._live.values() if self._auth.has_expired(c.principal.expires_at, now)
-        ]
-        for conn in expired:
-            await conn.channel.close(CloseCode.TOKEN_EXPIRED, "Token expired")
-            await self.disconnect(conn, "token_expired")
-        return len(expired)
+                    await conn.channel.send(p.TokenExpiring(p.ExpiryPayload(int(item.expires_at))))
+                continue
+            if item.kind is Due.EXPIRE:
+                await conn.channel.close(CloseCode.TOKEN_EXPIRED, "Token expired")
+                await self.disconnect(conn, "token_expired")
+                closed += 1
+        return closed
 
     def _restarts(self) -> bool:
         """Whether a shutdown parks sessions for another instance (Redis and a grace)."""

@@ -134,3 +134,7 @@ class AuthPolicy:
 
     def has_expired(self, expires_at: float, now: float) -> bool:
         return now > expires_at + self._leeway
+
+    def expiry_due(self, expires_at: float) -> float:
+        """The moment from which ``has_expired`` says yes (give or take a tick)."""
+        return expires_at + self._leeway
