@@ -72,6 +72,7 @@ def _worker(sock: socket.socket) -> None:
         app,
         settings.shutdown_timeout,
         signals=(signal.SIGTERM,),
+        tune_gc=True,
     )
     server.run(sockets=[sock])
 
