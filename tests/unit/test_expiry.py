@@ -48,3 +48,12 @@ def test_every_entry_comes_due_exactly_when_its_time_has_come(
         assert all(at > now for n, at in enumerate(times) if str(n) not in taken)
     seen += queue.due(float("inf"))
     assert sorted(int(s.connection_id) for s in seen) == list(range(len(times)))
+
+
+def test_retain_keeps_only_what_is_asked_and_the_order() -> None:
+    queue = ExpiryQueue()
+    for n in range(10):
+        queue.schedule(float(10 - n), item(f"c{n}"))
+    queue.retain(lambda i: int(i.connection_id[1:]) % 2 == 0)
+    assert len(queue) == 5
+    assert [i.connection_id for i in queue.due(100.0)] == ["c8", "c6", "c4", "c2", "c0"]

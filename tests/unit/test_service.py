@@ -422,3 +422,13 @@ async def test_token_expiring_is_sent_once_before_expiry_then_4003() -> None:
     clock.advance(56)
     assert await service.expire_tokens() == 1
     assert channel.closed_with == (4003, "Token expired")
+
+
+async def test_closed_connections_do_not_pile_up_in_the_expiry_queue(world: World) -> None:
+    for _ in range(3000):
+        conn, _ = await world.connect("alice")
+        await world.service.disconnect(conn)
+    await world.connect("bob")
+    assert len(world.service._expiry) <= 4 * 257 + 2  # compacted as they closed
+    world.clock.advance(3600 + 1)
+    assert await world.service.expire_tokens() == 1  # bob's, still there

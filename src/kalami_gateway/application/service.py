@@ -69,6 +69,9 @@ READINESS_SECONDS = 5.0
 T = TypeVar("T")
 TOO_MANY_REASON = "Too many connections"
 TAKEOVER_POLL_SECONDS = 0.02
+# The expiry queue is compacted when it holds this many times the entries live connections
+# need (two each): closed connections' entries go, at a cost spread over the closes.
+EXPIRY_SLACK = 4
 LOST_REPLY = (
     "The reply to your last utterance was lost while the session moved; please say it again."
 )
@@ -450,6 +453,8 @@ class GatewayService(ParkingEvents):
             return
         conn.closed = True
         self._live.pop(conn.id, None)
+        if len(self._expiry) > EXPIRY_SLACK * (len(self._live) + 256):
+            self._expiry.retain(self._still_due)
         self._instance.remove(conn.id)
         self._metrics.connection_closed(reason)
         parks = self._parks(conn)
@@ -538,15 +543,19 @@ class GatewayService(ParkingEvents):
             self._auth.expiry_due(expires_at), DueItem(conn.id, Due.EXPIRE, expires_at)
         )
 
+    def _still_due(self, item: DueItem) -> bool:
+        conn = self._live.get(item.connection_id)
+        return conn is not None and conn.principal.expires_at == item.expires_at
+
     async def expire_tokens(self) -> int:
         """Warn connections whose token expires within TOKEN_EXPIRY_WARNING (once per token)
         and close every connection whose token has expired (4003). Returns how many closed."""
         now = self._clock.now()
         closed = 0
         for item in self._expiry.due(now):
-            conn = self._live.get(item.connection_id)
-            if conn is None or conn.principal.expires_at != item.expires_at:
+            if not self._still_due(item):
                 continue  # gone, or refreshed since: this entry is for an old token
+            conn = self._live[item.connection_id]
             if not self._auth.has_expired(item.expires_at, now):
                 if item.kind is Due.EXPIRE:  # due by the clock, not yet by the leeway
                     self._expiry.schedule(now + 1.0, item)

@@ -3,8 +3,10 @@ has. A heap of due times, so the ticker's work is what is due, not a look at eve
 connection every second (with 5000 idle sockets that scan was ~9% of the gateway's busy
 time, about 1% of a core; it grows with every socket held).
 
-Entries are never removed: a connection that went away, or refreshed its token, simply no
-longer matches its old entries when they come due (the caller checks).
+Entries are not removed one by one: a connection that went away, or refreshed its token, no
+longer matches its old entries when they come due (the caller checks). So that churn (phones
+reconnecting with hour-long tokens) cannot pile them up, the caller ``retain``s the live ones
+whenever the queue holds far more than the open connections can need (amortised O(1)).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+from collections.abc import Callable
 
 import msgspec
 
@@ -45,3 +48,8 @@ class ExpiryQueue:
         while heap and heap[0][0] <= now:
             out.append(heapq.heappop(heap)[2])
         return out
+
+    def retain(self, keep: Callable[[DueItem], bool]) -> None:
+        """Drop every entry ``keep`` says no to."""
+        self._heap = [entry for entry in self._heap if keep(entry[2])]
+        heapq.heapify(self._heap)
