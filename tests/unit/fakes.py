@@ -152,6 +152,14 @@ class FakeUpload(UtteranceUpload):
         self.finished = False
         self.writes = 0
 
+    def offer(self, chunk: bytes) -> bool:
+        """Taken at once unless the backend is slow or failing (then ``write`` decides)."""
+        if self.backend.upload_room is not None or self.backend.upload_fail_at is not None:
+            return False
+        self.writes += 1
+        self.chunks.append(chunk)
+        return True
+
     async def write(self, chunk: bytes) -> None:
         self.writes += 1
         fail_at = self.backend.upload_fail_at

@@ -221,18 +221,20 @@ class _StreamedUpload(UtteranceUpload):
         )
         self._task.add_done_callback(self._request_done)
 
+    def offer(self, chunk: bytes) -> bool:
+        self._failed_early()
+        if self._queued and self._queued + len(chunk) > UPLOAD_WINDOW_BYTES:
+            return False
+        if chunk:  # an empty frame adds nothing (and an empty chunk would end the body)
+            self._queue.append(chunk)
+            self._queued += len(chunk)
+            self._readable.set()
+        return True
+
     async def write(self, chunk: bytes) -> None:
-        if not chunk:
-            self._failed_early()
-            return  # an empty frame adds nothing (and an empty chunk would end the body)
-        while self._queued and self._queued + len(chunk) > UPLOAD_WINDOW_BYTES:
-            self._failed_early()
+        while not self.offer(chunk):
             self._room.clear()
             await self._room.wait()
-        self._failed_early()
-        self._queue.append(chunk)
-        self._queued += len(chunk)
-        self._readable.set()
 
     async def finish(self) -> TurnReply:
         if self._aborted:

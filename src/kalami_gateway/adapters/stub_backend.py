@@ -93,10 +93,14 @@ class _CountingUpload(UtteranceUpload):
         self._size = 0
         self._aborted = False
 
-    async def write(self, chunk: bytes) -> None:
+    def offer(self, chunk: bytes) -> bool:
         if self._aborted:
             raise BackendError(BackendErrorKind.UNREACHABLE, "the upload was aborted.")
         self._size += len(chunk)
+        return True
+
+    async def write(self, chunk: bytes) -> None:
+        self.offer(chunk)
 
     async def finish(self) -> TurnReply:
         if self._aborted:

@@ -67,6 +67,11 @@ class UtteranceUpload(Protocol):
     of ``POST /conversations/sessions/{id}/audio``, written frame by frame. At most a small
     window of audio waits in the gateway; past it ``write`` waits (back-pressure)."""
 
+    def offer(self, chunk: bytes) -> bool:
+        """Add a frame to the body if the window has room for it now (True), without waiting;
+        False: ``write`` it instead. Raises ``BackendError`` if the upload has failed."""
+        ...
+
     async def write(self, chunk: bytes) -> None:
         """Add a frame to the body; waits while the backend reads slower than the learner
         speaks. Raises ``BackendError`` if the upload has failed."""
