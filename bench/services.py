@@ -160,14 +160,13 @@ def install_node_anchor() -> Path:
 
 
 @dataclass
-class NodeAnchor:
-    """The Node/Express gateway (express, http-proxy-middleware, ws, jsonwebtoken, pino), one
-    process, against the same backend stand-in: the figure to beat."""
+class LocalServer:
+    """A server process of the bench's on 127.0.0.1: its address, pid, and a stop that waits
+    (SIGTERM, then a kill after ``stop_timeout``)."""
 
-    backend_url: str
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-    session_protocol: bool = False  # it answers frames in any state; it has no sessions
+    port: int = field(default_factory=free_port, kw_only=True)
+    process: subprocess.Popen[bytes] | None = field(default=None, kw_only=True)
+    stop_timeout: float = field(default=10.0, kw_only=True)
 
     @property
     def http(self) -> str:
@@ -177,6 +176,24 @@ class NodeAnchor:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class NodeAnchor(LocalServer):
+    """The Node/Express gateway (express, http-proxy-middleware, ws, jsonwebtoken, pino), one
+    process, against the same backend stand-in: the figure to beat."""
+
+    backend_url: str
+    session_protocol: bool = False  # it answers frames in any state; it has no sessions
 
     def start(self) -> None:
         directory = install_node_anchor()
@@ -193,27 +210,16 @@ class NodeAnchor:
         )
         wait_for_http(f"{self.http}/health")
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
 
 @dataclass
-class UploadBackend:
+class UploadBackend(LocalServer):
     """``bench/upload_backend.py`` in a process of its own: reads bodies to their end."""
 
     delay: float
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.http
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -230,30 +236,15 @@ class UploadBackend:
         )
         wait_for_http(f"{self.url}/health")
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
 
 @dataclass
-class GatewayProcess:
+class GatewayProcess(LocalServer):
     backend_url: str
     backend_mode: str = "http"
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
     workers: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
     session_protocol: bool = True  # audio frames need a session and a recording first
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+    stop_timeout: float = field(default=15.0, kw_only=True)  # a drain takes its time
 
     def start(self) -> None:
         env = {
@@ -279,12 +270,3 @@ class GatewayProcess:
             stdout=subprocess.DEVNULL,
         )
         wait_for_http(f"{self.http}/health")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
