@@ -15,6 +15,7 @@ import os
 import resource
 import socket
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -37,6 +38,7 @@ from bench.services import (
     UploadBackend,
     cpu_seconds,
     ensure_tools,
+    install_node_anchor,
     node_anchor_missing,
     rss_kb,
 )
@@ -861,6 +863,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: the Node column stays empty: {why_no_node}", file=sys.stderr)
     try:
         nginx.start()
+        if node is not None:
+            try:
+                install_node_anchor()
+            except (OSError, subprocess.CalledProcessError) as exc:
+                print(f"bench: the Node column stays empty: npm ci failed ({exc})", file=sys.stderr)
+                node = None
         # Memory first, on a gateway (and a Node anchor) of its own that nothing else ran on.
         rows = uvloop.run(case_memory(backend_url, sizes))
         if node is not None:
