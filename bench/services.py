@@ -146,9 +146,15 @@ def install_node_anchor() -> Path:
     if stamp.is_file() and stamp.read_bytes() == lock:
         return NODE_INSTALL_DIR
     shutil.rmtree(NODE_INSTALL_DIR, ignore_errors=True)
+    # Contents only: shared/ may be read-only, and npm must write beside the copy.
     shutil.copytree(
-        NODE_ANCHOR_DIR, NODE_INSTALL_DIR, ignore=shutil.ignore_patterns("node_modules")
+        NODE_ANCHOR_DIR,
+        NODE_INSTALL_DIR,
+        ignore=shutil.ignore_patterns("node_modules"),
+        copy_function=shutil.copyfile,
     )
+    for place in [NODE_INSTALL_DIR, *NODE_INSTALL_DIR.rglob("*")]:
+        place.chmod(place.stat().st_mode | 0o700)
     subprocess.run(
         ["npm", "ci", "--no-audit", "--no-fund", "--silent"],
         cwd=NODE_INSTALL_DIR,
