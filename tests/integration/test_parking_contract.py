@@ -319,3 +319,19 @@ async def test_resume_tokens_are_not_stored_as_they_are(redis: Redis, prefix: st
     assert keys
     assert not any(b"the-secret-token" in k for k in keys)
     assert not any(v and b"the-secret-token" in v for v in values)
+
+
+async def test_junk_on_an_instance_channel_is_ignored_and_the_channel_lives_on(
+    redis_sites: Sites, redis: Redis, prefix: str
+) -> None:
+    site = await redis_sites.new()
+    assert site.directory is not None
+    channel = f"{prefix}inst:{site.directory.instance_id}"
+    for junk in (b"", b"F", b"Fconn", b"Fconn\nkey", b"R", b"Rconn", b"X\n\n\n", bytes(range(256))):
+        await redis.publish(channel, junk)
+    rec = record()
+    await site.store.hold("t1", rec, "conn-1")
+    await site.store.keep(rec.key, [b"after the junk"], True)
+    await eventually(lambda: site.events.forwards)
+    assert site.events.forwards == [("conn-1", rec.key, [b"after the junk"], True)]
+    assert site.events.releases == []
