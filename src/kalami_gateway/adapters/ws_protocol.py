@@ -13,7 +13,7 @@ than the ping timeout; uvicorn would then drop a client that is plainly alive. H
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import Any, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
@@ -63,6 +63,14 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.response.status_code == 101:  # the app task is created, not yet started
             extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
             extensions[SOCKET_CONTROL] = SocketControl(self.transport)
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if self.handshake_complete and getattr(self, "request", None) is not None:
+            # The handshake's Request and Response (with their header copies, ~2 KB) are only
+            # read until the accept is sent; an idle connection need not keep them.
+            del self.request
+            del self.response
 
     def handle_parser_exception(self) -> None:
         """The client broke the protocol (a frame over the size limit, say): send the close
