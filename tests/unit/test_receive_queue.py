@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from kalami_gateway.adapters.ws_protocol import ReceiveQueue
+from kalami_gateway.adapters.ws_protocol import ReceiveQueue, WritableFlag
 
 
 async def test_items_come_out_in_order_and_empty_says_so() -> None:
@@ -39,3 +39,15 @@ async def test_a_cancelled_get_loses_nothing() -> None:
         await getter
     assert not queue.empty()
     assert await queue.get() == "kept"
+
+
+async def test_the_writable_flag_holds_senders_until_set() -> None:
+    flag = WritableFlag()
+    await flag.wait()  # set from the start
+    flag.clear()
+    senders = [asyncio.create_task(flag.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in senders)
+    flag.set()
+    await asyncio.gather(*senders)
+    assert flag.is_set()
