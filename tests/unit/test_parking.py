@@ -77,11 +77,6 @@ def test_a_resumed_state_carries_the_session_on() -> None:
     )
 
 
-def test_the_grace_zero_turns_parking_off() -> None:
-    assert not pk.ParkingRules(grace=0, max_bytes=1).enabled
-    assert pk.ParkingRules(grace=0.001, max_bytes=1).enabled
-
-
 RECORD = pk.SessionRecord("key-1", "alice", "s1", "prof", None, "bearer")
 
 

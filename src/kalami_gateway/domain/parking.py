@@ -34,10 +34,6 @@ class ParkingRules(msgspec.Struct, frozen=True):
     max_bytes: int  # total size of the kept messages (MAX_AUDIO_BYTES)
     max_messages: int = MAX_KEPT_MESSAGES
 
-    @property
-    def enabled(self) -> bool:
-        return self.grace > 0
-
 
 class Kept(msgspec.Struct, frozen=True):
     """The messages kept for a parked session, oldest first, and how many were dropped."""
