@@ -14,8 +14,8 @@ import structlog
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import WebsocketRouteHandler
-from litestar.types import WebSocketSendEvent
 
+from kalami_gateway.adapters.asgi import Receive, Send
 from kalami_gateway.adapters.ws_protocol import SOCKET_CONTROL, SocketControl
 from kalami_gateway.application.service import GatewayService
 from kalami_gateway.domain.ports import ClientChannel
@@ -35,19 +35,21 @@ class SendLimits(msgspec.Struct, frozen=True):
     timeout: float = 10.0
 
 
-class LitestarChannel(ClientChannel):
-    """One Litestar WebSocket as the domain's ClientChannel."""
+class SocketChannel(ClientChannel):
+    """One accepted WebSocket as the domain's ClientChannel, sending through the server's
+    ASGI ``send`` (see ``SocketControl.accepted``)."""
 
-    __slots__ = ("_closed", "_control", "_limits", "_pending", "_socket", "slow")
+    __slots__ = ("_closed", "_control", "_limits", "_pending", "_send", "slow")
 
-    def __init__(self, socket: WebSocket[Any, Any, Any], limits: SendLimits | None = None) -> None:
-        self._socket = socket
+    def __init__(
+        self, send: Send, control: SocketControl | None, limits: SendLimits | None = None
+    ) -> None:
+        self._send = send
+        # None when the server is not the gateway's own (plain uvicorn, a test client): then
+        # only the queued messages are counted.
+        self._control = control
         self._closed = False
         self._limits = limits or SendLimits()
-        extensions: dict[str, Any] = dict(socket.scope.get("extensions") or {})
-        control = extensions.get(SOCKET_CONTROL)
-        # Absent under plain uvicorn: then only the queued messages are counted.
-        self._control = control if isinstance(control, SocketControl) else None
         self._pending = 0  # bytes of messages waiting for their send to complete
         self.slow = False
 
@@ -61,14 +63,14 @@ class LitestarChannel(ClientChannel):
             return
         self._pending += len(text)
         try:
-            event: WebSocketSendEvent = {"type": "websocket.send", "text": text, "bytes": None}
+            event = {"type": "websocket.send", "text": text}
             if unsent == 0 and self._control is not None:
                 # Nothing waits in the socket: uvicorn's send cannot block on flow control, so
                 # no deadline is armed (a timer per message cost ~3 µs of a ~17 µs ping).
-                await self._socket.send(event)
+                await self._send(event)
             else:
                 async with asyncio.timeout(self._limits.timeout):
-                    await self._socket.send(event)
+                    await self._send(event)
         except TimeoutError:
             self._release("send timed out")
         except (WebSocketDisconnect, OSError, RuntimeError):
@@ -83,7 +85,7 @@ class LitestarChannel(ClientChannel):
         self._closed = True
         with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError, TimeoutError):
             async with asyncio.timeout(self._limits.timeout):
-                await self._socket.close(code, reason)
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
     def _release(self, why: str) -> None:
         """A slow consumer: let the socket go without waiting for it (4006 in spirit; a
@@ -147,7 +149,15 @@ async def serve_connection(
     # makes Litestar refuse before accept, and the client would see HTTP 403, not 4001.
     token, resume = query_values(socket.scope["query_string"])
     await socket.accept()
-    channel = LitestarChannel(socket, send_limits)
+    control = (socket.scope.get("extensions") or {}).get(SOCKET_CONTROL)
+    receive: Receive
+    send: Send
+    if isinstance(control, SocketControl):
+        receive, send = control.accepted()
+    else:  # not served by the gateway's server: through Litestar's socket
+        control = None
+        receive, send = socket.receive, socket.send  # type: ignore[assignment]
+    channel = SocketChannel(send, control, send_limits)
     conn = await service.open(channel, token, origin_of(socket.scope["headers"]), resume)
     if conn is None:
         return
@@ -155,7 +165,7 @@ async def serve_connection(
     reason = "client_closed"
     try:
         while not conn.closed:
-            event = await socket.receive()
+            event = await receive()
             if event["type"] != "websocket.receive":
                 break
             text = event.get("text")

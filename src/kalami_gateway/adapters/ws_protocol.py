@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+
+from kalami_gateway.adapters.asgi import Receive, Send
 
 # After a close the client caused (a frame too big), how long its remaining bytes are still
 # read and discarded before the socket is closed (lingering close, as the RFC and nginx do).
@@ -29,21 +31,41 @@ SOCKET_CONTROL: Final = "kalami.socket"
 
 
 class SocketControl:
-    """What the app may know and do about its connection's socket."""
+    """What the app may know and do about its connection's socket, and, once it has accepted,
+    the server's own ``receive`` and ``send`` for it.
 
-    __slots__ = ("_transport",)
+    Litestar routes the connection and sends the accept; after that the gateway's message
+    loop calls the protocol directly. Litestar's WebSocket wraps both calls to track a
+    connection state the gateway tracks itself, and its exception middleware wraps every send:
+    ~2 µs of a ~20 µs ping round trip on the bench's empty app (bench/README.md, "What one
+    ping costs")."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: LivelyWebSocketProtocol) -> None:
+        self._protocol = protocol
 
     def unsent_bytes(self) -> int:
         """Bytes written to the socket that the client has not taken yet."""
-        return self._transport.get_write_buffer_size()
+        return self._protocol.transport.get_write_buffer_size()
 
     def release(self) -> None:
         """Drop the connection at once, unsent bytes and all (a client that stopped reading
         would never take a close frame either)."""
-        self._transport.abort()
+        self._protocol.transport.abort()
+
+    def accepted(self) -> tuple[Receive, Send]:
+        """Call once the accept is sent: the server's ``receive`` and ``send``.
+
+        The handshake's Request and Response (with their header copies, ~2 KB) are read only
+        until the accept is sent; an idle connection need not keep them."""
+        protocol = self._protocol
+        if not protocol.handshake_complete:
+            raise RuntimeError("the WebSocket is not accepted yet")
+        protocol.__dict__.pop("request", None)
+        protocol.__dict__.pop("response", None)
+        # uvicorn's own types are narrower TypedDicts; the calls are plain ASGI.
+        return cast(Receive, protocol.receive), cast(Send, protocol.send)
 
 
 class ReceiveQueue:
@@ -140,15 +162,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         if self.response.status_code == 101:  # the app task is created, not yet started
             extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
-            extensions[SOCKET_CONTROL] = SocketControl(self.transport)
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if self.handshake_complete and getattr(self, "request", None) is not None:
-            # The handshake's Request and Response (with their header copies, ~2 KB) are only
-            # read until the accept is sent; an idle connection need not keep them.
-            del self.request
-            del self.response
+            extensions[SOCKET_CONTROL] = SocketControl(self)
 
     def handle_parser_exception(self) -> None:
         """The client broke the protocol (a frame over the size limit, say): send the close

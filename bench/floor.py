@@ -1,0 +1,118 @@
+"""The floor under the gateway's socket path: apps that do nothing but answer, on the same
+server the gateway runs on (uvicorn, uvloop, httptools, the gateway's websockets-sansio
+protocol subclass, the same ping interval).
+
+``raw``: a bare ASGI app — accept, a ``connected`` welcome, ``pong`` for every text frame,
+``audio_received`` for every binary one. ``litestar``: the same through a Litestar
+``@websocket`` handler, every frame through Litestar's socket. ``litestar-accept``: Litestar
+routes and accepts, then frames go through the server's own receive/send, as the gateway's
+do (``SocketControl.accepted``). Measured with
+the same client as the gateway and the Node stack, they show what the server stack costs
+before any of the gateway's own code runs (issue 15: "show the floor").
+
+    python -m bench.floor --kind raw --port 8700
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import uvicorn
+from litestar import Litestar, WebSocket, get, websocket
+
+from kalami_gateway.adapters.asgi import Receive, Scope, Send
+from kalami_gateway.adapters.ws_protocol import (
+    SOCKET_CONTROL,
+    LivelyWebSocketProtocol,
+    SocketControl,
+)
+
+WELCOME = '{"type":"connected","payload":{"connectionId":"floor"}}'
+PONG = '{"type":"pong"}'
+AUDIO_RECEIVED = '{"type":"audio_received","payload":{"bytes":4096}}'
+
+
+async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": WELCOME})
+    while True:
+        event = await receive()
+        if event["type"] != "websocket.receive":
+            return
+        if event.get("text") is not None:
+            await send({"type": "websocket.send", "text": PONG})
+        else:
+            await send({"type": "websocket.send", "text": AUDIO_RECEIVED})
+
+
+@get("/health", sync_to_thread=False)
+def health() -> dict[str, str]:
+    return {}
+
+
+@websocket("/ws")
+async def ws_floor(socket: WebSocket[Any, Any, Any]) -> None:
+    await socket.accept()
+    await socket.send_text(WELCOME)
+    while True:
+        event = await socket.receive()
+        if event["type"] != "websocket.receive":
+            return
+        if event.get("text") is not None:
+            await socket.send_text(PONG)
+        else:
+            await socket.send_text(AUDIO_RECEIVED)
+
+
+@websocket("/ws")
+async def ws_floor_accepted(socket: WebSocket[Any, Any, Any]) -> None:
+    await socket.accept()
+    control: SocketControl = socket.scope["extensions"][SOCKET_CONTROL]  # type: ignore[index,assignment]
+    receive, send = control.accepted()
+    await send({"type": "websocket.send", "text": WELCOME})
+    while True:
+        event = await receive()
+        if event["type"] != "websocket.receive":
+            return
+        if event.get("text") is not None:
+            await send({"type": "websocket.send", "text": PONG})
+        else:
+            await send({"type": "websocket.send", "text": AUDIO_RECEIVED})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="bench.floor")
+    parser.add_argument("--kind", choices=("raw", "litestar", "litestar-accept"), required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    handlers = {"litestar": ws_floor, "litestar-accept": ws_floor_accepted}
+    app: Any = raw_app if args.kind == "raw" else Litestar([health, handlers[args.kind]])
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        ws=LivelyWebSocketProtocol,
+        ws_ping_interval=30.0,
+        ws_ping_timeout=30.0,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
