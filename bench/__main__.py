@@ -32,6 +32,7 @@ from bench.idle import IdleSockets
 from bench.services import (
     BENCH_DIR,
     SECRET,
+    FloorServer,
     GatewayProcess,
     Nginx,
     NodeAnchor,
@@ -115,7 +116,7 @@ NODE_TARGETS: dict[str, tuple[str, float]] = {
     "ping_p99_ms": ("<=", 1.0),
     "audio_ingest_mb_per_s": (">=", 1.0),
 }
-Target = GatewayProcess | NodeAnchor
+Target = GatewayProcess | NodeAnchor | FloorServer
 
 
 @dataclass
@@ -126,6 +127,15 @@ class Row:
     nginx: float | None = None
     unit: str = ""
     node: float | None = None
+    floor: float | None = None  # the empty app on the gateway's server (bench/floor.py)
+
+    @property
+    def floor_ratio(self) -> float | None:
+        """The empty app against Node: how far the server stack alone gets."""
+        if self.floor is None or self.node in (None, 0):
+            return None
+        assert self.node is not None
+        return self.floor / self.node
 
     @property
     def node_ratio(self) -> float | None:
@@ -290,13 +300,11 @@ async def start_session(client: WsClient, expect: bytes = b'"session_started"') 
         raise RuntimeError(f"start_session failed: {reply[:120]!r}")
 
 
-async def case_memory(
-    backend_url: str, sizes: Sizes, make: Callable[..., Target] = GatewayProcess
-) -> list[Row]:
+async def case_memory(make: Callable[[], Target], sizes: Sizes) -> list[Row]:
     """RSS per idle connection on a freshly started gateway, before any other case ran on it:
     a process that served other loads first hides the cost in the allocator's freed pools
     (issue 15: 9-12 KB measured that way against 23.6-24.4 KB fresh)."""
-    gateway = make(backend_url=backend_url)
+    gateway = make()
     rows: list[Row] = []
     held: list[WsClient] = []
     try:
@@ -812,20 +820,32 @@ def with_node(rows: list[Row], node_rows: list[Row]) -> list[Row]:
     return rows
 
 
+def with_floor(rows: list[Row], floor_rows: list[Row]) -> list[Row]:
+    """``rows`` with the empty app's figure of the same key beside the gateway's."""
+    theirs = {r.key: r.gateway for r in floor_rows}
+    for row in rows:
+        if row.key in theirs:
+            row.floor = theirs[row.key]
+    return rows
+
+
 def table(rows: list[Row], judged: bool = True) -> str:
     lines = [
-        "| figure | gateway | Node | gateway/Node | vs Node | nginx | gateway/nginx | target |",
-        "|---|---|---|---|---|---|---|---|",
+        "| figure | gateway | Node | gateway/Node | vs Node | empty app | empty/Node "
+        "| nginx | gateway/nginx | target |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         nginx = f"{row.nginx:,.1f} {row.unit}" if row.nginx is not None else "—"
         ratio = f"{row.ratio:.3f}" if row.ratio is not None else "—"
         node = f"{row.node:,.1f} {row.unit}" if row.node is not None else "—"
         node_ratio = f"{row.node_ratio:.2f}" if row.node_ratio is not None else "—"
+        floor = f"{row.floor:,.1f} {row.unit}" if row.floor is not None else "—"
+        floor_ratio = f"{row.floor_ratio:.2f}" if row.floor_ratio is not None else "—"
         gateway = f"{row.gateway:,.1f} {row.unit}"
         lines.append(
             f"| {row.figure} | {gateway} | {node} | {node_ratio} | {row.node_verdict(judged)} "
-            f"| {nginx} | {ratio} | {row.verdict(judged)} |"
+            f"| {floor} | {floor_ratio} | {nginx} | {ratio} | {row.verdict(judged)} |"
         )
     return "\n".join(lines)
 
@@ -870,9 +890,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench: the Node column stays empty: npm ci failed ({exc})", file=sys.stderr)
                 node = None
         # Memory first, on a gateway (and a Node anchor) of its own that nothing else ran on.
-        rows = uvloop.run(case_memory(backend_url, sizes))
+        rows = uvloop.run(case_memory(lambda: GatewayProcess(backend_url=backend_url), sizes))
+        with_floor(rows, uvloop.run(case_memory(lambda: FloorServer(kind="raw"), sizes)))
         if node is not None:
-            with_node(rows, uvloop.run(case_memory(backend_url, sizes, NodeAnchor)))
+            with_node(
+                rows, uvloop.run(case_memory(lambda: NodeAnchor(backend_url=backend_url), sizes))
+            )
             node.start()
         gateway.start()
         stub.start()
@@ -883,6 +906,15 @@ def main(argv: list[str] | None = None) -> int:
         single += case_audio(buffering, sizes)
         buffering.stop()
         single += case_audio(gateway, sizes, streamed=True)
+        floor = FloorServer(kind="raw")
+        floor.start()
+        try:
+            bare = uvloop.run(case_connects(floor, sizes))
+            bare += case_pings(floor, sizes)
+            bare += case_audio(floor, sizes)
+        finally:
+            floor.stop()
+        with_floor(single, bare)
         if node is not None:
             theirs = uvloop.run(case_connects(node, sizes))
             theirs += case_pings(node, sizes)

@@ -33,27 +33,35 @@ PONG = '{"type":"pong"}'
 AUDIO_RECEIVED = '{"type":"audio_received","payload":{"bytes":4096}}'
 
 
+_open: set[int] = set()  # the raw app's open connections, for /stats
+
+
 async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
-    if scope["type"] == "http":
+    if scope["type"] == "http":  # /health, and /stats as the bench reads it
+        body = b'{"websocket":{"connections":%d}}' % len(_open)
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
+        await send({"type": "http.response.body", "body": body})
         return
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
     await send({"type": "websocket.send", "text": WELCOME})
-    while True:
-        event = await receive()
-        if event["type"] != "websocket.receive":
-            return
-        if event.get("text") is not None:
-            await send({"type": "websocket.send", "text": PONG})
-        else:
-            await send({"type": "websocket.send", "text": AUDIO_RECEIVED})
+    _open.add(id(scope))
+    try:
+        while True:
+            event = await receive()
+            if event["type"] != "websocket.receive":
+                return
+            if event.get("text") is not None:
+                await send({"type": "websocket.send", "text": PONG})
+            else:
+                await send({"type": "websocket.send", "text": AUDIO_RECEIVED})
+    finally:
+        _open.discard(id(scope))
 
 
 @get("/health", sync_to_thread=False)
@@ -91,9 +99,12 @@ async def ws_floor_accepted(socket: WebSocket[Any, Any, Any]) -> None:
             await send({"type": "websocket.send", "text": AUDIO_RECEIVED})
 
 
+KINDS = ("raw", "litestar", "litestar-accept")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bench.floor")
-    parser.add_argument("--kind", choices=("raw", "litestar", "litestar-accept"), required=True)
+    parser.add_argument("--kind", choices=KINDS, required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     handlers = {"litestar": ws_floor, "litestar-accept": ws_floor_accepted}

@@ -276,3 +276,21 @@ class GatewayProcess(LocalServer):
             stdout=subprocess.DEVNULL,
         )
         wait_for_http(f"{self.http}/health")
+
+
+@dataclass
+class FloorServer(LocalServer):
+    """``bench/floor.py`` in a process of its own: an app that only answers, on the
+    gateway's server stack (``kind``: raw, litestar or litestar-accept)."""
+
+    kind: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+    session_protocol: bool = False  # it answers frames in any state
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.floor", "--kind", self.kind, "--port", str(self.port)],
+            cwd=BENCH_DIR.parent,
+            env={**os.environ, **self.extra_env},
+        )
+        wait_for_http(f"{self.http}/health")

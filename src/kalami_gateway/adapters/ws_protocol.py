@@ -17,6 +17,7 @@ import collections
 from typing import Any, Final, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from kalami_gateway.adapters.asgi import Receive, Send
@@ -55,17 +56,31 @@ class SocketControl:
         self._protocol.transport.abort()
 
     def accepted(self) -> tuple[Receive, Send]:
-        """Call once the accept is sent: the server's ``receive`` and ``send``.
+        """Call once the accept is sent and the handshake's headers and query are read: the
+        server's ``receive`` and ``send``.
 
-        The handshake's Request and Response (with their header copies, ~2 KB) are read only
-        until the accept is sent; an idle connection need not keep them."""
+        What only the handshake needed is let go (an idle connection would otherwise keep it
+        for its whole life, ~2.5 KB): uvicorn's Request and Response; the headers and the path
+        (with the token in its query) of the Request, which websockets' parser generator still
+        holds in its suspended frame; and the scope's header list and query string. The app
+        sees an empty header list and query from then on."""
         protocol = self._protocol
         if not protocol.handshake_complete:
             raise RuntimeError("the WebSocket is not accepted yet")
-        protocol.__dict__.pop("request", None)
-        protocol.__dict__.pop("response", None)
+        request: Request | None = vars(protocol).pop("request", None)
+        if request is not None:
+            request.headers = _NO_HEADERS
+            request.path = ""
+        vars(protocol).pop("response", None)
+        scope: dict[str, Any] = protocol.scope  # type: ignore[assignment]
+        scope["headers"] = []
+        scope["query_string"] = b""
         # uvicorn's own types are narrower TypedDicts; the calls are plain ASGI.
         return cast(Receive, protocol.receive), cast(Send, protocol.send)
+
+
+# What an accepted connection's handshake Request holds instead of its headers (never written).
+_NO_HEADERS: Final = Headers()
 
 
 class ReceiveQueue:

@@ -119,6 +119,13 @@ class GatewayApp:
         await self._edge(scope, receive, send)
 
     @property
+    def asgi(self) -> ASGIApp:
+        """The outermost ASGI layer itself, for the gateway's own server to call: every
+        coroutine in a WebSocket's suspended chain costs memory for the connection's life and
+        a resume on every message (bench/README.md, "What one idle connection costs")."""
+        return self._edge
+
+    @property
     def service(self) -> GatewayService:
         if self._service is None:
             raise RuntimeError("the gateway has not started (lifespan startup has not run)")

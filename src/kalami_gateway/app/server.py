@@ -95,7 +95,7 @@ class GatewayServer(uvicorn.Server):
 def uvicorn_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
     """The production server settings (chosen by measurement; see bench/README.md)."""
     return uvicorn.Config(
-        app,
+        app.asgi,
         host=settings.gateway_host,
         port=settings.gateway_port,
         loop="uvloop",

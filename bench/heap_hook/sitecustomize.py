@@ -1,0 +1,21 @@
+"""Loaded by a server process that ``bench.heap`` starts (this folder is put on its
+PYTHONPATH): SIGUSR1 starts tracing Python allocations, SIGUSR2 writes a snapshot to the file
+named by KALAMI_HEAP_SNAPSHOT."""
+
+import os
+import signal
+import tracemalloc
+
+_target = os.environ.get("KALAMI_HEAP_SNAPSHOT", "")
+
+if _target:
+
+    def _start(*_: object) -> None:
+        tracemalloc.start(25)
+
+    def _dump(*_: object) -> None:
+        tracemalloc.take_snapshot().dump(_target + ".tmp")
+        os.replace(_target + ".tmp", _target)
+
+    signal.signal(signal.SIGUSR1, _start)
+    signal.signal(signal.SIGUSR2, _dump)
