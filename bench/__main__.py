@@ -820,6 +820,50 @@ def with_node(rows: list[Row], node_rows: list[Row]) -> list[Row]:
     return rows
 
 
+FLOOR_KINDS = ("raw", "litestar", "litestar-accept")
+FLOOR_NAMES = {
+    "raw": "empty ASGI app",
+    "litestar": "empty Litestar app, frames through Litestar's socket",
+    "litestar-accept": "empty Litestar app, frames through the server's receive/send",
+}
+FLOOR_KEYS = (
+    "ping_round_trips_per_s",
+    "ping_cpu_us",
+    "ping_p99_ms",
+    "idle_kb_per_connection",
+    "idle_kb_10000",
+)
+
+
+def floor_memory(kind: str, sizes: Sizes) -> list[Row]:
+    return uvloop.run(case_memory(lambda: FloorServer(kind=kind), sizes))
+
+
+def floor_table(rows: list[Row], floors: dict[str, list[Row]]) -> str:
+    """The socket path's floor: apps that only answer, on the gateway's server stack, beside
+    the gateway and the Node stack (issue 15: what the stack allows before our code runs)."""
+    ours = {r.key: r for r in rows}
+    names = [ours[k].figure for k in FLOOR_KEYS if k in ours]
+    lines = [
+        "| server app | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+
+    def line(name: str, values: dict[str, float | None]) -> str:
+        cells = [
+            f"{values[k]:,.1f} {ours[k].unit}" if values.get(k) is not None else "—"
+            for k in FLOOR_KEYS
+            if k in ours
+        ]
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    for kind in FLOOR_KINDS:
+        lines.append(line(FLOOR_NAMES[kind], {r.key: r.gateway for r in floors.get(kind, [])}))
+    lines.append(line("the gateway", {k: r.gateway for k, r in ours.items()}))
+    lines.append(line("the Node stack", {k: r.node for k, r in ours.items()}))
+    return "\n".join(lines)
+
+
 def with_floor(rows: list[Row], floor_rows: list[Row]) -> list[Row]:
     """``rows`` with the empty app's figure of the same key beside the gateway's."""
     theirs = {r.key: r.gateway for r in floor_rows}
@@ -881,6 +925,7 @@ def main(argv: list[str] | None = None) -> int:
     node = NodeAnchor(backend_url=backend_url) if why_no_node is None else None
     if why_no_node is not None:
         print(f"bench: the Node column stays empty: {why_no_node}", file=sys.stderr)
+    floors: dict[str, list[Row]] = {}
     try:
         nginx.start()
         if node is not None:
@@ -891,7 +936,8 @@ def main(argv: list[str] | None = None) -> int:
                 node = None
         # Memory first, on a gateway (and a Node anchor) of its own that nothing else ran on.
         rows = uvloop.run(case_memory(lambda: GatewayProcess(backend_url=backend_url), sizes))
-        with_floor(rows, uvloop.run(case_memory(lambda: FloorServer(kind="raw"), sizes)))
+        floors = {kind: floor_memory(kind, sizes) for kind in FLOOR_KINDS}
+        with_floor(rows, floors["raw"])
         if node is not None:
             with_node(
                 rows, uvloop.run(case_memory(lambda: NodeAnchor(backend_url=backend_url), sizes))
@@ -906,15 +952,17 @@ def main(argv: list[str] | None = None) -> int:
         single += case_audio(buffering, sizes)
         buffering.stop()
         single += case_audio(gateway, sizes, streamed=True)
-        floor = FloorServer(kind="raw")
-        floor.start()
-        try:
-            bare = uvloop.run(case_connects(floor, sizes))
-            bare += case_pings(floor, sizes)
-            bare += case_audio(floor, sizes)
-        finally:
-            floor.stop()
-        with_floor(single, bare)
+        for kind in FLOOR_KINDS:
+            floor = FloorServer(kind=kind)
+            floor.start()
+            try:
+                if kind == "raw":
+                    floors[kind] += uvloop.run(case_connects(floor, sizes))
+                    floors[kind] += case_audio(floor, sizes)
+                floors[kind] += case_pings(floor, sizes)
+            finally:
+                floor.stop()
+        with_floor(single, floors["raw"])
         if node is not None:
             theirs = uvloop.run(case_connects(node, sizes))
             theirs += case_pings(node, sizes)
@@ -942,6 +990,8 @@ def main(argv: list[str] | None = None) -> int:
             node.stop()
         nginx.stop()
     print(table(rows, judged=not args.smoke))
+    print()
+    print(floor_table(rows, floors))
     out = (
         args.out
         or BENCH_DIR
@@ -951,7 +1001,11 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
-            {"sizes": asdict(sizes), "rows": [{**asdict(r), "ratio": r.ratio} for r in rows]},
+            {
+                "sizes": asdict(sizes),
+                "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
+                "floors": {kind: [asdict(r) for r in found] for kind, found in floors.items()},
+            },
             indent=2,
         )
     )

@@ -33,7 +33,7 @@ PONG = '{"type":"pong"}'
 AUDIO_RECEIVED = '{"type":"audio_received","payload":{"bytes":4096}}'
 
 
-_open: set[int] = set()  # the raw app's open connections, for /stats
+_open: set[int] = set()  # open connections, for /stats
 
 
 async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -69,18 +69,27 @@ def health() -> dict[str, str]:
     return {}
 
 
+@get("/stats", sync_to_thread=False)
+def stats() -> dict[str, dict[str, int]]:
+    return {"websocket": {"connections": len(_open)}}
+
+
 @websocket("/ws")
 async def ws_floor(socket: WebSocket[Any, Any, Any]) -> None:
     await socket.accept()
     await socket.send_text(WELCOME)
-    while True:
-        event = await socket.receive()
-        if event["type"] != "websocket.receive":
-            return
-        if event.get("text") is not None:
-            await socket.send_text(PONG)
-        else:
-            await socket.send_text(AUDIO_RECEIVED)
+    _open.add(id(socket))
+    try:
+        while True:
+            event = await socket.receive()
+            if event["type"] != "websocket.receive":
+                return
+            if event.get("text") is not None:
+                await socket.send_text(PONG)
+            else:
+                await socket.send_text(AUDIO_RECEIVED)
+    finally:
+        _open.discard(id(socket))
 
 
 @websocket("/ws")
@@ -89,14 +98,18 @@ async def ws_floor_accepted(socket: WebSocket[Any, Any, Any]) -> None:
     control: SocketControl = socket.scope["extensions"][SOCKET_CONTROL]  # type: ignore[index,assignment]
     receive, send = control.accepted()
     await send({"type": "websocket.send", "text": WELCOME})
-    while True:
-        event = await receive()
-        if event["type"] != "websocket.receive":
-            return
-        if event.get("text") is not None:
-            await send({"type": "websocket.send", "text": PONG})
-        else:
-            await send({"type": "websocket.send", "text": AUDIO_RECEIVED})
+    _open.add(id(socket))
+    try:
+        while True:
+            event = await receive()
+            if event["type"] != "websocket.receive":
+                return
+            if event.get("text") is not None:
+                await send({"type": "websocket.send", "text": PONG})
+            else:
+                await send({"type": "websocket.send", "text": AUDIO_RECEIVED})
+    finally:
+        _open.discard(id(socket))
 
 
 KINDS = ("raw", "litestar", "litestar-accept")
@@ -108,7 +121,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     handlers = {"litestar": ws_floor, "litestar-accept": ws_floor_accepted}
-    app: Any = raw_app if args.kind == "raw" else Litestar([health, handlers[args.kind]])
+    app: Any = raw_app if args.kind == "raw" else Litestar([health, stats, handlers[args.kind]])
     uvicorn.run(
         app,
         host="127.0.0.1",
