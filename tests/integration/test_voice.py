@@ -12,6 +12,7 @@ import wave
 from pathlib import Path
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.integration.backend_server import BackendServer, pattern
@@ -311,3 +312,23 @@ async def test_the_talk_client_reports_problems_in_one_line(tmp_path: Path) -> N
         )
     assert (code, err.count("\n")) == (1, 1)
     assert "4002 Invalid token" in err
+
+
+async def test_message_and_audio_counters_in_metrics(gateway: Gateway) -> None:
+    ws = await session(gateway, "counted")
+    for _ in range(3):
+        await ws.send('{"type":"ping"}')
+        assert (await recv_json(ws))["type"] == "pong"
+    await ws.send("{not json")
+    assert (await recv_json(ws))["type"] == "error"
+    await record(ws, [b"\x01" * 1000, b"\x02" * 2000])
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{gateway.http}/metrics")).text
+    assert 'kalami_websocket_messages_total{type="ping"} 3.0' in text
+    assert 'kalami_websocket_messages_total{type="start_session"} 1.0' in text
+    assert 'kalami_websocket_messages_total{type="start_recording"} 1.0' in text
+    assert 'kalami_websocket_messages_total{type="audio_frame"} 2.0' in text
+    assert 'kalami_websocket_messages_total{type="invalid"} 1.0' in text
+    assert "kalami_audio_received_bytes_total 3000.0" in text
+    assert "# TYPE kalami_websocket_messages_total counter" in text
+    await ws.close()

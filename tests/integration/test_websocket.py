@@ -229,6 +229,40 @@ async def test_a_client_that_never_answers_pings_is_dropped(backend: BackendServ
         writer.close()
 
 
+async def test_heartbeats_on_the_shared_timer_drop_the_mute_and_keep_the_live(
+    backend: BackendServer,
+) -> None:
+    """A 2 s heartbeat is kept on the loop's shared timer (adapters/heartbeats.py): the
+    client that answers pings outlives several intervals; the one that never does is dropped,
+    and not before a ping could be due and its pong deadline pass."""
+    interval = 2.0
+    settings = make_settings(backend.url, ws_heartbeat_interval_ms=int(interval * 1000))
+    async with running_gateway(settings) as gw:
+        live = await connect(gw.ws(token_for("live")))  # websockets answers pings itself
+        assert (await recv_json(live))["type"] == "connected"
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        key = base64.b64encode(b"fedcba9876543210").decode()
+        writer.write(
+            (
+                f"GET /ws?token={token_for('mute')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        opened = time.monotonic()
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        await eventually(lambda: gw.app.service.instance_stats().connections == 2)
+        await eventually(lambda: gw.app.service.instance_stats().connections == 1, within=10)
+        assert time.monotonic() - opened >= 2 * interval - 0.05
+        await asyncio.sleep(2 * interval)  # more intervals: the live one answers each ping
+        await live.send('{"type":"ping"}')
+        assert (await recv_json(live))["type"] == "pong"
+        assert gw.app.service.instance_stats().connections == 1
+        await live.close()
+        writer.close()
+
+
 @pytest.mark.parametrize(
     ("query", "token", "resume"),
     [

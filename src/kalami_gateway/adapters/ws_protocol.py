@@ -20,6 +20,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
+from kalami_gateway.adapters import heartbeats
 from kalami_gateway.adapters.asgi import Receive, Send
 
 # After a close the client caused (a frame too big), how long its remaining bytes are still
@@ -202,6 +203,13 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._linger is not None:
             self._linger.cancel()
         super().connection_lost(exc)
+
+    def schedule_ping(self) -> None:
+        """uvicorn's, on the loop's shared heartbeat timer instead of a timer of its own."""
+        assert self.ping_interval is not None  # noqa: S101  # only called with keepalive on
+        delay = max(0.0, self.ping_interval - self.last_ping_rtt)
+        beat = heartbeats.for_loop(self.loop).call_later(delay, self.send_keepalive_ping)
+        self.ping_timer = beat  # type: ignore[assignment]  # it has the cancel() uvicorn calls
 
     def keepalive_timeout(self) -> None:
         if (self.read_paused or not self.queue.empty()) and not self.close_sent:

@@ -1,0 +1,99 @@
+"""Every idle connection's next keepalive ping on one timer per event loop.
+
+uvicorn arms a loop timer per connection for its next ping: a ``TimerHandle``, its bound
+callback and libuv's timer, ~600 B of an idle connection's heap for the whole interval
+(bench/README.md, "What one idle connection costs"), and a heap insertion in the loop's
+timer queue every interval. Here a ping is due at the first tick (``TICK`` seconds) at or
+after its time; one timer runs each tick's callbacks while any are waiting. A ping may so
+go out up to one tick late, never early; delays shorter than ``SHORTEST`` keep a timer of
+their own (a tick would be a large part of them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import weakref
+from collections.abc import Callable
+from typing import Final
+
+TICK: Final = 0.25
+SHORTEST: Final = 2.0
+
+
+class Beat:
+    """One waiting callback; ``cancel`` is all a holder may do (as with a TimerHandle)."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self._callback: Callable[[], object] | None = callback
+
+    def cancel(self) -> None:
+        self._callback = None
+
+    def cancelled(self) -> bool:
+        return self._callback is None
+
+    def _run(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+
+class Heartbeats:
+    """The callbacks due per tick, for one event loop (``for_loop``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[int, list[Beat]] = {}
+        self._done = math.floor(loop.time() / TICK)  # every tick up to this one has run
+        self._timer: asyncio.TimerHandle | None = None
+
+    def call_later(
+        self, delay: float, callback: Callable[[], object]
+    ) -> Beat | asyncio.TimerHandle:
+        if delay < SHORTEST:
+            return self._loop.call_later(delay, callback)
+        beat = Beat(callback)
+        if self._timer is None and not self._due:  # idle until now: nothing to catch up on
+            self._done = math.floor(self._loop.time() / TICK)
+        tick = max(math.ceil((self._loop.time() + delay) / TICK), self._done + 1)
+        self._due.setdefault(tick, []).append(beat)
+        if self._timer is None:
+            self._arm()
+        return beat
+
+    def waiting(self) -> int:
+        """Callbacks not yet run or cancelled."""
+        return sum(1 for beats in self._due.values() for b in beats if not b.cancelled())
+
+    def _arm(self) -> None:
+        self._timer = self._loop.call_at((self._done + 1) * TICK, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = math.floor(self._loop.time() / TICK)
+        while self._done < now:
+            self._done += 1
+            for beat in self._due.pop(self._done, ()):
+                try:
+                    beat._run()
+                except Exception as exc:  # as the loop treats a callback's error
+                    self._loop.call_exception_handler(
+                        {"message": "keepalive callback failed", "exception": exc}
+                    )
+        if self._due:
+            self._arm()
+
+
+_per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Heartbeats] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def for_loop(loop: asyncio.AbstractEventLoop) -> Heartbeats:
+    beats = _per_loop.get(loop)
+    if beats is None:
+        beats = _per_loop[loop] = Heartbeats(loop)
+    return beats
