@@ -134,6 +134,7 @@ def main() -> None:
         ws_per_message_deflate=False,
         lifespan="on",
         log_config=None,
+        log_level="warning",
         access_log=False,
     )
 

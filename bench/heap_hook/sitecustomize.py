@@ -1,7 +1,8 @@
 """Loaded by a server process that ``bench.heap`` starts (this folder is put on its
-PYTHONPATH): SIGUSR1 starts tracing Python allocations, SIGUSR2 writes a snapshot to the file
+PYTHONPATH): SIGUSR1 starts tracing Python allocations, SIGUSR2 collects garbage and writes a snapshot to the file
 named by KALAMI_HEAP_SNAPSHOT."""
 
+import gc
 import os
 import signal
 import tracemalloc
@@ -14,6 +15,7 @@ if _target:
         tracemalloc.start(25)
 
     def _dump(*_: object) -> None:
+        gc.collect()  # what is alive, not what the collector has yet to reach
         tracemalloc.take_snapshot().dump(_target + ".tmp")
         os.replace(_target + ".tmp", _target)
 

@@ -154,6 +154,7 @@ def test_a_callback_may_schedule_the_next_one() -> None:
     def ping() -> None:
         ran.append(loop.now)
         beats.call_later(2.0, ping)
+        assert loop.armed() <= 1  # rescheduling from a callback arms no second timer
 
     beats.call_later(2.0, ping)
     loop.advance(20.1)
@@ -164,7 +165,7 @@ def test_a_callback_may_schedule_the_next_one() -> None:
 
 @given(
     st.lists(
-        st.tuples(st.floats(2.0, 120.0), st.booleans(), st.floats(0.0, 30.0)),
+        st.tuples(st.floats(SHORTEST, 30.0), st.booleans(), st.floats(0.0, 10.0)),
         min_size=1,
         max_size=60,
     )
@@ -188,7 +189,7 @@ def test_never_early_never_more_than_a_tick_late_cancelled_never(
             handle.cancel()
             cancelled.add(n)
         loop.advance(wait)
-    loop.advance(200)
+    loop.advance(60)
     assert set(ran) == set(due) - cancelled
     for n, at in ran.items():
         assert due[n] - 1e-9 <= at <= due[n] + TICK + 1e-9
