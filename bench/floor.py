@@ -2,7 +2,8 @@
 server the gateway runs on (uvicorn, uvloop, httptools, the gateway's websockets-sansio
 protocol subclass, the same ping interval).
 
-``raw``: a bare ASGI app — accept, a ``connected`` welcome, ``pong`` for every text frame,
+``raw``: a bare ASGI app — accept (letting the handshake go, ``SocketControl.accepted``,
+as the gateway does), a ``connected`` welcome, ``pong`` for every text frame,
 ``audio_received`` for every binary one. ``litestar``: the same through a Litestar
 ``@websocket`` handler, every frame through Litestar's socket. ``litestar-accept``: Litestar
 routes and accepts, then frames go through the server's own receive/send, as the gateway's
@@ -49,6 +50,9 @@ async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
+    control = scope.get("extensions", {}).get(SOCKET_CONTROL)
+    if isinstance(control, SocketControl):  # let the handshake go, as the gateway does
+        receive, send = control.accepted()
     await send({"type": "websocket.send", "text": WELCOME})
     _open.add(id(scope))
     try:

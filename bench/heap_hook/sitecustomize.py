@@ -1,6 +1,6 @@
 """Loaded by a server process that ``bench.heap`` starts (this folder is put on its
-PYTHONPATH): SIGUSR1 starts tracing Python allocations, SIGUSR2 collects garbage and writes a snapshot to the file
-named by KALAMI_HEAP_SNAPSHOT."""
+PYTHONPATH): SIGUSR1 starts tracing Python allocations, SIGUSR2 collects garbage and writes
+a snapshot to the file named by KALAMI_HEAP_SNAPSHOT."""
 
 import gc
 import os
