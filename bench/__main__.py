@@ -775,13 +775,20 @@ def case_idle_tax(nginx: Nginx, sizes: Sizes) -> list[Row]:
     try:
         gateway.start()
         wrk.run(url, sizes.wrk_connections, 1)  # warm-up
+        cpu_before = cpu_seconds(gateway.pid)
         alone = wrk.run(url, sizes.wrk_connections, sizes.wrk_seconds)
+        alone_cpu = (cpu_seconds(gateway.pid) - cpu_before) / max(1, alone.requests)
         with IdleSockets(gateway.port, sizes.idle_tax_sockets) as idle:
             time.sleep(IDLE_HEARTBEAT_MS / 1000 + 1)  # their pings are under way
             cpu_before = cpu_seconds(gateway.pid)
             time.sleep(5)
             idle_cpu = (cpu_seconds(gateway.pid) - cpu_before) / 5
+            cpu_before = cpu_seconds(gateway.pid)
+            holder_before = cpu_seconds(idle.pid)
+            started = time.perf_counter()
             crowded = wrk.run(url, sizes.wrk_connections, sizes.wrk_seconds)
+            crowded_cpu = (cpu_seconds(gateway.pid) - cpu_before) / max(1, crowded.requests)
+            holder_cpu = (cpu_seconds(idle.pid) - holder_before) / (time.perf_counter() - started)
             dropped = idle.release()
         if dropped:
             raise RuntimeError(f"the gateway dropped {dropped} idle sockets that answered pings")
@@ -806,6 +813,24 @@ def case_idle_tax(nginx: Nginx, sizes: Sizes) -> list[Row]:
             f"gateway CPU while {n} sockets idle (heartbeat 5 s)",
             "idle_tax_cpu_pct",
             idle_cpu * 100,
+            unit="% of a core",
+        ),
+        Row(
+            "gateway CPU per GET, no idle sockets",
+            "idle_tax_get_cpu_alone_us",
+            alone_cpu * 1e6,
+            unit="µs",
+        ),
+        Row(
+            f"gateway CPU per GET, {n} idle sockets",
+            "idle_tax_get_cpu_us",
+            crowded_cpu * 1e6,
+            unit="µs",
+        ),
+        Row(
+            "CPU of the process holding the idle sockets, meanwhile",
+            "idle_tax_holder_cpu_pct",
+            holder_cpu * 100,
             unit="% of a core",
         ),
     ]

@@ -65,6 +65,12 @@ class IdleSockets:
             raise RuntimeError(f"{opened} idle sockets open, not {self.count}")
         return self
 
+    @property
+    def pid(self) -> int:
+        pid = self._process.pid
+        assert pid is not None  # started in __enter__
+        return pid
+
     def release(self) -> int:
         """Close them; how many the gateway had dropped meanwhile (it must be 0)."""
         self._ours.send("done")
