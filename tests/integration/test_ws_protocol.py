@@ -8,6 +8,7 @@ import gc
 
 from websockets.asyncio.client import connect
 
+from kalami_gateway.adapters.http_protocol import GuardedHttpProtocol
 from kalami_gateway.adapters.ws_protocol import LivelyWebSocketProtocol
 from tests.integration.backend_server import BackendServer
 from tests.integration.conftest import (
@@ -51,3 +52,34 @@ async def test_an_accepted_connection_keeps_nothing_of_its_handshake(
         assert (await recv_json(ws))["type"] == "pong"
         await ws.send("not json")
         assert (await recv_json(ws))["type"] == "error"
+
+
+async def test_a_closed_connection_is_freed_at_once_not_left_to_the_collector(
+    backend: BackendServer,
+) -> None:
+    """The gateway collects the old generation rarely (app/server.py), so a closed connection
+    left as cyclic garbage would hold its memory until then: reference counting alone must
+    free it, the protocol that did the HTTP upgrade included."""
+
+    def alive() -> tuple[int, int]:
+        # Tracked objects, unreachable ones included; type() rather than isinstance(): a
+        # dead weak proxy among them raises on isinstance.
+        kinds = [type(o) for o in gc.get_objects()]
+        return (
+            sum(1 for k in kinds if issubclass(k, LivelyWebSocketProtocol)),
+            sum(1 for k in kinds if issubclass(k, GuardedHttpProtocol)),
+        )
+
+    async with running_gateway(make_settings(backend.url)) as gw:
+        gc.collect()
+        gc.disable()
+        try:
+            for n in range(5):
+                async with connect(gw.ws(token_for(f"brief-{n}"))) as ws:
+                    assert (await recv_json(ws))["type"] == "connected"
+                    await ws.send('{"type":"start_session","payload":{"profileId":"p"}}')
+                    assert (await recv_json(ws))["type"] == "session_started"
+            await eventually(lambda: gw.app.service.instance_stats().connections == 0)
+            await eventually(lambda: alive() == (0, 0))
+        finally:
+            gc.enable()

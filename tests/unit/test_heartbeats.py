@@ -96,6 +96,35 @@ def test_a_cancelled_callback_never_runs_and_others_do() -> None:
     assert beats.waiting() == 0
 
 
+def test_a_beat_cancelled_by_an_earlier_one_of_its_tick_does_not_run() -> None:
+    loop = FakeLoop()
+    beats = wheel(loop)
+    ran: list[str] = []
+    later: list[Beat | asyncio.TimerHandle] = []
+
+    def first() -> None:
+        ran.append("first")
+        later[0].cancel()
+
+    beats.call_later(3.0, first)
+    later.append(beats.call_later(3.0, lambda: ran.append("second")))
+    loop.advance(4)
+    assert ran == ["first"]
+    assert beats.waiting() == 0
+
+
+def test_cancelled_beats_leave_the_wheel_at_once() -> None:
+    loop = FakeLoop()
+    beats = wheel(loop)
+    handles = [beats.call_later(30.0, lambda: None) for _ in range(500)]
+    for handle in handles[:499]:
+        handle.cancel()
+    assert beats.waiting() == 1  # not 500 entries kept for 30 s
+    handles[499].cancel()
+    handles[499].cancel()  # twice is harmless
+    assert beats.waiting() == 0
+
+
 def test_short_delays_get_a_timer_of_their_own() -> None:
     loop = FakeLoop()
     beats = wheel(loop)

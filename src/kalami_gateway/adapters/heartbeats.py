@@ -12,6 +12,7 @@ their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import weakref
 from collections.abc import Callable
@@ -24,15 +25,23 @@ SHORTEST: Final = 1.0
 
 
 class Beat:
-    """One waiting callback; ``cancel`` is all a holder may do (as with a TimerHandle)."""
+    """One waiting callback; ``cancel`` is all a holder may do (as with a TimerHandle). A
+    cancelled beat leaves its tick's list at once (a closed connection's entry would
+    otherwise wait there for up to an interval); a tick's list is short (10 ms of
+    connections), so that is cheap."""
 
-    __slots__ = ("_callback",)
+    __slots__ = ("_bucket", "_callback")
 
-    def __init__(self, callback: Callable[[], object]) -> None:
+    def __init__(self, callback: Callable[[], object], bucket: list[Beat]) -> None:
         self._callback: Callable[[], object] | None = callback
+        self._bucket: list[Beat] | None = bucket
 
     def cancel(self) -> None:
         self._callback = None
+        bucket, self._bucket = self._bucket, None
+        if bucket is not None:
+            with contextlib.suppress(ValueError):  # its tick is running: already taken out
+                bucket.remove(self)
 
     def cancelled(self) -> bool:
         return self._callback is None
@@ -57,19 +66,20 @@ class Heartbeats:
     ) -> Beat | asyncio.TimerHandle:
         if delay < SHORTEST:
             return self._loop.call_later(delay, callback)
-        beat = Beat(callback)
         now = self._loop.time()
         if self._timer is None and not self._due:  # idle until now: nothing to catch up on
             self._done = max(self._done, _current_tick(now))
         tick = max(_first_tick_after(now + delay), self._done + 1)
-        self._due.setdefault(tick, []).append(beat)
+        bucket = self._due.setdefault(tick, [])
+        beat = Beat(callback, bucket)
+        bucket.append(beat)
         if self._timer is None:
             self._arm()
         return beat
 
     def waiting(self) -> int:
         """Callbacks not yet run or cancelled."""
-        return sum(1 for beats in self._due.values() for b in beats if not b.cancelled())
+        return sum(len(beats) for beats in self._due.values())
 
     def _arm(self) -> None:
         self._timer = self._loop.call_at((self._done + 1) * TICK, self._tick)
@@ -81,7 +91,10 @@ class Heartbeats:
         now = max(_current_tick(self._loop.time()), self._done + 1)
         while self._done < now:
             self._done += 1
-            for beat in self._due.pop(self._done, ()):
+            bucket = self._due.pop(self._done, [])
+            for beat in bucket:
+                beat._bucket = None  # taken out: a cancel now only drops the callback
+            for beat in bucket:
                 try:
                     beat._run()
                 except Exception as exc:  # as the loop treats a callback's error

@@ -64,6 +64,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         super().data_received(data)
 
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        # The connection is the WebSocket protocol's now and this one never hears of it again
+        # (no connection_lost, where uvicorn itself lets go of the parser): the parser, which
+        # holds this protocol's callbacks, would keep both alive as cyclic garbage until a full
+        # collection.
+        self._disarm()
+        self.parser = None  # type: ignore[assignment]
+
     def send_400_response(self, msg: str) -> None:
         if self._refused:
             return  # the parser stopped because we refused the request: answered already

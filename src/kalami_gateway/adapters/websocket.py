@@ -123,6 +123,10 @@ def origin_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+async def _gone(*_: object) -> Any:
+    raise WebSocketDisconnect(detail="the connection is over")
+
+
 def ws_route(
     provide_service: Callable[[], GatewayService], send_limits: SendLimits | None = None
 ) -> WebsocketRouteHandler:
@@ -137,50 +141,57 @@ def ws_route(
         """One connection from accept to disconnect. The loop is the handler itself, not a
         call from it: every coroutine in a connection's suspended chain is kept for the
         connection's life and resumed on every message."""
-        service = provide_service()
-        # The token is read here, not declared as a parameter: a missing required parameter
-        # makes Litestar refuse before accept, and the client would see HTTP 403, not 4001.
-        token, resume = query_values(socket.scope["query_string"])
-        origin = origin_of(socket.scope["headers"])
-        await socket.accept()
-        control = (socket.scope.get("extensions") or {}).get(SOCKET_CONTROL)
-        receive: Receive
-        send: Send
-        if isinstance(control, SocketControl):
-            receive, send = control.accepted()  # the scope's headers and query are emptied
-        else:  # not served by the gateway's server: through Litestar's socket
-            control = None
-            receive, send = socket.receive, socket.send  # type: ignore[assignment]
-        channel = SocketChannel(send, control, send_limits)
-        conn = await service.open(channel, token, origin, resume)
-        if conn is None:
-            return
-        structlog.contextvars.bind_contextvars(connection_id=conn.id)
-        reason = "client_closed"
         try:
-            while not conn.closed:
-                event = await receive()
-                if event["type"] != "websocket.receive":
-                    break
-                text = event.get("text")
-                if text is not None:
-                    await service.handle_text(conn, text)
-                    pause = service.pause_after_text(conn)
-                else:
-                    data = event.get("bytes") or b""
-                    await service.handle_binary(conn, data)
-                    pause = service.pause_after_audio(conn, len(data))
-                if pause:
-                    # Over its rate: read it later. uvicorn reads nothing more from this socket
-                    # until the next receive(), so TCP pushes back on the client; nothing is lost.
-                    await asyncio.sleep(pause)
-        except (WebSocketDisconnect, OSError):
-            reason = "connection_lost"
-        except Exception:
-            reason = "internal_error"
-            log.exception("ws_handler_failed", extra={"connection_id": conn.id})
-            await conn.channel.close(INTERNAL_ERROR, "Internal error")
+            service = provide_service()
+            # The token is read here, not declared as a parameter: a missing required parameter
+            # makes Litestar refuse before accept, and the client would see HTTP 403, not 4001.
+            token, resume = query_values(socket.scope["query_string"])
+            origin = origin_of(socket.scope["headers"])
+            await socket.accept()
+            control = (socket.scope.get("extensions") or {}).get(SOCKET_CONTROL)
+            receive: Receive
+            send: Send
+            if isinstance(control, SocketControl):
+                receive, send = control.accepted()  # the scope's headers and query are emptied
+            else:  # not served by the gateway's server: through Litestar's socket
+                control = None
+                receive, send = socket.receive, socket.send  # type: ignore[assignment]
+            channel = SocketChannel(send, control, send_limits)
+            conn = await service.open(channel, token, origin, resume)
+            if conn is None:
+                return
+            structlog.contextvars.bind_contextvars(connection_id=conn.id)
+            reason = "client_closed"
+            try:
+                while not conn.closed:
+                    event = await receive()
+                    if event["type"] != "websocket.receive":
+                        break
+                    text = event.get("text")
+                    if text is not None:
+                        await service.handle_text(conn, text)
+                        pause = service.pause_after_text(conn)
+                    else:
+                        data = event.get("bytes") or b""
+                        await service.handle_binary(conn, data)
+                        pause = service.pause_after_audio(conn, len(data))
+                    if pause:
+                        # Over its rate: read it later. uvicorn reads nothing more from this
+                        # socket until the next receive(), so TCP pushes back on the client;
+                        # nothing is lost.
+                        await asyncio.sleep(pause)
+            except (WebSocketDisconnect, OSError):
+                reason = "connection_lost"
+            except Exception:
+                reason = "internal_error"
+                log.exception("ws_handler_failed", extra={"connection_id": conn.id})
+                await conn.channel.close(INTERNAL_ERROR, "Internal error")
+            finally:
+                await service.disconnect(conn, "slow_consumer" if channel.slow else reason)
         finally:
-            await service.disconnect(conn, "slow_consumer" if channel.slow else reason)
+            # Litestar's socket wraps the server's receive and send in closures that hold
+            # the socket itself: a cycle that would keep the connection's protocol, and all
+            # it holds, until a full collection. Nothing calls them after the handler.
+            socket.receive = socket.send = _gone
 
     return serve_connection

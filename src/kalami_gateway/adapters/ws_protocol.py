@@ -156,6 +156,8 @@ class WritableFlag:
 
 class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
     _linger: asyncio.TimerHandle | None = None
+    _lost = False  # connection_lost has run
+    _app_done = False  # the app's task has finished (never started: see connection_lost)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -203,6 +205,27 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._linger is not None:
             self._linger.cancel()
         super().connection_lost(exc)
+        self._lost = True
+        self._let_go()
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        self._app_done = True
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Once the app has returned and the socket is gone, nothing runs for this connection
+        again: break the reference cycles that would otherwise keep all of it (~76 objects:
+        this protocol, the scope and what Litestar and the app hung on it, websockets' protocol
+        and its parser) as garbage until the next full collection, which the gateway's
+        collector policy makes rare. Reference counting then frees it at once."""
+        if not (self._lost and self._app_done):
+            return
+        scope: dict[str, Any] | None = vars(self).get("scope")  # absent: never upgraded
+        if scope is not None:
+            scope.clear()  # its extensions hold the socket control, which holds this protocol
+        # websockets' parser generator holds its protocol in its suspended frame.
+        self.conn.parser = None  # type: ignore[assignment]
 
     def schedule_ping(self) -> None:
         """uvicorn's, on the loop's shared heartbeat timer instead of a timer of its own."""
