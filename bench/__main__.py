@@ -119,6 +119,10 @@ NODE_TARGETS: dict[str, tuple[str, float]] = {
 Target = GatewayProcess | NodeAnchor | FloorServer
 
 
+def _ratio(value: float | None, baseline: float | None) -> float | None:
+    return None if value is None or not baseline else value / baseline
+
+
 @dataclass
 class Row:
     figure: str
@@ -132,17 +136,11 @@ class Row:
     @property
     def floor_ratio(self) -> float | None:
         """The empty app against Node: how far the server stack alone gets."""
-        if self.floor is None or self.node in (None, 0):
-            return None
-        assert self.node is not None
-        return self.floor / self.node
+        return _ratio(self.floor, self.node)
 
     @property
     def node_ratio(self) -> float | None:
-        if self.node in (None, 0):
-            return None
-        assert self.node is not None
-        return self.gateway / self.node
+        return _ratio(self.gateway, self.node)
 
     def node_verdict(self, judged: bool = True) -> str:
         target = NODE_TARGETS.get(self.key)
@@ -157,10 +155,7 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        if self.nginx in (None, 0):
-            return None
-        assert self.nginx is not None
-        return self.gateway / self.nginx
+        return _ratio(self.gateway, self.nginx)
 
     def verdict(self, judged: bool = True) -> str:
         target = TARGETS.get(self.key)

@@ -210,19 +210,25 @@ async def test_an_expiring_token_is_closed_4003(backend: BackendServer) -> None:
         assert gw.app.service.instance_stats().connections == 0
 
 
+async def mute_client(port: int) -> asyncio.StreamWriter:
+    """A WebSocket client on a raw socket, upgraded, that will never read or answer a ping."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    writer.write(
+        (
+            f"GET /ws?token={token_for('mute')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    return writer
+
+
 async def test_a_client_that_never_answers_pings_is_dropped(backend: BackendServer) -> None:
     async with running_gateway(make_settings(backend.url, ws_heartbeat_interval_ms=200)) as gw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        key = base64.b64encode(b"0123456789abcdef").decode()
-        writer.write(
-            (
-                f"GET /ws?token={token_for('mute')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        await writer.drain()
-        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        writer = await mute_client(gw.port)
         await eventually(lambda: gw.app.service.instance_stats().connections == 1)
         # Never read, never answer: the server's pings go unanswered.
         await eventually(lambda: gw.app.service.instance_stats().connections == 0, within=5)
@@ -240,18 +246,8 @@ async def test_heartbeats_on_the_shared_timer_drop_the_mute_and_keep_the_live(
     async with running_gateway(settings) as gw:
         live = await connect(gw.ws(token_for("live")))  # websockets answers pings itself
         assert (await recv_json(live))["type"] == "connected"
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        key = base64.b64encode(b"fedcba9876543210").decode()
-        writer.write(
-            (
-                f"GET /ws?token={token_for('mute')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        await writer.drain()
         opened = time.monotonic()
-        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        writer = await mute_client(gw.port)
         await eventually(lambda: gw.app.service.instance_stats().connections == 2)
         await eventually(lambda: gw.app.service.instance_stats().connections == 1, within=10)
         assert time.monotonic() - opened >= 2 * interval - 0.05

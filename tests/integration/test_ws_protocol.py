@@ -12,6 +12,7 @@ from kalami_gateway.adapters.http_protocol import GuardedHttpProtocol
 from kalami_gateway.adapters.ws_protocol import LivelyWebSocketProtocol
 from tests.integration.backend_server import BackendServer
 from tests.integration.conftest import (
+    closed_with,
     eventually,
     make_settings,
     recv_json,
@@ -23,6 +24,17 @@ from tests.integration.conftest import (
 def server_side_connections() -> list[LivelyWebSocketProtocol]:
     gc.collect()  # closed connections of earlier tests are cyclic garbage
     return [o for o in gc.get_objects() if isinstance(o, LivelyWebSocketProtocol)]
+
+
+def protocols_alive() -> tuple[int, int]:
+    """WebSocket and HTTP protocol objects still tracked, unreachable ones included (with the
+    collector off, cyclic garbage stays visible here). type() rather than isinstance(): a
+    dead weak proxy among the objects raises on isinstance."""
+    kinds = [type(o) for o in gc.get_objects()]
+    return (
+        sum(1 for k in kinds if issubclass(k, LivelyWebSocketProtocol)),
+        sum(1 for k in kinds if issubclass(k, GuardedHttpProtocol)),
+    )
 
 
 async def test_an_accepted_connection_keeps_nothing_of_its_handshake(
@@ -61,15 +73,6 @@ async def test_a_closed_connection_is_freed_at_once_not_left_to_the_collector(
     left as cyclic garbage would hold its memory until then: reference counting alone must
     free it, the protocol that did the HTTP upgrade included."""
 
-    def alive() -> tuple[int, int]:
-        # Tracked objects, unreachable ones included; type() rather than isinstance(): a
-        # dead weak proxy among them raises on isinstance.
-        kinds = [type(o) for o in gc.get_objects()]
-        return (
-            sum(1 for k in kinds if issubclass(k, LivelyWebSocketProtocol)),
-            sum(1 for k in kinds if issubclass(k, GuardedHttpProtocol)),
-        )
-
     async with running_gateway(make_settings(backend.url)) as gw:
         gc.collect()
         gc.disable()
@@ -80,6 +83,31 @@ async def test_a_closed_connection_is_freed_at_once_not_left_to_the_collector(
                     await ws.send('{"type":"start_session","payload":{"profileId":"p"}}')
                     assert (await recv_json(ws))["type"] == "session_started"
             await eventually(lambda: gw.app.service.instance_stats().connections == 0)
-            await eventually(lambda: alive() == (0, 0))
+            await eventually(lambda: protocols_alive() == (0, 0))
+        finally:
+            gc.enable()
+
+
+async def test_refused_and_reset_connections_are_freed_at_once_too(
+    backend: BackendServer,
+) -> None:
+    """The two orders a connection can end in: the app returns first (a refused token: the
+    gateway closes, the client's close reply comes later) and the socket goes first (a client
+    that resets the TCP connection mid-session, no close frame)."""
+    async with running_gateway(make_settings(backend.url)) as gw:
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(3):
+                async with connect(gw.ws("not-a-jwt")) as ws:
+                    assert await closed_with(ws) == (4002, "Invalid token")
+            for n in range(3):
+                ws = await connect(gw.ws(token_for(f"reset-{n}")))
+                assert (await recv_json(ws))["type"] == "connected"
+                await ws.send('{"type":"start_session","payload":{"profileId":"p"}}')
+                assert (await recv_json(ws))["type"] == "session_started"
+                ws.transport.abort()  # RST, no close frame
+            await eventually(lambda: gw.app.service.instance_stats().connections == 0)
+            await eventually(lambda: protocols_alive() == (0, 0))
         finally:
             gc.enable()

@@ -43,9 +43,6 @@ class Beat:
             with contextlib.suppress(ValueError):  # its tick is running: already taken out
                 bucket.remove(self)
 
-    def cancelled(self) -> bool:
-        return self._callback is None
-
     def _run(self) -> None:
         callback, self._callback = self._callback, None
         if callback is not None:

@@ -157,7 +157,7 @@ class WritableFlag:
 class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
     _linger: asyncio.TimerHandle | None = None
     _lost = False  # connection_lost has run
-    _app_done = False  # the app's task has finished (never started: see connection_lost)
+    _app_done = False  # the app's task has finished (there is one only after an upgrade)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
