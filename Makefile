@@ -1,44 +1,77 @@
 # Two commands set everything up on a fresh machine: `make run` and `make test`.
+# Both install exactly what uv.lock says (README: "Dependencies and the lock file").
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-dev
+# uv itself, pinned by hash in requirements/uv.txt, lives in a venv of its own.
+TOOLS := .venv-uv
+UV := $(TOOLS)/bin/uv
 DEV_SECRET := dev-only-secret-change-me-0123456789abcdef
+RUNTIME_LOCK := requirements/runtime.txt
+# uv uses the machine's Python, never one it downloads.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint unit integration bench bench-smoke clean
+.PHONY: run test lint unit integration bench bench-smoke clean lock lock-check sync-runtime sync-dev dist
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+$(UV): requirements/uv.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements/uv.txt
+	touch $(UV)
 
-run: $(STAMP)
+# The lock must match pyproject.toml; a stale one fails here with one line saying what to do.
+lock-check: $(UV)
+	@$(UV) lock --check --quiet --python $(PYTHON) 2>/dev/null || { \
+	  echo "uv.lock does not match pyproject.toml: run 'make lock' and commit uv.lock and $(RUNTIME_LOCK)"; exit 1; }
+	@$(UV) export --frozen --no-dev --no-emit-project --format requirements-txt --no-header --quiet \
+	  | diff -q - $(RUNTIME_LOCK) >/dev/null || { \
+	  echo "$(RUNTIME_LOCK) does not match uv.lock: run 'make lock' and commit it"; exit 1; }
+
+# Re-resolve on purpose: `make lock` after editing pyproject.toml (keeps every other pin),
+# `make lock UPGRADE=redis` to move one package to its newest allowed release.
+lock: $(UV)
+	$(UV) lock --python $(PYTHON) $(if $(UPGRADE),--upgrade-package $(UPGRADE))
+	$(UV) export --frozen --no-dev --no-emit-project --format requirements-txt --no-header --quiet -o $(RUNTIME_LOCK)
+
+# The runtime set only (no test or lint tool) for serving; the dev set for everything else.
+sync-runtime: lock-check
+	$(UV) sync --locked --no-dev --quiet --python $(PYTHON)
+
+sync-dev: lock-check
+	$(UV) sync --locked --quiet --python $(PYTHON)
+
+run: sync-runtime
 	@echo "Kalami Gateway on http://127.0.0.1:$${GATEWAY_PORT:-3000} (stub backend unless BACKEND_MODE is set)."
+	@echo "Playground:    http://localhost:$${GATEWAY_PORT:-3000}/playground"
 	@echo "Get a token:   JWT_SECRET=$${JWT_SECRET:-$(DEV_SECRET)} $(BIN)/kalami-gateway token --sub me"
-	@echo "Talk to it:    JWT_SECRET=$${JWT_SECRET:-$(DEV_SECRET)} $(BIN)/kalami-gateway talk --file utterance.wav"
+	@echo "A test file:   $(BIN)/python -c \"import wave; w=wave.open('hello.wav','wb'); w.setnchannels(1); w.setsampwidth(2); w.setframerate(16000); w.writeframes(bytes(32000)); w.close()\""
+	@echo "Talk to it:    JWT_SECRET=$${JWT_SECRET:-$(DEV_SECRET)} $(BIN)/kalami-gateway talk --file hello.wav"
 	JWT_SECRET=$${JWT_SECRET:-$(DEV_SECRET)} BACKEND_MODE=$${BACKEND_MODE:-stub} \
 	  $(BIN)/kalami-gateway serve
 
-lint: $(STAMP)
+lint: sync-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-unit: $(STAMP)
+unit: sync-dev
 	$(BIN)/pytest tests/unit -q --durations=3
 
-integration: $(STAMP)
+integration: sync-dev
 	$(BIN)/pytest tests/integration -q
 
 test: lint unit integration
 
-bench: $(STAMP)
+bench: sync-dev
 	$(BIN)/python -m bench
 
-bench-smoke: $(STAMP)
+bench-smoke: sync-dev
 	$(BIN)/python -m bench --smoke
 
+# The wheel a production install takes (docs/operations.md, "Installing").
+dist: $(UV)
+	$(UV) build --wheel --quiet --out-dir dist
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) dist .mypy_cache .pytest_cache .ruff_cache

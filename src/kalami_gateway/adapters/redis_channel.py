@@ -48,5 +48,5 @@ async def listen(client: Redis, channel: str, handle: Callable[[bytes], Awaitabl
             failures += 1
         finally:
             with contextlib.suppress(*REDIS_FAILURES):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
+                await pubsub.aclose()
         await asyncio.sleep(_RETRY_SECONDS[min(failures, len(_RETRY_SECONDS)) - 1])
