@@ -55,7 +55,7 @@ async def test_an_utterance_gets_a_transcription_a_reply_and_corrections(adapter
     assert "1234" in reply.user_text
     assert reply.assistant_text
     assert reply.corrections
-    assert all(c.original and c.corrected for c in reply.corrections)
+    assert all(c["original"] and c["corrected"] for c in reply.corrections)
     assert reply.assistant_audio_base64
 
 

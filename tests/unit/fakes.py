@@ -22,7 +22,6 @@ from kalami_gateway.domain.ports import (
 )
 from kalami_gateway.domain.protocol import (
     AudioFormat,
-    GrammarCorrection,
     ServerMessage,
     encode_server_message,
 )
@@ -120,7 +119,7 @@ class FakeBackend(Backend):
             user_text=f"heard {len(audio)} bytes",
             assistant_text="Nice!",
             assistant_audio_base64="AAAA",
-            corrections=[GrammarCorrection("a", "b", "c")],
+            corrections=[{"original": "a", "corrected": "b", "explanation": "c"}],
             vocabulary_introduced=["word"],
         )
 

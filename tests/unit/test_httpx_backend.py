@@ -53,7 +53,7 @@ async def test_an_utterance_is_one_multipart_part_named_audio() -> None:
     assert reply.user_text == "I goed"
     assert reply.assistant_audio_base64 is None
     assert reply.vocabulary_introduced == []
-    assert [(c.original, c.corrected) for c in reply.corrections] == [("goed", "went")]
+    assert [(c["original"], c["corrected"]) for c in reply.corrections] == [("goed", "went")]
     [request] = seen
     assert request.url.path == "/conversations/sessions/s1/audio"
     boundary = request.headers["Content-Type"].split("boundary=")[1]

@@ -37,7 +37,7 @@ from kalami_gateway.domain import protocol as p
         ),
         (
             '{"type":"audio","payload":{"audio_base64":"QUJD","format":"wav"}}',
-            p.AudioMessage(p.AudioPayload("QUJD", "wav")),
+            p.AudioMessage(p.AudioPayload(b"ABC", "wav")),
         ),
     ],
 )
@@ -64,7 +64,13 @@ def test_good_frames_decode_to_commands(frame: str, expected: p.ClientMessage) -
             '{"type":"start_session","payload":{"profileId":""}}',
             "Invalid payload for 'start_session'",
         ),
-        ('{"type":"start_session","payload":{"profileID":"x"}}', "unknown field `profileID`"),
+        # A misspelt required field is still an error (the unknown one itself is ignored).
+        (
+            '{"type":"start_session","payload":{"profileID":"x"}}',
+            "missing required field `profileId`",
+        ),
+        ('{"type":"audio","payload":{"audio_base64":"QUJD","session_id":""}}', "session_id"),
+        ('{"type":"audio","payload":{"audio_base64":"QUJD","session_id":[1]}}', "session_id"),
         ('{"type":"start_session","payload":{"profileId":5}}', "Expected `str`, got `int`"),
         ('{"type":"start_session","payload":[]}', "Invalid payload for 'start_session'"),
         ('{"type":"start_recording","payload":{"format":"flac"}}', "'flac'"),
@@ -76,6 +82,96 @@ def test_bad_frames_get_their_own_clear_error(frame: str, fragment: str) -> None
     result = p.decode_client_message(frame)
     assert isinstance(result, p.ProtocolError)
     assert fragment.lower() in result.message.lower()
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        (
+            '{"type":"audio","payload":{"audio_base64":"QUJD","format":"m4a","session_id":"42"}}',
+            p.AudioMessage(p.AudioPayload(b"ABC", "m4a", "42")),
+        ),
+        (
+            '{"type":"audio","payload":{"audio_base64":"QUJD","format":"m4a","session_id":42}}',
+            p.AudioMessage(p.AudioPayload(b"ABC", "m4a", 42)),
+        ),
+        ('{"type":"heartbeat","payload":{"ping":true}}', p.Heartbeat()),
+        (
+            '{"type":"heartbeat","payload":{"pong":true}}',
+            p.Heartbeat(p.HeartbeatPayload(pong=True)),
+        ),
+    ],
+)
+def test_the_apps_dialect_decodes(frame: str, expected: p.ClientMessage) -> None:
+    assert p.decode_client_message(frame) == expected
+
+
+def test_only_a_pong_of_true_is_an_answer() -> None:
+    answers = [
+        p.decode_client_message('{"type":"heartbeat","payload":{"pong":' + value + "}}")
+        for value in ("true", "false", '"true"', "1", "null")
+    ]
+    assert [isinstance(a, p.Heartbeat) and a.payload.is_answer for a in answers] == [
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
+
+
+# One frame of every client type with everything it needs, plus fields no gateway knows.
+_EVERY_TYPE_WITH_EXTRAS: dict[str, dict[str, object]] = {
+    "start_session": {"profileId": "p1", "topic": "food"},
+    "start_recording": {"format": "wav"},
+    "stop_recording": {},
+    "audio": {"audio_base64": "QUJD", "format": "m4a", "session_id": "s9"},
+    "end_session": {},
+    "ping": {},
+    "heartbeat": {"ping": True},
+    "refresh": {"token": "t"},
+}
+
+
+@pytest.mark.parametrize("message_type", p.CLIENT_MESSAGE_TYPES)
+@given(
+    extras=st.dictionaries(
+        st.text(min_size=1, max_size=12).filter(
+            lambda k: (
+                k
+                not in {
+                    "profileId",
+                    "topic",
+                    "format",
+                    "audio_base64",
+                    "session_id",
+                    "token",
+                    "pong",
+                }
+            )
+        ),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+        max_size=4,
+    )
+)
+@settings(max_examples=40, deadline=None)
+def test_unknown_payload_fields_are_ignored_in_every_message_type(
+    message_type: str, extras: dict[str, object]
+) -> None:
+    known = _EVERY_TYPE_WITH_EXTRAS[message_type]
+    plain = p.decode_client_message(json.dumps({"type": message_type, "payload": known}))
+    extended = p.decode_client_message(
+        json.dumps({"type": message_type, "payload": {**extras, **known}})
+    )
+    assert not isinstance(plain, p.ProtocolError)
+    assert extended == plain
 
 
 def test_unknown_type_error_lists_the_known_types() -> None:
@@ -106,7 +202,7 @@ def test_client_messages_round_trip_through_their_own_encoding() -> None:
     for message in (
         p.StartSession(p.StartSessionPayload("p", "t")),
         p.StartRecording(p.StartRecordingPayload("mp3")),
-        p.AudioMessage(p.AudioPayload("QUJD", "m4a")),
+        p.AudioMessage(p.AudioPayload(b"ABC", "m4a")),
         p.Ping(),
         p.EndSession(),
     ):

@@ -432,3 +432,117 @@ async def test_closed_connections_do_not_pile_up_in_the_expiry_queue(world: Worl
     assert len(world.service._expiry) <= 4 * 257 + 2  # compacted as they closed
     world.clock.advance(3600 + 1)
     assert await world.service.expire_tokens() == 1  # bob's, still there
+
+
+def app_audio(session_id: str | int, audio: bytes = b"hello", **extra: object) -> str:
+    """An utterance as the Kalami app sends it: one message naming its REST session."""
+    payload = {"audio_base64": base64.b64encode(audio).decode(), "format": "m4a"}
+    return json.dumps({"type": "audio", "payload": {**payload, "session_id": session_id, **extra}})
+
+
+async def test_the_apps_audio_runs_a_turn_on_the_session_it_names(world: World) -> None:
+    conn, channel = await world.connect()
+    await world.service.handle_text(conn, app_audio("rest-7", client_ts=1))
+    await finish_turn(conn)
+    assert world.backend.utterances == [("rest-7", b"hello", "m4a")]
+    assert ("turn", conn.token, "rest-7") in world.backend.calls
+    assert channel.types()[1:] == ["processing", "transcription", "response", "audio"]
+    assert conn.state.phase is Phase.IDLE
+    await world.service.handle_text(conn, app_audio(8, b"again"))  # a number is an id too
+    await finish_turn(conn)
+    assert world.backend.utterances[-1] == ("8", b"again", "m4a")
+
+
+async def test_a_session_the_gateway_did_not_start_is_never_ended_by_it(world: World) -> None:
+    conn, channel = await world.connect()
+    await world.service.handle_text(conn, app_audio("rest-7"))
+    await finish_turn(conn)
+    await world.service.handle_text(conn, END)
+    assert isinstance(channel.sent[-1], p.Error)
+    world.backend.hold_turns = True
+    await world.service.handle_text(conn, app_audio("rest-7"))
+    await world.backend.turn_started.wait()
+    await world.service.disconnect(conn)  # mid-turn, too
+    assert [c for c in world.backend.calls if c[0] == "end"] == []
+
+
+async def test_one_turn_at_a_time_in_the_apps_dialect(world: World) -> None:
+    conn, channel = await world.connect()
+    world.backend.hold_turns = True
+    await world.service.handle_text(conn, app_audio("rest-7"))
+    await world.backend.turn_started.wait()
+    for frame in (app_audio("rest-7"), START):
+        await world.service.handle_text(conn, frame)
+        last = channel.sent[-1]
+        assert isinstance(last, p.Error)
+        assert "still being processed" in last.payload.message
+    world.backend.release.set()
+    await finish_turn(conn)
+    assert channel.types()[-3:] == ["transcription", "response", "audio"]
+    assert len(world.backend.utterances) == 1
+
+
+async def test_the_apps_turn_keeps_the_connections_own_session(world: World) -> None:
+    conn, _ = await world.connect()
+    await world.service.handle_text(conn, START)
+    await world.service.handle_text(conn, app_audio("rest-7"))
+    await finish_turn(conn)
+    assert world.backend.utterances[-1][0] == "rest-7"
+    assert (conn.state.phase, conn.state.session_id) == (Phase.ACTIVE, "s1")
+    await world.service.handle_text(conn, END)
+    assert [c for c in world.backend.calls if c[0] == "end"] == [("end", conn.token, "s1")]
+
+
+async def test_a_backend_refusal_of_the_named_session_is_an_error(world: World) -> None:
+    conn, channel = await world.connect()
+    world.backend.fail_next = BackendError(
+        BackendErrorKind.REJECTED, "the backend answered 404 (Session not found).", 404
+    )
+    await world.service.handle_text(conn, app_audio("not-mine"))
+    await finish_turn(conn)
+    last = channel.sent[-1]
+    assert isinstance(last, p.Error)
+    assert "404" in last.payload.message
+    assert conn.state.phase is Phase.IDLE
+
+
+async def test_the_apps_heartbeat_is_answered_once_and_its_answer_not_at_all(
+    world: World,
+) -> None:
+    conn, channel = await world.connect()
+    await world.service.handle_text(conn, '{"type":"heartbeat","payload":{"ping":true}}')
+    await world.service.handle_text(conn, '{"type":"heartbeat","payload":{"pong":true}}')
+    assert channel.types() == ["connected", "heartbeat"]
+    assert channel.sent[-1] == p.HeartbeatReply()
+
+
+async def test_a_token_expiring_mid_turn_gets_the_reply_then_4003(world: World) -> None:
+    conn, channel = await world.connect(ttl=10)
+    world.backend.hold_turns = True
+    await world.service.handle_text(conn, app_audio("rest-7"))
+    await world.backend.turn_started.wait()
+    world.clock.advance(11)
+    assert await world.service.expire_tokens() == 0
+    assert channel.closed_with is None
+    world.backend.release.set()
+    await finish_turn(conn)
+    assert channel.types()[-3:] == ["transcription", "response", "audio"]
+    assert channel.closed_with == (4003, "Token expired")
+    assert (await world.directory.counts()).connections == 0
+
+
+async def test_a_refresh_during_the_turn_keeps_the_connection(world: World) -> None:
+    conn, channel = await world.connect(ttl=10)
+    world.backend.hold_turns = True
+    await world.service.handle_text(conn, app_audio("rest-7"))
+    await world.backend.turn_started.wait()
+    world.clock.advance(11)
+    await world.service.expire_tokens()
+    fresh = world.decoder.issue("tok-fresh", sub="alice", exp=world.clock.now() + 3600)
+    await world.service.handle_text(
+        conn, json.dumps({"type": "refresh", "payload": {"token": fresh}})
+    )
+    world.backend.release.set()
+    await finish_turn(conn)
+    assert channel.closed_with is None
+    assert channel.types()[-1] == "audio"

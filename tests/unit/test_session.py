@@ -24,7 +24,7 @@ ALL_STATES = {
 START = p.StartSession(p.StartSessionPayload("prof", "travel"))
 START_REC = p.StartRecording(p.StartRecordingPayload("wav"))
 STOP_REC = p.StopRecording()
-AUDIO_MSG = p.AudioMessage(p.AudioPayload("AAAA", "mp3"))
+AUDIO_MSG = p.AudioMessage(p.AudioPayload(b"\0\0\0", "mp3"))
 END = p.EndSession()
 FRAME = s.AudioFrame(10)
 
@@ -150,17 +150,17 @@ def test_stop_recording_with_nothing_recorded_is_an_error_back_to_active() -> No
 def test_a_base64_audio_message_runs_the_same_turn() -> None:
     decision = s.decide(ACTIVE, AUDIO_MSG, LIMITS)
     assert decision.state.phase is s.Phase.PROCESSING
-    assert decision.effects[-1] == s.SubmitEncodedAudio("s1", "mp3", "AAAA")
+    assert decision.effects[-1] == s.SubmitEncodedAudio("s1", "mp3", b"\0\0\0")
 
 
 def test_an_empty_base64_audio_message_is_refused() -> None:
-    decision = s.decide(ACTIVE, p.AudioMessage(p.AudioPayload("", "mp3")), LIMITS)
+    decision = s.decide(ACTIVE, p.AudioMessage(p.AudioPayload(b"", "mp3")), LIMITS)
     assert decision.state == ACTIVE
     assert "empty" in error_text(decision)
 
 
 def test_a_successful_turn_relays_transcription_response_and_audio_in_order() -> None:
-    fix = p.GrammarCorrection("a", "b", "c")
+    fix: p.GrammarCorrection = {"original": "a", "corrected": "b", "explanation": "c"}
     done = s.decide(PROCESSING, s.TurnSucceeded("hi", "hello", [fix], ["w"], "QUJD"), LIMITS)
     assert done.state.phase is s.Phase.ACTIVE
     assert sends(done) == [
@@ -260,3 +260,39 @@ def test_the_stop_after_a_broken_upload_answers_nothing_and_the_next_recording_w
 def test_an_upload_failure_outside_recording_changes_nothing(state: s.SessionState) -> None:
     decision = s.decide(state, UPLOAD_BROKE, LIMITS)
     assert (decision.state, decision.effects) == (state, ())
+
+
+@pytest.mark.parametrize("state", list(ALL_STATES.values()), ids=list(ALL_STATES))
+def test_a_heartbeat_answer_is_not_answered_in_any_state(state: s.SessionState) -> None:
+    answer = s.decide(state, p.Heartbeat(p.HeartbeatPayload(pong=True)), LIMITS)
+    assert (answer.state, answer.effects) == (state, ())
+
+
+APP_AUDIO = p.AudioMessage(p.AudioPayload(b"\0\0\0", "m4a", "rest-9"))
+TURN_OK = s.TurnSucceeded("heard", "reply", [], [], None)
+
+
+@pytest.mark.parametrize("own", [IDLE, ACTIVE], ids=["idle", "active"])
+def test_the_apps_audio_is_a_turn_on_the_named_session_and_leaves_its_own(
+    own: s.SessionState,
+) -> None:
+    asked = s.decide(own, APP_AUDIO, LIMITS)
+    assert asked.state.phase is s.Phase.PROCESSING
+    assert asked.state.session_id == own.session_id
+    assert s.SubmitEncodedAudio("rest-9", "m4a", b"\0\0\0") in asked.effects
+    for outcome in (TURN_OK, s.TurnFailed("no"), s.TurnRelayed()):
+        after = s.decide(asked.state, outcome, LIMITS).state
+        assert (after.phase, after.session_id) == (own.phase, own.session_id)
+
+
+def test_nothing_is_ended_after_a_turn_on_a_named_session() -> None:
+    busy = s.decide(IDLE, APP_AUDIO, LIMITS).state
+    assert not any(isinstance(e, s.EndSession) for e in s.on_disconnect(busy))
+    assert s.CancelTurn() in s.on_disconnect(busy)
+    assert "No session is open" in error_text(s.decide(busy, END, LIMITS))
+    assert "still being processed" in error_text(s.decide(busy, START, LIMITS))
+    assert "still being processed" in error_text(s.decide(busy, APP_AUDIO, LIMITS))
+
+
+def test_audio_without_a_session_says_how_to_name_one() -> None:
+    assert "session_id" in error_text(s.decide(IDLE, AUDIO_MSG, LIMITS))

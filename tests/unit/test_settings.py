@@ -21,7 +21,7 @@ def test_defaults_match_the_design() -> None:
     assert settings.backend_mode == "http"
     assert settings.backend_timeout == 30.0
     assert settings.heartbeat_interval == 30.0
-    assert settings.max_message_bytes == 1_048_576
+    assert settings.max_message_bytes == 3 << 20
     assert settings.max_audio_bytes == 10_485_760
     assert settings.ws_per_message_deflate is False
     assert settings.cors_origins == ("*",)

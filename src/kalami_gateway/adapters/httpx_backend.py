@@ -15,6 +15,7 @@ import httpx
 import msgspec
 from httpx_aiohttp import AiohttpTransport
 
+from kalami_gateway.adapters.turn_replies import read_turn_reply
 from kalami_gateway.domain.ports import (
     Backend,
     BackendError,
@@ -25,7 +26,7 @@ from kalami_gateway.domain.ports import (
     Utterance,
     UtteranceUpload,
 )
-from kalami_gateway.domain.protocol import AudioFormat, GrammarCorrection
+from kalami_gateway.domain.protocol import AudioFormat
 
 AUDIO_CONTENT_TYPES: Final = {
     "webm": "audio/webm",
@@ -42,26 +43,11 @@ class _SessionBody(msgspec.Struct):
     topic: str | None = None
 
 
-class _Correction(msgspec.Struct):
-    original: str
-    corrected: str
-    explanation: str = ""
-
-
-class _TurnBody(msgspec.Struct):
-    user_text: str
-    assistant_text: str
-    assistant_audio_base64: str | None = None
-    corrections: list[_Correction] | None = None
-    vocabulary_introduced: list[str] | None = None
-
-
 class _ErrorBody(msgspec.Struct):
     detail: object = None
 
 
 _session_decoder: Final = msgspec.json.Decoder(_SessionBody)
-_turn_decoder: Final = msgspec.json.Decoder(_TurnBody)
 _error_decoder: Final = msgspec.json.Decoder(_ErrorBody)
 
 
@@ -284,17 +270,7 @@ class _StreamedUpload(UtteranceUpload):
 
 
 def _turn_reply(response: httpx.Response) -> TurnReply:
-    turn = _decode(_turn_decoder, response)
-    return TurnReply(
-        user_text=turn.user_text,
-        assistant_text=turn.assistant_text,
-        assistant_audio_base64=turn.assistant_audio_base64 or None,
-        corrections=[
-            GrammarCorrection(c.original, c.corrected, c.explanation)
-            for c in turn.corrections or ()
-        ],
-        vocabulary_introduced=list(turn.vocabulary_introduced or ()),
-    )
+    return read_turn_reply(response.content, response.status_code)
 
 
 def _timed_out(exc: httpx.HTTPError) -> bool:

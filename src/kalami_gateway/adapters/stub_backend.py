@@ -26,11 +26,12 @@ from kalami_gateway.domain.protocol import AudioFormat, GrammarCorrection
 # Ten frames of MPEG-1 Layer III silence (128 kbit/s, 44.1 kHz): a real, playable reply.
 _MP3_FRAME: Final = b"\xff\xfb\x90\x64" + bytes(413)
 REPLY_AUDIO_BASE64: Final = base64.b64encode(_MP3_FRAME * 10).decode()
-CORRECTION: Final = GrammarCorrection(
-    original="I goed to the market",
-    corrected="I went to the market",
-    explanation="'go' is irregular: its past tense is 'went'.",
-)
+CORRECTION: Final[GrammarCorrection] = {
+    "original": "I goed to the market",
+    "corrected": "I went to the market",
+    "explanation": "'go' is irregular: its past tense is 'went'.",
+    "category": "grammar",
+}
 
 
 class StubBackend(Backend):

@@ -41,7 +41,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     backend_timeout_ms: int = 30_000
     jwt_leeway_ms: int = DEFAULT_LEEWAY_MS
     ws_heartbeat_interval_ms: int = 30_000
-    max_message_bytes: int = 1_048_576
+    max_message_bytes: int = 3 << 20  # an app `audio` message: ~2.3 MB of m4a as base64
     max_audio_bytes: int = 10_485_760
     ws_per_message_deflate: bool = False
     cors_origins: tuple[str, ...] = ("*",)
@@ -115,7 +115,7 @@ ENVIRONMENT: Final = (
     ("JWT_LEEWAY", "clock-skew allowance on exp, ms", str(DEFAULT_LEEWAY_MS)),
     ("TOKEN_EXPIRY_WARNING", "token_expiring this long before a token expires, ms", "60000"),
     ("WS_HEARTBEAT_INTERVAL", "protocol ping interval, ms", "30000"),
-    ("MAX_MESSAGE_BYTES", "largest WebSocket frame (larger: close 1009)", "1048576"),
+    ("MAX_MESSAGE_BYTES", "largest WebSocket frame (larger: close 1009)", "3145728"),
     ("MAX_AUDIO_BYTES", "largest utterance", "10485760"),
     ("WS_PER_MESSAGE_DEFLATE", "negotiate permessage-deflate", "false"),
     ("WS_MESSAGE_RATE", "text messages/s per connection, burst 2 s (0: off)", "50"),
@@ -222,7 +222,7 @@ def load_settings(
         backend_timeout_ms=get("BACKEND_TIMEOUT", _int_range(1, 3_600_000), 30_000),
         jwt_leeway_ms=get("JWT_LEEWAY", _int_range(0, 600_000), DEFAULT_LEEWAY_MS),
         ws_heartbeat_interval_ms=get("WS_HEARTBEAT_INTERVAL", _int_range(1, 3_600_000), 30_000),
-        max_message_bytes=get("MAX_MESSAGE_BYTES", _int_range(1024, 1 << 30), 1_048_576),
+        max_message_bytes=get("MAX_MESSAGE_BYTES", _int_range(1024, 1 << 30), 3 << 20),
         max_audio_bytes=get("MAX_AUDIO_BYTES", _int_range(1, 1 << 31), 10_485_760),
         ws_per_message_deflate=get("WS_PER_MESSAGE_DEFLATE", _bool, False),
         cors_origins=get("CORS_ORIGINS", _origins, ("*",)),

@@ -16,8 +16,6 @@ connection with ``resume=<token>`` claims the session; if the old connection sti
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import secrets
@@ -93,6 +91,7 @@ class Connection:
         "closed",
         "detached",
         "entry",
+        "expired",
         "id",
         "inbox",
         "principal",
@@ -135,6 +134,7 @@ class Connection:
         self.turn: asyncio.Task[None] | None = None
         self.closed = False
         self.warned = False  # token_expiring sent for the current token
+        self.expired = False  # the token expired during a turn: 4003 once its reply is out
         self.text_rate: TokenBucket | None = None
         self.audio_rate: TokenBucket | None = None
 
@@ -530,6 +530,7 @@ class GatewayService(ParkingEvents):
         conn.principal = verdict
         conn.token = token  # the bearer of every later backend call
         conn.warned = False
+        conn.expired = False
         self._watch_expiry(conn)
         await conn.channel.send(p.Refreshed(p.ExpiryPayload(int(verdict.expires_at))))
 
@@ -564,10 +565,16 @@ class GatewayService(ParkingEvents):
                     await conn.channel.send(p.TokenExpiring(p.ExpiryPayload(int(item.expires_at))))
                 continue
             if item.kind is Due.EXPIRE:
-                await conn.channel.close(CloseCode.TOKEN_EXPIRED, "Token expired")
-                await self.disconnect(conn, "token_expired")
+                if conn.turn is not None and not conn.turn.done():
+                    conn.expired = True  # the reply first (the turn is bounded by its deadline)
+                    continue
+                await self._close_expired(conn)
                 closed += 1
         return closed
+
+    async def _close_expired(self, conn: Connection) -> None:
+        await conn.channel.close(CloseCode.TOKEN_EXPIRED, "Token expired")
+        await self.disconnect(conn, "token_expired")
 
     def _restarts(self) -> bool:
         """Whether a shutdown parks sessions for another instance (Redis and a grace)."""
@@ -803,18 +810,7 @@ class GatewayService(ParkingEvents):
             await turn
 
     async def _run_encoded_turn(self, conn: Connection, effect: s.SubmitEncodedAudio) -> None:
-        try:
-            audio = base64.b64decode(effect.audio_base64, validate=True)
-        except (binascii.Error, ValueError):
-            await self._finish_turn(
-                conn,
-                "invalid",
-                0.0,
-                s.TurnFailed(
-                    "audio_base64 is not valid base64; send the utterance's bytes base64-encoded."
-                ),
-            )
-            return
+        audio = effect.audio
         if len(audio) > self._limits.max_audio_bytes:
             await self._finish_turn(
                 conn,
@@ -866,6 +862,12 @@ class GatewayService(ParkingEvents):
             await self._keep_outcome(conn, event)
             return
         await self._apply(conn, event)
+        if conn.expired and not conn.closed and self._still_expired(conn):
+            await self._close_expired(conn)
+
+    def _still_expired(self, conn: Connection) -> bool:
+        """Its token expired during the turn and no refresh has replaced it since."""
+        return self._auth.has_expired(conn.principal.expires_at, self._clock.now())
 
     async def _keep_outcome(self, conn: Connection, event: s.TurnSucceeded | s.TurnFailed) -> None:
         """A detached turn's messages go to the parking store, which keeps or forwards them."""

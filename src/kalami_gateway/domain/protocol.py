@@ -5,7 +5,12 @@ Frames are JSON objects ``{"type": ..., "payload": {...}}``. Each message is a S
 
 Client frames are decoded in two steps (the envelope, then the payload for its type) so every
 failure gets its own message: malformed JSON, not an object, unknown type, payload of the
-wrong shape.
+wrong shape. Fields a payload does not know are ignored in every message type (a newer app
+must not break on an older gateway); a known field of the wrong type is an error.
+
+Two dialects share the one protocol: the seed protocol (``start_session``, recording frames,
+``end_session``) and the Kalami app's (a session opened over REST, each utterance one
+``audio`` message naming it by ``session_id``; docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ AudioFormat = Literal["webm", "wav", "mp3", "m4a", "ogg"]
 AUDIO_FORMATS: Final[tuple[str, ...]] = get_args(AudioFormat)
 
 
-class _Payload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
-    """Base of payloads whose fields the contract fixes; a typo is an error, not ignored."""
+class _Payload(msgspec.Struct, frozen=True, rename="camel"):
+    """Base of client payloads: fields in camelCase; unknown ones are ignored."""
 
 
 class _FreePayload(msgspec.Struct, frozen=True):
@@ -41,9 +46,25 @@ class StartRecordingPayload(_Payload, frozen=True):
     format: AudioFormat = "webm"
 
 
+SessionRef = Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | int
+
+
 class AudioPayload(_Payload, frozen=True):
-    audio_base64: str = msgspec.field(name="audio_base64")
+    # Decoded from base64 as the frame is parsed: the text is never copied.
+    audio_base64: bytes = msgspec.field(name="audio_base64")
     format: AudioFormat = "webm"
+    # The app's dialect: the session (opened over REST) this one utterance belongs to.
+    session_id: SessionRef | None = msgspec.field(name="session_id", default=None)
+
+
+class HeartbeatPayload(_FreePayload, frozen=True):
+    """The app answers every heartbeat with ``{"pong": true}``: that one is not answered."""
+
+    pong: Any = None
+
+    @property
+    def is_answer(self) -> bool:
+        return self.pong is True
 
 
 class EmptyPayload(_FreePayload, frozen=True):
@@ -83,7 +104,7 @@ class Ping(_ClientMessage, frozen=True, tag="ping"):
 
 
 class Heartbeat(_ClientMessage, frozen=True, tag="heartbeat"):
-    payload: EmptyPayload = EmptyPayload()
+    payload: HeartbeatPayload = HeartbeatPayload()
 
 
 class Refresh(_ClientMessage, frozen=True, tag="refresh"):
@@ -207,10 +228,12 @@ _PAYLOAD_HINTS: Final[dict[str, str]] = {
     "start_session": '{"profileId": string, "topic"?: string}',
     "start_recording": '{"format"?: ' + _FORMAT_HINT + "}",
     "stop_recording": "{} or no payload",
-    "audio": '{"audio_base64": string, "format"?: ' + _FORMAT_HINT + "}",
+    "audio": '{"audio_base64": string, "format"?: '
+    + _FORMAT_HINT
+    + ', "session_id"?: string or integer}',
     "end_session": "{} or no payload",
     "ping": "{} or no payload",
-    "heartbeat": "{} or no payload",
+    "heartbeat": '{"ping"?: true} or no payload (a {"pong": true} is not answered)',
     "refresh": '{"token": string}',
 }
 
@@ -307,10 +330,9 @@ class TranscriptionPayload(msgspec.Struct, frozen=True):
     is_final: bool = True
 
 
-class GrammarCorrection(msgspec.Struct, frozen=True):
-    original: str
-    corrected: str
-    explanation: str
+# A grammar correction as the backend's LLM wrote it: a JSON object relayed with every key it
+# has (usually ``original``, ``corrected``, ``explanation``; the app also reads ``category``).
+GrammarCorrection = dict[str, Any]
 
 
 class ResponsePayload(msgspec.Struct, frozen=True):
@@ -328,7 +350,7 @@ class SessionEndedPayload(msgspec.Struct, frozen=True):
     id: str
 
 
-class HeartbeatPayload(msgspec.Struct, frozen=True):
+class HeartbeatReplyPayload(msgspec.Struct, frozen=True):
     pong: bool = True
 
 
@@ -385,7 +407,7 @@ class Pong(_ServerMessage, frozen=True, tag="pong"):
 
 
 class HeartbeatReply(_ServerMessage, frozen=True, tag="heartbeat"):
-    payload: HeartbeatPayload = HeartbeatPayload()
+    payload: HeartbeatReplyPayload = HeartbeatReplyPayload()
 
 
 class Error(_ServerMessage, frozen=True, tag="error"):

@@ -6,6 +6,10 @@ state of its own, so every transition is a plain function call in the tests.
 
     idle --start_session--> active --start_recording--> recording --stop_recording--> processing
     processing --turn finished or failed--> active;  end_session (any state but idle) --> idle
+
+The app's dialect: an ``audio`` message naming a session it opened over REST runs one turn on
+that session from idle or active (idle --audio{session_id}--> processing --> idle). The
+connection's own session, if any, is unchanged; the named one is never ended here.
 """
 
 from __future__ import annotations
@@ -137,11 +141,12 @@ class SubmitUtterance(msgspec.Struct, frozen=True):
 
 
 class SubmitEncodedAudio(msgspec.Struct, frozen=True):
-    """Hand a base64 utterance from an ``audio`` message to the backend as one turn."""
+    """Hand the utterance of an ``audio`` message (decoded from its base64) to the backend as
+    one turn."""
 
     session_id: str
     audio_format: p.AudioFormat
-    audio_base64: str
+    audio: bytes
 
 
 class CancelTurn(msgspec.Struct, frozen=True):
@@ -176,8 +181,9 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
     match event:
         case p.Ping():
             return Decision(state, (_PONG,))
-        case p.Heartbeat():
-            return Decision(state, (_HEARTBEAT,))
+        case p.Heartbeat(payload=payload):
+            # The app answers every heartbeat: answering its answers would loop forever.
+            return Decision(state, () if payload.is_answer else (_HEARTBEAT,))
         case p.Refresh():
             return Decision(state)  # the token is the service's business, not the session's
         case AudioFrame(size=size):
@@ -206,6 +212,8 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
                 (AppendAudio(), Send(p.AudioReceived(p.AudioReceivedPayload(size, total)))),
             )
         case p.StartSession(payload=payload):
+            if phase is Phase.PROCESSING and state.session_id is None:
+                return _refuse(state, _BUSY)  # a turn on a session named by the app
             if phase is not Phase.IDLE:
                 return _refuse(
                     state,
@@ -267,16 +275,18 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
                 ),
             )
         case p.AudioMessage(payload=payload):
-            if phase is not Phase.ACTIVE:
+            named = None if payload.session_id is None else str(payload.session_id)
+            if phase is not Phase.ACTIVE and not (named is not None and phase is Phase.IDLE):
                 return _refuse(state, _AUDIO_MESSAGE_REFUSALS[phase])
-            assert state.session_id is not None  # noqa: S101  # active implies a session
+            target = named if named is not None else state.session_id
+            assert target is not None  # noqa: S101  # active implies a session
             if not payload.audio_base64:
                 return _refuse(state, "The audio message was empty: audio_base64 has no data.")
             return Decision(
                 msgspec.structs.replace(state, phase=Phase.PROCESSING, audio_format=payload.format),
                 (
                     Send(_TRANSCRIBING),
-                    SubmitEncodedAudio(state.session_id, payload.format, payload.audio_base64),
+                    SubmitEncodedAudio(target, payload.format, payload.audio_base64),
                 ),
             )
         case TurnSucceeded():
@@ -292,11 +302,11 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             ]
             if event.audio_base64:
                 replies.append(Send(p.AudioReply(p.AudioReplyPayload(event.audio_base64))))
-            return Decision(msgspec.structs.replace(state, phase=Phase.ACTIVE), tuple(replies))
+            return Decision(_turn_over(state), tuple(replies))
         case TurnFailed(message=message):
             if phase is not Phase.PROCESSING:
                 return Decision(state)
-            return Decision(msgspec.structs.replace(state, phase=Phase.ACTIVE), (_error(message),))
+            return Decision(_turn_over(state), (_error(message),))
         case UploadFailed(message=message):
             if phase is not Phase.RECORDING or state.upload_failed:
                 return Decision(state)
@@ -307,9 +317,10 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
         case TurnRelayed():
             if phase is not Phase.PROCESSING:
                 return Decision(state)
-            return Decision(msgspec.structs.replace(state, phase=Phase.ACTIVE))
+            return Decision(_turn_over(state))
         case p.EndSession():
             if phase is Phase.IDLE or state.session_id is None:
+                # A session the app opened over REST is ended over REST, never here.
                 return _refuse(state, "No session is open, so there is nothing to end.")
             effects: list[Effect] = []
             if phase is Phase.PROCESSING:
@@ -319,6 +330,14 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             effects.append(EndSession(state.session_id))
             return Decision(IDLE, tuple(effects))
     raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
+
+
+def _turn_over(state: SessionState) -> SessionState:
+    """After a turn: active on the connection's own session, idle if the turn was on a session
+    the app named (the connection has none of its own)."""
+    if state.session_id is None:
+        return IDLE
+    return msgspec.structs.replace(state, phase=Phase.ACTIVE)
 
 
 def on_disconnect(state: SessionState) -> tuple[Effect, ...]:
@@ -367,7 +386,8 @@ _STOP_RECORDING_REFUSALS: Final = {
     Phase.PROCESSING: "Not recording. " + _BUSY,
 }
 _AUDIO_MESSAGE_REFUSALS: Final = {
-    Phase.IDLE: _NO_SESSION,
+    Phase.IDLE: "No session is open: name one with session_id (a session started over REST), "
+    "or send start_session first.",
     Phase.RECORDING: "A recording is in progress; finish it with stop_recording before "
     "sending a base64 audio message.",
     Phase.PROCESSING: _BUSY,
