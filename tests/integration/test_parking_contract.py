@@ -178,7 +178,7 @@ async def test_a_held_session_is_claimed_only_after_its_holder_lets_go(sites: Si
     assert await site.store.park(rec.key, "conn-1", "active", None)
     claim = await site.store.claim("t1", "alice", "t2", "conn-2")
     assert isinstance(claim, pk.Resumed)
-    assert claim.record.token == "bearer-1"  # None kept the held bearer
+    assert claim.record.claims == "bearer-1"  # None kept the held bearer
 
 
 async def test_only_the_holder_parks(sites: Sites) -> None:
@@ -217,7 +217,7 @@ async def test_a_lapsed_session_is_taken_once(sites: Sites) -> None:
     await asyncio.sleep(0.3)
     results = await asyncio.gather(*(site.store.take_lapsed() for _ in range(10)))
     taken = [r for batch in results for r in batch]
-    assert [(r.key, r.session_id, r.token) for r in taken] == [
+    assert [(r.key, r.session_id, r.claims) for r in taken] == [
         (rec.key, rec.session_id, "bearer-2")
     ]
     lapsed = await site.store.claim("t1", "alice", "t2", "conn-2")

@@ -15,6 +15,7 @@ from kalami_gateway.domain.ports import (
     CreatedSession,
     InvalidTokenError,
     Metrics,
+    SessionCredentials,
     TokenDecoder,
     TurnReply,
     Utterance,
@@ -41,6 +42,16 @@ class FakeClock(Clock):
     def advance(self, seconds: float) -> None:
         self.wall += seconds
         self.mono += seconds
+
+
+class FakeCredentials(SessionCredentials):
+    """Claims are the token in brackets; a bearer names the claims and the moment it was made."""
+
+    def claims_of(self, token: str) -> str:
+        return f"claims({token})"
+
+    def bearer(self, claims: str, now: float) -> str:
+        return f"bearer[{claims}]@{now:.0f}"
 
 
 class FakeChannel(ClientChannel):

@@ -14,7 +14,14 @@ from kalami_gateway.domain.auth import AuthPolicy
 from kalami_gateway.domain.directory import InMemoryDirectory
 from kalami_gateway.domain.ports import BackendError, BackendErrorKind, BackendHealth
 from kalami_gateway.domain.retry import backoff_delays
-from tests.unit.fakes import FakeBackend, FakeChannel, FakeClock, FakeDecoder, FakeMetrics
+from tests.unit.fakes import (
+    FakeBackend,
+    FakeChannel,
+    FakeClock,
+    FakeCredentials,
+    FakeDecoder,
+    FakeMetrics,
+)
 
 START = json.dumps({"type": "start_session", "payload": {"profileId": "prof"}})
 END = '{"type":"end_session"}'
@@ -38,7 +45,13 @@ class World:
         self.decoder = FakeDecoder()
         self.slept: list[float] = []
         self.cleanup = SessionCleanup(
-            self.backend, self.metrics, self.clock, backend_timeout, window, sleep=self.sleep
+            self.backend,
+            self.metrics,
+            self.clock,
+            backend_timeout,
+            window,
+            FakeCredentials(),
+            sleep=self.sleep,
         )
         self.service = GatewayService(
             self.backend,
@@ -47,6 +60,7 @@ class World:
             AuthPolicy(self.decoder, leeway_seconds=0),
             self.metrics,
             ServiceLimits(4096, 1000, backend_timeout=backend_timeout, end_retry_window=window),
+            FakeCredentials(),
             cleanup=self.cleanup,
         )
 
@@ -79,8 +93,40 @@ async def test_a_failed_end_is_answered_at_once_and_retried_until_it_succeeds() 
     assert channel.types()[-1] == "session_ended"  # before any retry
     await world.settled()
     assert world.slept == [2, 4, 8]
-    assert [c for c in world.backend.calls if c[0] == "end"] == [("end", "tok", "s1")] * 4
+    # The client's own token first; each retry a bearer made from its claims at that moment.
+    start = 1_000_000
+    assert [c for c in world.backend.calls if c[0] == "end"] == [
+        ("end", "tok", "s1"),
+        ("end", f"bearer[claims(tok)]@{start + 2}", "s1"),
+        ("end", f"bearer[claims(tok)]@{start + 6}", "s1"),
+        ("end", f"bearer[claims(tok)]@{start + 14}", "s1"),
+    ]
     assert world.metrics.cleanup == ["retry", "retry", "retry", "ended"]
+
+
+async def test_a_refused_credential_is_final_counted_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World()
+    conn, _ = await world.connect()
+    await world.service.handle_text(conn, START)
+    world.backend.end_failures = [DOWN, BackendError(BackendErrorKind.REJECTED, "no", status=401)]
+    await world.service.handle_text(conn, END)
+    await world.settled()
+    assert world.slept == [2]  # one retry, refused: no more
+    assert world.metrics.cleanup == ["retry", "refused"]
+    assert [r.message for r in caplog.records].count("backend_end_session_refused") == 1
+
+
+async def test_an_end_after_the_token_expired_carries_a_bearer_from_its_claims() -> None:
+    world = World()
+    token = world.decoder.issue("short", sub="alice", exp=world.clock.now() + 20)
+    conn = await world.service.open(FakeChannel(), token)
+    assert conn is not None
+    await world.service.handle_text(conn, START)
+    world.clock.advance(25)  # expired, though not yet closed by the ticker
+    await world.service.disconnect(conn, "token_expired")
+    assert world.backend.calls[-1] == ("end", "bearer[claims(short)]@1000025", "s1")
 
 
 async def test_a_session_the_backend_says_is_gone_is_not_retried() -> None:
@@ -135,7 +181,7 @@ async def test_a_create_that_answers_after_the_deadline_has_its_session_ended() 
     assert world.cleanup.pending == 1
     world.backend.hold_creates.set()  # the backend made it after all
     await world.settled()
-    assert ("end", "tok", "s1") in world.backend.calls
+    assert ("end", "bearer[claims(tok)]@1000000", "s1") in world.backend.calls
     assert world.metrics.cleanup == ["ended"]
     assert channel.types()[-1] == "error"  # the client heard nothing of it
 
@@ -160,7 +206,10 @@ async def test_shutdown_makes_a_last_attempt_at_every_session_still_to_end() -> 
     await world.service.handle_text(conn, END)  # retry scheduled, sleeping
     await asyncio.sleep(0)
     await world.service.drain()
-    assert [c for c in world.backend.calls if c[0] == "end"] == [("end", "tok", "s1")] * 2
+    assert [c for c in world.backend.calls if c[0] == "end"] == [
+        ("end", "tok", "s1"),
+        ("end", "bearer[claims(tok)]@1000002", "s1"),
+    ]
     assert world.metrics.cleanup[-1] == "ended"
 
 

@@ -95,7 +95,7 @@ async def test_a_parked_session_lapses_after_the_grace_once() -> None:
     assert await store.parked() == 1
     clock.advance(0.1)
     lapsed = await store.take_lapsed()
-    assert [(r.session_id, r.token) for r in lapsed] == [("s1", "bearer-2")]  # the latest bearer
+    assert [(r.session_id, r.claims) for r in lapsed] == [("s1", "bearer-2")]  # the latest bearer
     assert await store.take_lapsed() == []
     assert await store.parked() == 0
     refused = await store.claim("resume-1", "alice", "resume-2", "conn-2")

@@ -23,7 +23,14 @@ from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain.auth import AuthPolicy
 from kalami_gateway.domain.directory import InMemoryDirectory
 from kalami_gateway.domain.session import Phase
-from tests.unit.fakes import FakeBackend, FakeChannel, FakeClock, FakeDecoder, FakeMetrics
+from tests.unit.fakes import (
+    FakeBackend,
+    FakeChannel,
+    FakeClock,
+    FakeCredentials,
+    FakeDecoder,
+    FakeMetrics,
+)
 
 START = json.dumps({"type": "start_session", "payload": {"profileId": "prof", "topic": "food"}})
 START_REC = json.dumps({"type": "start_recording", "payload": {"format": "wav"}})
@@ -103,6 +110,7 @@ def make_world(
             backend_timeout=backend_timeout,
             remote_turn_slack=0.0,
         ),
+        FakeCredentials(),
         new_id=lambda: next(ids),
         parking=parking,
         new_resume_token=lambda: next(tokens),
@@ -248,7 +256,8 @@ async def test_the_grace_lapses_and_the_session_is_ended_once(world: World) -> N
     world.clock.advance(1)
     assert await world.service.expire_parked() == 1
     assert await world.service.expire_parked() == 0
-    assert world.ends() == [("end", "tok-alice", "s1")]
+    # Ended with a bearer made from the learner's claims when the grace lapsed.
+    assert world.ends() == [("end", "bearer[claims(tok-alice)]@1000030", "s1")]
     assert world.metrics.parking == ["parked", "expired"]
     _, channel = await world.connect(resume=conn.resume_token)
     assert channel.sent[1] == p.error(pk.refusal_message(pk.Refusal.LAPSED))
@@ -362,6 +371,7 @@ def make_world_on(w: World) -> World:
         AuthPolicy(w.decoder, leeway_seconds=0),
         w.metrics,
         ServiceLimits(max_message_bytes=4096, max_audio_bytes=1000, resume_grace=GRACE),
+        FakeCredentials(),
         parking=w.parking,
     )
     return World(service, w.backend, w.parking, w.clock, w.decoder, w.metrics)

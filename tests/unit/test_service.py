@@ -16,7 +16,14 @@ from kalami_gateway.domain.auth import AuthPolicy
 from kalami_gateway.domain.directory import InMemoryDirectory
 from kalami_gateway.domain.ports import BackendError, BackendErrorKind
 from kalami_gateway.domain.session import Phase
-from tests.unit.fakes import FakeBackend, FakeChannel, FakeClock, FakeDecoder, FakeMetrics
+from tests.unit.fakes import (
+    FakeBackend,
+    FakeChannel,
+    FakeClock,
+    FakeCredentials,
+    FakeDecoder,
+    FakeMetrics,
+)
 
 START = json.dumps({"type": "start_session", "payload": {"profileId": "prof", "topic": "food"}})
 START_REC = json.dumps({"type": "start_recording", "payload": {"format": "wav"}})
@@ -65,6 +72,7 @@ def world() -> World:
         AuthPolicy(decoder, leeway_seconds=0),
         metrics,
         ServiceLimits(max_message_bytes=4096, max_audio_bytes=1000),
+        FakeCredentials(),
         new_id=lambda: next(ids),
     )
     return World(service, backend, directory, clock, decoder, metrics)
@@ -336,6 +344,7 @@ async def test_the_connection_over_the_cap_is_closed_4004(world: World) -> None:
         AuthPolicy(world.decoder, leeway_seconds=0),
         world.metrics,
         ServiceLimits(max_message_bytes=4096, max_audio_bytes=1000, max_connections_per_user=2),
+        FakeCredentials(),
     )
     token = world.decoder.issue("capped", sub="alice", exp=world.clock.now() + 60)
     opened = [await limited.open(FakeChannel(), token) for _ in range(2)]
@@ -401,6 +410,7 @@ async def test_token_expiring_is_sent_once_before_expiry_then_4003() -> None:
         AuthPolicy(decoder, leeway_seconds=0),
         FakeMetrics(),
         ServiceLimits(4096, 1000, token_expiry_warning=60),
+        FakeCredentials(),
     )
     token = decoder.issue("t", sub="alice", exp=clock.now() + 100)
     channel = FakeChannel()

@@ -15,7 +15,14 @@ from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain.auth import AuthPolicy
 from kalami_gateway.domain.directory import InMemoryDirectory
 from kalami_gateway.domain.session import Phase
-from tests.unit.fakes import FakeBackend, FakeChannel, FakeClock, FakeDecoder, FakeMetrics
+from tests.unit.fakes import (
+    FakeBackend,
+    FakeChannel,
+    FakeClock,
+    FakeCredentials,
+    FakeDecoder,
+    FakeMetrics,
+)
 
 START = json.dumps({"type": "start_session", "payload": {"profileId": "prof"}})
 START_REC = json.dumps({"type": "start_recording", "payload": {"format": "ogg"}})
@@ -41,6 +48,7 @@ class World:
                 stream_uploads=True,
                 backend_timeout=backend_timeout,
             ),
+            FakeCredentials(),
             new_id=lambda: next(ids),
         )
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import jwt
+import msgspec
 
-from kalami_gateway.domain.ports import InvalidTokenError, TokenDecoder
+from kalami_gateway.domain.ports import InvalidTokenError, SessionCredentials, TokenDecoder
 
 ALGORITHM = "HS256"
+# How long a bearer made for one end call is valid.
+END_BEARER_SECONDS = 300
 
 
 class PyJwtDecoder(TokenDecoder):
@@ -32,6 +35,32 @@ class PyJwtDecoder(TokenDecoder):
         except jwt.InvalidTokenError as exc:
             raise InvalidTokenError(f"{type(exc).__name__}: {exc}") from None
         return claims
+
+
+class ResignedCredentials(SessionCredentials):
+    """Ends sessions with the learner's own claims, signed again with JWT_SECRET for a few
+    minutes (``iat`` now, ``exp`` now + 5 min, no ``nbf``).
+
+    The gateway accepts only tokens signed with JWT_SECRET, so the backend that issued them
+    signs with the same secret (HS256 is symmetric) and accepts these as the learner's: a
+    session parked past its token's expiry (the usual case after a 4003 close) or an end call
+    retried for minutes still ends. The gateway never needs a credential of its own, and the
+    session store keeps the claims (who the learner is), never a token that works."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    def claims_of(self, token: str) -> str:
+        # Verified when the connection was accepted; only its claims are wanted here.
+        claims = jwt.decode(token, options={"verify_signature": False})
+        return msgspec.json.encode(claims).decode()
+
+    def bearer(self, claims: str, now: float) -> str:
+        values: dict[str, object] = msgspec.json.decode(claims)
+        values.pop("nbf", None)
+        values["iat"] = int(now)
+        values["exp"] = int(now) + END_BEARER_SECONDS
+        return jwt.encode(values, self._secret, algorithm=ALGORITHM)
 
 
 def mint_token(secret: str, subject: str, expires_at: float) -> str:

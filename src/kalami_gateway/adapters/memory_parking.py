@@ -42,7 +42,7 @@ class InMemoryParking(SessionParking):
         self._tombstones.pop(resume_token, None)
 
     async def park(
-        self, key: str, connection_id: str, phase: pk.ParkedPhase, token: str | None
+        self, key: str, connection_id: str, phase: pk.ParkedPhase, claims: str | None
     ) -> bool:
         entry = self._entries.get(key)
         if entry is None or entry.connection_id != connection_id:
@@ -55,7 +55,7 @@ class InMemoryParking(SessionParking):
             entry.record.session_id,
             entry.record.profile_id,
             entry.record.topic,
-            entry.record.token if token is None else token,
+            entry.record.claims if claims is None else claims,
         )
         entry.deadline = self._clock.monotonic() + self._rules.grace
         entry.kept = pk.Kept()

@@ -3,7 +3,7 @@
 Keys (under the prefix ``p``, beside the directory's, whose ``p instances`` leases say which
 holders are alive):
 
-- ``p rs:<key>``          hash: the session (``user``, ``meta``, ``token``, ``phase``, its
+- ``p rs:<key>``          hash: the session (``user``, ``meta``, ``claims``, ``phase``, its
                           holder's ``inst`` and ``conn`` — empty while parked —, ``grace`` ms,
                           ``tok`` its current resume token's hash, ``dropped``, ``bytes``)
 - ``p rs:<key>:kept``     list: messages kept while parked, oldest first
@@ -19,7 +19,8 @@ Every step is one script, so a claim, a keep and an expiry never interleave: a l
 session is handed to exactly one instance; a turn's messages are either kept (and returned
 by the claim) or forwarded to the claimer, never both. Sessions held by an instance whose
 lease lapsed (killed) are parked by the next sweep, so their backend sessions get ended too.
-Resume tokens are stored as SHA-256 hashes: the store never holds one that works.
+Resume tokens are stored as SHA-256 hashes, and of the learner's token only its claims (to
+end the session with): the store never holds a token that works.
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ log = logging.getLogger(__name__)
 # At most this many lapsed sessions are taken by one sweep (the next sweep takes the rest).
 SWEEP_BATCH: Final = 100
 
-# ARGV: prefix, key, token hash, user, meta, bearer, instance, connection, grace ms.
+# ARGV: prefix, key, token hash, user, meta, claims, instance, connection, grace ms.
 _HOLD: Final = (
     PRELUDE
     + """
 local r = p .. 'rs:' .. ARGV[2]
 redis.call('DEL', r, r .. ':kept')
-redis.call('HSET', r, 'user', ARGV[4], 'meta', ARGV[5], 'token', ARGV[6], 'phase', 'active',
+redis.call('HSET', r, 'user', ARGV[4], 'meta', ARGV[5], 'claims', ARGV[6], 'phase', 'active',
   'inst', ARGV[7], 'conn', ARGV[8], 'grace', ARGV[9], 'tok', ARGV[3], 'dropped', 0, 'bytes', 0)
 redis.call('EXPIRE', r, ttl)
 redis.call('SET', p .. 'rt:' .. ARGV[3], ARGV[2], 'EX', ttl)
@@ -61,7 +62,7 @@ return 1
 """
 )
 
-# ARGV: prefix, key, instance, connection, phase, bearer ('' keeps the held one).
+# ARGV: prefix, key, instance, connection, phase, claims ('' keeps the held ones).
 _PARK: Final = (
     PRELUDE
     + """
@@ -72,7 +73,7 @@ end
 redis.call('SREM', p .. 'held:' .. ARGV[3], ARGV[2])
 redis.call('HSET', r, 'inst', '', 'conn', '', 'phase', ARGV[5], 'dropped', 0, 'bytes', 0)
 if ARGV[6] ~= '' then
-  redis.call('HSET', r, 'token', ARGV[6])
+  redis.call('HSET', r, 'claims', ARGV[6])
 end
 redis.call('DEL', r .. ':kept')
 redis.call('EXPIRE', r, ttl)
@@ -122,7 +123,7 @@ return 2
 
 # ARGV: prefix, token hash, user, new token hash, instance, connection, tombstone seconds.
 # Returns {'refused', why} | {'held', instance, connection, key} |
-# {'resumed', key, meta, bearer, phase, dropped, kept messages...}.
+# {'resumed', key, meta, claims, phase, dropped, kept messages...}.
 _CLAIM: Final = (
     PRELUDE
     + """
@@ -153,7 +154,7 @@ end
 redis.call('ZREM', p .. 'parked', m)
 redis.call('SET', p .. 'rt:' .. ARGV[2], '!used', 'EX', ARGV[7])
 redis.call('SET', p .. 'rt:' .. ARGV[4], m, 'EX', ttl)
-local out = {'resumed', m, redis.call('HGET', r, 'meta'), redis.call('HGET', r, 'token'),
+local out = {'resumed', m, redis.call('HGET', r, 'meta'), redis.call('HGET', r, 'claims'),
   redis.call('HGET', r, 'phase'), redis.call('HGET', r, 'dropped')}
 for _, v in ipairs(redis.call('LRANGE', r .. ':kept', 0, -1)) do
   out[#out + 1] = v
@@ -189,7 +190,7 @@ return 1
 """
 )
 
-# ARGV: prefix, batch size, tombstone seconds. Returns key, meta, bearer triples.
+# ARGV: prefix, batch size, tombstone seconds. Returns key, meta, claims triples.
 _TAKE_LAPSED: Final = (
     PRELUDE
     + """
@@ -218,7 +219,7 @@ for _, key in ipairs(due) do
     redis.call('SET', p .. 'rt:' .. tok, '!lapsed', 'EX', ARGV[3])
     out[#out + 1] = key
     out[#out + 1] = redis.call('HGET', r, 'meta')
-    out[#out + 1] = redis.call('HGET', r, 'token')
+    out[#out + 1] = redis.call('HGET', r, 'claims')
     redis.call('DEL', r, r .. ':kept')
   end
 end
@@ -292,17 +293,17 @@ class RedisParking(SessionParking):
             token_hash(resume_token),
             record.user_id,
             meta,
-            record.token,
+            record.claims,
             self._instance_id,
             connection_id,
             self._grace_ms,
         )
 
     async def park(
-        self, key: str, connection_id: str, phase: pk.ParkedPhase, token: str | None
+        self, key: str, connection_id: str, phase: pk.ParkedPhase, claims: str | None
     ) -> bool:
         parked = await self._call(
-            self._park, key, self._instance_id, connection_id, phase, token or ""
+            self._park, key, self._instance_id, connection_id, phase, claims or ""
         )
         return bool(parked)
 
@@ -336,10 +337,10 @@ class RedisParking(SessionParking):
             return pk.ResumeRefused(_REFUSALS.get(reply[1], pk.Refusal.UNKNOWN))
         if verdict == b"held":
             return pk.HeldElsewhere(pk.Holder(_text(reply[1]), _text(reply[2])), _text(reply[3]))
-        key, meta, bearer, phase, dropped, *kept = reply[1:]
+        key, meta, claims, phase, dropped, *kept = reply[1:]
         m = _decode_meta(meta)
         record = pk.SessionRecord(
-            _text(key), m.user_id, m.session_id, m.profile_id, m.topic, _text(bearer)
+            _text(key), m.user_id, m.session_id, m.profile_id, m.topic, _text(claims)
         )
         return pk.Resumed(
             record,

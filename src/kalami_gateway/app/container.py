@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from kalami_gateway.adapters.api_proxy import ApiProxy
 from kalami_gateway.adapters.clock import SystemClock
 from kalami_gateway.adapters.httpx_backend import HttpxBackend, build_client
-from kalami_gateway.adapters.jwt_decoder import PyJwtDecoder
+from kalami_gateway.adapters.jwt_decoder import PyJwtDecoder, ResignedCredentials
 from kalami_gateway.adapters.local_push import LocalPushBus
 from kalami_gateway.adapters.memory_parking import InMemoryParking
 from kalami_gateway.adapters.metrics import PrometheusMetrics
@@ -159,6 +159,7 @@ class Container(containers.DeclarativeContainer):
             shutdown_turn_wait=providers.Callable(turn_wait, settings.provided.shutdown_timeout),
             stream_uploads=providers.Callable(streams, settings.provided.utterance_upload),
         ),
+        credentials=providers.Singleton(ResignedCredentials, secret=settings.provided.jwt_secret),
         instance=instance,
         parking=parking,
     )

@@ -50,13 +50,13 @@ from kalami_gateway.domain.ports import (
     Metrics,
     ParkingEvents,
     ParkingUnavailable,
+    SessionCredentials,
     SessionParking,
     TurnReply,
     Utterance,
     UtteranceUpload,
 )
 from kalami_gateway.domain.rate import TokenBucket, bucket
-from kalami_gateway.domain.retry import already_gone
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ LOST_REPLY = (
 )
 
 Forwarded = tuple[str, Sequence[bytes], bool]  # session key, encoded messages, turn done
+# An end call carries the client's own token only if it is good for this much longer.
+OWN_TOKEN_MARGIN = 30.0
 
 
 def new_resume_token() -> str:
@@ -168,6 +170,7 @@ class GatewayService(ParkingEvents):
         auth: AuthPolicy,
         metrics: Metrics,
         limits: ServiceLimits,
+        credentials: SessionCredentials,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         instance: InstanceConnections | None = None,
         cleanup: SessionCleanup | None = None,
@@ -175,6 +178,7 @@ class GatewayService(ParkingEvents):
         new_resume_token: Callable[[], str] = new_resume_token,
     ) -> None:
         self._backend = backend
+        self._credentials = credentials
         self._directory = directory
         self._instance = InstanceConnections() if instance is None else instance
         self._clock = clock
@@ -183,7 +187,12 @@ class GatewayService(ParkingEvents):
         self._limits = limits
         self._session_limits = s.Limits(max_audio_bytes=limits.max_audio_bytes)
         self._cleanup = cleanup or SessionCleanup(
-            backend, metrics, clock, limits.backend_timeout, limits.end_retry_window
+            backend,
+            metrics,
+            clock,
+            limits.backend_timeout,
+            limits.end_retry_window,
+            self._credentials,
         )
         self._new_id = new_id
         self._new_resume_token = new_resume_token
@@ -395,7 +404,7 @@ class GatewayService(ParkingEvents):
             detached = self._detached.pop(record.key, None)
             if detached is not None and detached.turn is not None:
                 detached.turn.cancel()
-        await asyncio.gather(*(self._end_at_backend(r.token, r.session_id) for r in lapsed))
+        await asyncio.gather(*(self._end_at_backend(r.claims, r.session_id) for r in lapsed))
         return len(lapsed)
 
     def instance_stats(self) -> InstanceStats:
@@ -496,7 +505,9 @@ class GatewayService(ParkingEvents):
         if conn.state.phase is s.Phase.RECORDING:
             self._drop_utterance(conn)  # the client records again
         try:
-            parked = await self._parking.park(key, conn.id, pk.parked_phase(conn.state), conn.token)
+            parked = await self._parking.park(
+                key, conn.id, pk.parked_phase(conn.state), self._credentials.claims_of(conn.token)
+            )
         except ParkingUnavailable:
             log.warning("session_park_failed", extra={"connection_id": conn.id})
             self._undetach(conn)
@@ -597,7 +608,7 @@ class GatewayService(ParkingEvents):
         )
         if self._parking is not None:
             left = await self._parking.leave()  # sessions nobody can resume once we are gone
-            await asyncio.gather(*(self._end_at_backend(r.token, r.session_id) for r in left))
+            await asyncio.gather(*(self._end_at_backend(r.claims, r.session_id) for r in left))
         await self._cleanup.close()
 
     async def _finish_detached_turns(self, wait: float) -> None:
@@ -709,7 +720,7 @@ class GatewayService(ParkingEvents):
             except BackendError as exc:
                 if exc.kind is BackendErrorKind.TIMEOUT and not call.done():
                     # It may still succeed: a session then exists that no client owns.
-                    self._cleanup.adopt(call, conn.token, started)
+                    self._cleanup.adopt(call, self._credentials.claims_of(conn.token), started)
                 raise
         except BackendError as exc:
             self._metrics.backend_error(exc.kind)
@@ -734,7 +745,7 @@ class GatewayService(ParkingEvents):
                     created.id,
                     profile_id,
                     created.topic,
-                    conn.token,
+                    self._credentials.claims_of(conn.token),
                 ),
             )
         await self._apply(conn, s.SessionCreated(created.id, profile_id, created.topic))
@@ -754,22 +765,18 @@ class GatewayService(ParkingEvents):
         if key is not None and self._parking is not None:
             with contextlib.suppress(ParkingUnavailable):  # then its token lapses on its own
                 await self._parking.forget(key)
-        await self._end_at_backend(conn.token, session_id)
+        # The client's own token while it is good for a while yet; else (a 4003 close) a
+        # bearer made from its claims.
+        fresh = conn.principal.expires_at - self._clock.now() > OWN_TOKEN_MARGIN
+        await self._end_at_backend(
+            self._credentials.claims_of(conn.token), session_id, conn.token if fresh else None
+        )
         if not conn.closed:
             await conn.channel.send(p.SessionEnded(p.SessionEndedPayload(session_id)))
 
-    async def _end_at_backend(self, token: str, session_id: str) -> None:
+    async def _end_at_backend(self, claims: str, session_id: str, token: str | None = None) -> None:
         """End a session at the backend; a failed call is retried in the background."""
-        try:
-            await self._on_time(self._backend.end_session(token, session_id))
-        except BackendError as exc:
-            self._metrics.backend_error(exc.kind)
-            log.warning(
-                "backend_end_session_failed",
-                extra={"session_id": session_id, "kind": exc.kind.value},
-            )
-            if not already_gone(exc.status):
-                self._cleanup.end_later(token, session_id)  # nobody is kept waiting
+        await self._cleanup.end_now(claims, session_id, token)
 
     async def _write(self, conn: Connection, upload: UtteranceUpload, frame: bytes) -> None:
         """A frame into the streamed upload; while the backend reads slower than the learner

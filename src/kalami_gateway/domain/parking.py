@@ -76,7 +76,8 @@ class SessionRecord(msgspec.Struct, frozen=True):
     """An open, resumable session: what a new connection (or an expiry) needs to carry it on.
 
     ``key`` names it in the store for its whole life (resume tokens change with every
-    connection); ``token`` is the bearer of its backend calls (the latest the client gave).
+    connection); ``claims`` are the claims of the latest token the client gave (never the
+    token): what ends the session at the backend (``ports.SessionCredentials``).
     """
 
     key: str
@@ -84,7 +85,7 @@ class SessionRecord(msgspec.Struct, frozen=True):
     session_id: str
     profile_id: str
     topic: str | None
-    token: str
+    claims: str
 
 
 class Holder(msgspec.Struct, frozen=True):

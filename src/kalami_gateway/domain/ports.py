@@ -147,6 +147,23 @@ class TokenDecoder(Protocol):
         ...
 
 
+class SessionCredentials(Protocol):
+    """How the gateway ends a learner's session after the learner's token may have lapsed (a
+    session parked past its token's expiry, an end call retried for minutes).
+
+    What is kept for that is the token's claims, never the token itself (a store holding them
+    holds nothing that works); each end call gets a bearer made from them at that moment."""
+
+    def claims_of(self, token: str) -> str:
+        """The claims of an accepted token, as kept to end its sessions later."""
+        ...
+
+    def bearer(self, claims: str, now: float) -> str:
+        """A bearer for one backend call on behalf of the learner with these claims, valid
+        from ``now`` for a short while."""
+        ...
+
+
 class Metrics(Protocol):
     """What the domain reports for monitoring."""
 
@@ -162,7 +179,8 @@ class Metrics(Protocol):
 
     def session_cleanup(self, outcome: str) -> None:
         """A background end call: ``retry`` (another attempt), ``ended`` (a retry or an
-        orphaned create's end succeeded), ``gave_up`` (the retry window ran out)."""
+        orphaned create's end succeeded), ``gave_up`` (the retry window ran out),
+        ``refused`` (the backend refused the credential: 401/403, final)."""
         ...
 
     def session_parking(self, event: str) -> None:
@@ -275,11 +293,11 @@ class SessionParking(Protocol):
         ...
 
     async def park(
-        self, key: str, connection_id: str, phase: ParkedPhase, token: str | None
+        self, key: str, connection_id: str, phase: ParkedPhase, claims: str | None
     ) -> bool:
-        """The holder went away: wait for a resume until the grace lapses (``token``: the
-        bearer to keep, None for the one held). False if the session is not this
-        connection's any more (taken over, ended, lapsed)."""
+        """The holder went away: wait for a resume until the grace lapses (``claims``: the
+        learner's latest, to end the session with; None keeps the held ones). False if the
+        session is not this connection's any more (taken over, ended, lapsed)."""
         ...
 
     async def keep(self, key: str, messages: Sequence[bytes], turn_done: bool) -> None:

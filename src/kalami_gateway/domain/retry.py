@@ -23,3 +23,9 @@ def backoff_delays(
 def already_gone(status: int | None) -> bool:
     """The backend's answer to an end call that means there is nothing left to end."""
     return status in (400, 404)
+
+
+def refused(status: int | None) -> bool:
+    """The backend's answer to an end call that no retry can change: the credential itself is
+    refused (it was made from the learner's claims moments before the call)."""
+    return status in (401, 403)
