@@ -181,6 +181,26 @@ async def test_a_held_session_is_claimed_only_after_its_holder_lets_go(sites: Si
     assert claim.record.claims == "bearer-1"  # None kept the held bearer
 
 
+async def test_past_the_users_cap_the_oldest_parked_sessions_lapse_at_once(
+    sites: Sites,
+) -> None:
+    site = await sites.new(pk.ParkingRules(grace=30.0, max_bytes=1000, max_parked_per_user=2))
+    alices = [record("alice") for _ in range(4)]
+    bob = record("bob")
+    for n, rec in enumerate([*alices[:3], bob]):
+        await site.store.hold(f"t{n}", rec, "conn-1")
+        assert await site.store.park(rec.key, "conn-1", "active", None)
+        await asyncio.sleep(0.002)  # parked in this order
+    lapsed = await site.store.take_lapsed()  # long before the grace
+    assert [r.key for r in lapsed] == [alices[0].key]
+    # A resumed session no longer counts; the fourth parks and the cap holds at two.
+    assert isinstance(await site.store.claim("t1", "alice", "t1b", "conn-2"), pk.Resumed)
+    await site.store.hold("t9", alices[3], "conn-1")
+    assert await site.store.park(alices[3].key, "conn-1", "active", None)
+    assert await site.store.take_lapsed() == []
+    assert await site.store.parked() == 3  # alice's 3rd and 4th, bob's
+
+
 async def test_only_the_holder_parks(sites: Sites) -> None:
     site = await sites.new()
     rec = record()

@@ -39,3 +39,14 @@ def test_a_reader_that_waits_as_told_never_exceeds_rate_plus_burst(gaps: list[fl
         now += gap
         now += b.take(1, now)  # the adapter waits this long before the next read
         assert taken <= rate * now + 2 * rate + 1e-6
+
+
+def test_try_take_refuses_without_going_into_debt() -> None:
+    b = TokenBucket(rate=1.0, now=0.0, burst_seconds=2)
+    assert b.try_take(1, 0.0)
+    assert b.try_take(1, 0.0)
+    assert not b.try_take(1, 0.0)
+    assert not b.try_take(1, 0.5)  # refusals cost nothing: half a token by now
+    assert b.try_take(1, 1.0)
+    assert not b.full(1.0)
+    assert b.full(3.0)

@@ -556,3 +556,42 @@ async def test_a_refresh_during_the_turn_keeps_the_connection(world: World) -> N
     await finish_turn(conn)
     assert channel.closed_with is None
     assert channel.types()[-1] == "audio"
+
+
+async def test_session_starts_are_budgeted_per_user_across_reconnects() -> None:
+    clock = FakeClock()
+    decoder = FakeDecoder()
+    backend = FakeBackend()
+    service = GatewayService(
+        backend,
+        InMemoryDirectory(),
+        clock,
+        AuthPolicy(decoder, leeway_seconds=0),
+        FakeMetrics(),
+        ServiceLimits(max_message_bytes=4096, max_audio_bytes=1000, session_start_rate=3),
+        FakeCredentials(),
+    )
+
+    async def connect(user: str) -> tuple[Connection, FakeChannel]:
+        channel = FakeChannel()
+        token = decoder.issue(f"tok-{user}", sub=user, exp=clock.now() + 3600)
+        conn = await service.open(channel, token)
+        assert conn is not None
+        return conn, channel
+
+    for _ in range(3):  # connect, start, drop: a minute's budget
+        conn, channel = await connect("alice")
+        await service.handle_text(conn, START)
+        assert channel.types()[-1] == "session_started"
+        await service.disconnect(conn)
+    conn, channel = await connect("alice")
+    await service.handle_text(conn, START)
+    assert channel.types()[-1] == "error"
+    assert "Too many sessions" in channel.wire()[-1]
+    assert sum(1 for c in backend.calls if c[0] == "create") == 3
+    other, other_channel = await connect("bob")  # another user is not affected
+    await service.handle_text(other, START)
+    assert other_channel.types()[-1] == "session_started"
+    clock.advance(20)  # 3 a minute: one more after 20 s
+    await service.handle_text(conn, START)
+    assert channel.types()[-1] == "session_started"

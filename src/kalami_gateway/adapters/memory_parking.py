@@ -59,7 +59,25 @@ class InMemoryParking(SessionParking):
         )
         entry.deadline = self._clock.monotonic() + self._rules.grace
         entry.kept = pk.Kept()
+        self._cap_parked(entry.record.user_id)
         return True
+
+    def _cap_parked(self, user_id: str) -> None:
+        """Past the user's cap the oldest parked sessions lapse now (the next sweep ends them)."""
+        cap = self._rules.max_parked_per_user
+        if cap <= 0:
+            return
+        mine = sorted(
+            (
+                e
+                for e in self._entries.values()
+                if e.connection_id is None and e.record.user_id == user_id
+            ),
+            key=lambda e: e.deadline,
+        )
+        now = self._clock.monotonic()
+        for entry in mine[: max(0, len(mine) - cap)]:
+            entry.deadline = min(entry.deadline, now)
 
     async def keep(self, key: str, messages: Sequence[bytes], turn_done: bool) -> None:
         entry = self._entries.get(key)

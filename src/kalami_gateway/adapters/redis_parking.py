@@ -10,6 +10,8 @@ holders are alive):
 - ``p rt:<token hash>``   string: the session key a resume token resumes, or a tombstone
                           (``!used``, ``!lapsed``, ``!ended``) so a late resume is told why
 - ``p parked``            sorted set: parked session key -> grace deadline (ms, Redis's clock)
+- ``p pu:<user>``         sorted set: that user's parked session keys by when they parked
+                          (the per-user cap of parked sessions)
 - ``p held:<instance>``   set of the session keys that instance's connections hold
 - ``p holders``           set of instances that hold sessions
 - channel ``p inst:<instance>``: a turn's messages for a connection of that instance
@@ -62,7 +64,8 @@ return 1
 """
 )
 
-# ARGV: prefix, key, instance, connection, phase, claims ('' keeps the held ones).
+# ARGV: prefix, key, instance, connection, phase, claims ('' keeps the held ones), the user's
+# cap of parked sessions (0: none; past it the oldest lapse now: the next sweep ends them).
 _PARK: Final = (
     PRELUDE
     + """
@@ -79,6 +82,18 @@ redis.call('DEL', r .. ':kept')
 redis.call('EXPIRE', r, ttl)
 redis.call('ZADD', p .. 'parked', now + tonumber(redis.call('HGET', r, 'grace')), ARGV[2])
 redis.call('EXPIRE', p .. 'parked', ttl)
+local pu = p .. 'pu:' .. redis.call('HGET', r, 'user')
+redis.call('ZADD', pu, now, ARGV[2])
+redis.call('EXPIRE', pu, ttl)
+local cap = tonumber(ARGV[7])
+if cap > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', pu, 0, -cap - 1)) do
+    redis.call('ZREM', pu, old)
+    if redis.call('ZSCORE', p .. 'parked', old) then
+      redis.call('ZADD', p .. 'parked', now, old)
+    end
+  end
+end
 return 1
 """
 )
@@ -152,6 +167,7 @@ if holder ~= '' then
   redis.call('HSET', r, 'phase', 'active')
 end
 redis.call('ZREM', p .. 'parked', m)
+redis.call('ZREM', p .. 'pu:' .. ARGV[3], m)
 redis.call('SET', p .. 'rt:' .. ARGV[2], '!used', 'EX', ARGV[7])
 redis.call('SET', p .. 'rt:' .. ARGV[4], m, 'EX', ttl)
 local out = {'resumed', m, redis.call('HGET', r, 'meta'), redis.call('HGET', r, 'claims'),
@@ -185,6 +201,7 @@ if holder ~= '' then
   redis.call('SREM', p .. 'held:' .. holder, ARGV[2])
 end
 redis.call('ZREM', p .. 'parked', ARGV[2])
+redis.call('ZREM', p .. 'pu:' .. redis.call('HGET', r, 'user'), ARGV[2])
 redis.call('DEL', r, r .. ':kept')
 return 1
 """
@@ -217,6 +234,7 @@ for _, key in ipairs(due) do
   local tok = redis.call('HGET', r, 'tok')
   if tok then
     redis.call('SET', p .. 'rt:' .. tok, '!lapsed', 'EX', ARGV[3])
+    redis.call('ZREM', p .. 'pu:' .. redis.call('HGET', r, 'user'), key)
     out[#out + 1] = key
     out[#out + 1] = redis.call('HGET', r, 'meta')
     out[#out + 1] = redis.call('HGET', r, 'claims')
@@ -303,7 +321,13 @@ class RedisParking(SessionParking):
         self, key: str, connection_id: str, phase: pk.ParkedPhase, claims: str | None
     ) -> bool:
         parked = await self._call(
-            self._park, key, self._instance_id, connection_id, phase, claims or ""
+            self._park,
+            key,
+            self._instance_id,
+            connection_id,
+            phase,
+            claims or "",
+            self._rules.max_parked_per_user,
         )
         return bool(parked)
 

@@ -105,6 +105,7 @@ class Container(containers.DeclarativeContainer):
         ParkingRules,
         grace=settings.provided.resume_grace,
         max_bytes=settings.provided.max_audio_bytes,
+        max_parked_per_user=settings.provided.max_connections_per_user,
     )
     parking = providers.Selector(
         mode,
@@ -151,6 +152,7 @@ class Container(containers.DeclarativeContainer):
             end_retry_window=settings.provided.end_retry_window,
             token_expiry_warning=settings.provided.token_expiry_warning,
             message_rate=settings.provided.ws_message_rate,
+            session_start_rate=settings.provided.session_start_rate,
             audio_rate=settings.provided.ws_audio_rate,
             resume_grace=settings.provided.resume_grace,
             restart_parks=providers.Callable(

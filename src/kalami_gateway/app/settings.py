@@ -58,6 +58,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     token_expiry_warning_ms: int = 60_000
     http_header_timeout_ms: int = 10_000
     ws_message_rate: int = 50
+    session_start_rate: int = 20  # start_session per minute per user (per instance)
     ws_send_buffer_bytes: int = 4 << 20
     ws_send_timeout_ms: int = 10_000
     ws_audio_rate: int = 1 << 20
@@ -119,6 +120,7 @@ ENVIRONMENT: Final = (
     ("MAX_AUDIO_BYTES", "largest utterance", "10485760"),
     ("WS_PER_MESSAGE_DEFLATE", "negotiate permessage-deflate", "false"),
     ("WS_MESSAGE_RATE", "text messages/s per connection, burst 2 s (0: off)", "50"),
+    ("SESSION_START_RATE", "start_session per minute per user, burst a minute's (0: off)", "20"),
     ("WS_AUDIO_RATE", "binary bytes/s per connection, burst 2 s (0: off)", "1048576"),
     ("WS_SEND_BUFFER_BYTES", "unsent data per connection before it is let go", "4194304"),
     ("WS_SEND_TIMEOUT", "longest wait of one send on a client not reading, ms", "10000"),
@@ -239,6 +241,7 @@ def load_settings(
         token_expiry_warning_ms=get("TOKEN_EXPIRY_WARNING", _int_range(0, 86_400_000), 60_000),
         http_header_timeout_ms=get("HTTP_HEADER_TIMEOUT", _int_range(100, 600_000), 10_000),
         ws_message_rate=get("WS_MESSAGE_RATE", _int_range(0, 1_000_000), 50),
+        session_start_rate=get("SESSION_START_RATE", _int_range(0, 1_000_000), 20),
         ws_send_buffer_bytes=get("WS_SEND_BUFFER_BYTES", _int_range(65536, 1 << 30), 4 << 20),
         ws_send_timeout_ms=get("WS_SEND_TIMEOUT", _int_range(100, 3_600_000), 10_000),
         ws_audio_rate=get("WS_AUDIO_RATE", _int_range(0, 1 << 30), 1 << 20),

@@ -70,6 +70,10 @@ TAKEOVER_POLL_SECONDS = 0.02
 # The expiry queue is compacted when it holds this many times the entries live connections
 # need (two each): closed connections' entries go, at a cost spread over the closes.
 EXPIRY_SLACK = 4
+TOO_MANY_STARTS = (
+    "Too many sessions started in the last minute; wait a few seconds, then send "
+    "start_session again."
+)
 LOST_REPLY = (
     "The reply to your last utterance was lost while the session moved; please say it again."
 )
@@ -148,6 +152,7 @@ class ServiceLimits(msgspec.Struct, frozen=True):
     backend_timeout: float = 30.0  # every backend call finishes or fails within it
     token_expiry_warning: float = 60.0  # token_expiring this long before exp (0: never)
     message_rate: float = 0.0  # text messages per second per connection (0: no limit)
+    session_start_rate: float = 0.0  # start_session per minute per user (0: no limit)
     audio_rate: float = 0.0  # binary bytes per second per connection (0: no limit)
     end_retry_window: float = 300.0  # how long a failed end call is retried in the background
     resume_grace: float = 0.0  # how long a session waits for its client to resume (0: never)
@@ -203,6 +208,7 @@ class GatewayService(ParkingEvents):
         self._leaving: dict[str, Connection] = {}  # parking under way (connection id)
         self._detached: dict[str, Connection] = {}  # turns running on (session key)
         self._sending: set[asyncio.Task[None]] = set()  # pushes on their way out
+        self._starts: dict[str, TokenBucket] = {}  # user -> their start_session budget
         self._draining = False
 
     async def open(
@@ -435,7 +441,29 @@ class GatewayService(ParkingEvents):
         if isinstance(message, p.Refresh):
             await self._refresh(conn, message.payload.token)
             return
+        if (
+            isinstance(message, p.StartSession)
+            and conn.state.phase is s.Phase.IDLE
+            and not self._may_start(conn.principal.user_id)
+        ):
+            await conn.channel.send(p.error(TOO_MANY_STARTS))
+            return
         await self._apply(conn, message)
+
+    def _may_start(self, user_id: str) -> bool:
+        """SESSION_START_RATE: each user's budget of new sessions, across their connections
+        on this instance. Budgets outlive connections (a client that connects, starts and
+        drops over and over is still counted) until they have refilled."""
+        rate = self._limits.session_start_rate
+        if rate <= 0:
+            return True
+        now = self._clock.monotonic()
+        budget = self._starts.get(user_id)
+        if budget is None:
+            if len(self._starts) > 2 * len(self._live) + 1024:
+                self._starts = {u: b for u, b in self._starts.items() if not b.full(now)}
+            budget = self._starts[user_id] = TokenBucket(rate / 60, now, burst_seconds=60)
+        return budget.try_take(1, now)
 
     def pause_after_text(self, conn: Connection) -> float:
         """Seconds to wait before reading this connection again (WS_MESSAGE_RATE): a client

@@ -23,8 +23,9 @@ ParkedPhase = Literal["active", "processing"]
 
 # At most this many messages are kept for a parked session (and MAX_AUDIO_BYTES in total).
 MAX_KEPT_MESSAGES: Final = 16
-# How long a used, lapsed or ended resume token is remembered, so a late resume is told why.
-TOMBSTONE_SECONDS: Final = 3600.0
+# How long a used, lapsed or ended resume token is remembered, so a late resume is told why
+# (minutes: a resume comes within seconds of a drop; tombstones of busy users add up).
+TOMBSTONE_SECONDS: Final = 300.0
 # A takeover (the old connection still open) waits this long for the old holder to let go.
 TAKEOVER_SECONDS: Final = 3.0
 
@@ -33,6 +34,10 @@ class ParkingRules(msgspec.Struct, frozen=True):
     grace: float  # seconds a parked session waits for its client (0: sessions never park)
     max_bytes: int  # total size of the kept messages (MAX_AUDIO_BYTES)
     max_messages: int = MAX_KEPT_MESSAGES
+    # Parked sessions per user (MAX_CONNECTIONS_PER_USER; 0: no cap). Past it the user's
+    # oldest parked session lapses at once (it is ended by the next sweep): a client that
+    # connects, starts a session and drops, over and over, holds at most this many open.
+    max_parked_per_user: int = 0
 
 
 class Kept(msgspec.Struct, frozen=True):

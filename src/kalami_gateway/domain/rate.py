@@ -28,6 +28,21 @@ class TokenBucket:
         self._stamp = now
         return 0.0 if self._level >= 0 else -self._level / self._rate
 
+    def try_take(self, amount: float, now: float) -> bool:
+        """Debit ``amount`` if the bucket holds it (True); else leave it be (False): for
+        limits that refuse rather than slow down."""
+        level = min(self._burst, self._level + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if level < amount:
+            self._level = level
+            return False
+        self._level = level - amount
+        return True
+
+    def full(self, now: float) -> bool:
+        """Whether it has refilled completely (a new bucket would be the same)."""
+        return self._level + (now - self._stamp) * self._rate >= self._burst
+
 
 def bucket(rate: float, now: float) -> TokenBucket | None:
     """A bucket for ``rate`` per second, or None when the limit is off (0)."""
