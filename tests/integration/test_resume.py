@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.integration.backend_server import BackendServer
@@ -25,7 +26,7 @@ from tests.integration.conftest import (
     running_gateway,
     token_for,
 )
-from tests.integration.redis_fixtures import REDIS_URL
+from tests.integration.redis_fixtures import REDIS_URL, delete_prefix
 from tests.integration.tcp_relay import TcpRelay
 from tests.integration.test_cluster import cluster
 from tests.integration.test_lifecycle import free_port, gateway_env, process
@@ -332,3 +333,20 @@ async def test_talk_resumes_on_the_other_instance_when_its_network_drops(
     assert f"{size} bytes" in lines[6]
     assert len(backend.uploads) == 1
     assert backend.end_calls == [backend.uploads[0].session_id]  # the end talk sent, once
+
+
+async def test_sessions_redis_forgot_are_still_ended(
+    backend: BackendServer, redis: Redis, prefix: str
+) -> None:
+    """Redis restarted with nothing kept: a parked session and an open one are written back
+    by the instance that had them, and both are ended once their clients are gone."""
+    async with cluster(backend, prefix, size=1, resume_grace_ms=1500) as [gateway]:
+        kept_open, _, open_id = await in_session(gateway.ws(token_for("alice")))
+        dropped, _, parked_id = await in_session(gateway.ws(token_for("bob")))
+        reset(dropped)
+        await eventually(lambda: parked_on(gateway), within=5)
+        await delete_prefix(redis, prefix)  # the restart: every key gone
+        await asyncio.sleep(1.5)  # a sweep or two: the instance notices and writes back
+        await kept_open.close()
+        await eventually(lambda: {parked_id, open_id} <= {s for s, _ in backend.ended}, 10)
+        assert sorted(s for s, _ in backend.ended) == sorted([parked_id, open_id])  # once each

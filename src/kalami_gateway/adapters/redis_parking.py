@@ -21,6 +21,13 @@ Every step is one script, so a claim, a keep and an expiry never interleave: a l
 session is handed to exactly one instance; a turn's messages are either kept (and returned
 by the claim) or forwarded to the claimer, never both. Sessions held by an instance whose
 lease lapsed (killed) are parked by the next sweep, so their backend sessions get ended too.
+
+Redis may lose everything (a restart without persistence). Each instance keeps a mirror of
+the sessions it holds and of those it parked (until their grace is over), and a mark
+``p mark:<instance>``; the sweep notices the mark is gone and writes the mirror back: held
+sessions as they are, parked ones with the grace they had left unless another instance has
+written the session back first (a holder's record wins). A connection that goes away with a
+session Redis no longer knows has it ended at once (``park`` raises ``ParkingUnavailable``).
 Resume tokens are stored as SHA-256 hashes, and of the learner's token only its claims (to
 end the session with): the store never holds a token that works.
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -66,10 +74,14 @@ return 1
 
 # ARGV: prefix, key, instance, connection, phase, claims ('' keeps the held ones), the user's
 # cap of parked sessions (0: none; past it the oldest lapse now: the next sweep ends them).
+# Returns 1 (parked), 0 (not this connection's any more), -1 (no record: Redis lost it).
 _PARK: Final = (
     PRELUDE
     + """
 local r = p .. 'rs:' .. ARGV[2]
+if redis.call('EXISTS', r) == 0 then
+  return -1
+end
 if redis.call('HGET', r, 'inst') ~= ARGV[3] or redis.call('HGET', r, 'conn') ~= ARGV[4] then
   return 0
 end
@@ -207,10 +219,12 @@ return 1
 """
 )
 
-# ARGV: prefix, batch size, tombstone seconds. Returns key, meta, claims triples.
+# ARGV: prefix, batch size, tombstone seconds, instance. Returns whether this instance's mark
+# is missing (Redis lost its data: write the mirror back), then key, meta, claims triples.
 _TAKE_LAPSED: Final = (
     PRELUDE
     + """
+local out = {redis.call('EXISTS', p .. 'mark:' .. ARGV[4])}
 for _, holder in ipairs(redis.call('SMEMBERS', p .. 'holders')) do
   local lease = redis.call('ZSCORE', p .. 'instances', holder)
   if not lease or tonumber(lease) <= now then
@@ -226,7 +240,6 @@ for _, holder in ipairs(redis.call('SMEMBERS', p .. 'holders')) do
     redis.call('SREM', p .. 'holders', holder)
   end
 end
-local out = {}
 local due = redis.call('ZRANGEBYSCORE', p .. 'parked', '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, key in ipairs(due) do
   redis.call('ZREM', p .. 'parked', key)
@@ -242,6 +255,40 @@ for _, key in ipairs(due) do
   end
 end
 return out
+"""
+)
+
+# ARGV: prefix, instance, then per session 9 fields: key, kind ('h' held / 'p' parked), user,
+# meta, claims, token hash, connection, grace ms, grace left ms. A held record is written as
+# it is; a parked one only if no instance has written the session back first.
+_RESYNC: Final = (
+    PRELUDE
+    + """
+local iid = ARGV[2]
+for i = 3, #ARGV, 9 do
+  local key, kind = ARGV[i], ARGV[i + 1]
+  local r = p .. 'rs:' .. key
+  if kind == 'h' or redis.call('EXISTS', r) == 0 then
+    redis.call('HSET', r, 'user', ARGV[i + 2], 'meta', ARGV[i + 3], 'claims', ARGV[i + 4],
+      'phase', 'active', 'grace', ARGV[i + 7], 'tok', ARGV[i + 5], 'dropped', 0, 'bytes', 0)
+    redis.call('EXPIRE', r, ttl)
+    redis.call('SET', p .. 'rt:' .. ARGV[i + 5], key, 'EX', ttl)
+    if kind == 'h' then
+      redis.call('HSET', r, 'inst', iid, 'conn', ARGV[i + 6])
+      redis.call('ZREM', p .. 'parked', key)
+      redis.call('SADD', p .. 'held:' .. iid, key)
+      redis.call('EXPIRE', p .. 'held:' .. iid, ttl)
+      redis.call('SADD', p .. 'holders', iid)
+      redis.call('EXPIRE', p .. 'holders', ttl)
+    else
+      redis.call('HSET', r, 'inst', '', 'conn', '')
+      redis.call('ZADD', p .. 'parked', now + tonumber(ARGV[i + 8]), key)
+      redis.call('EXPIRE', p .. 'parked', ttl)
+    end
+  end
+end
+redis.call('SET', p .. 'mark:' .. iid, '1', 'EX', ttl)
+return 1
 """
 )
 
@@ -273,6 +320,25 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class _Mirror:
+    """A session as this instance last wrote it: held (``connection_id``) or parked by it
+    (``deadline``, monotonic)."""
+
+    __slots__ = ("connection_id", "deadline", "record", "token_hash")
+
+    def __init__(
+        self,
+        record: pk.SessionRecord,
+        token_hash: str,
+        connection_id: str | None,
+        deadline: float | None = None,
+    ) -> None:
+        self.record = record
+        self.token_hash = token_hash
+        self.connection_id = connection_id
+        self.deadline = deadline
+
+
 class RedisParking(SessionParking):
     """This instance's side of the cluster's resumable sessions (see the module docstring)."""
 
@@ -291,6 +357,10 @@ class RedisParking(SessionParking):
         self._claim = client.register_script(_CLAIM)
         self._forget = client.register_script(_FORGET)
         self._take_lapsed = client.register_script(_TAKE_LAPSED)
+        self._resync = client.register_script(_RESYNC)
+        # What this instance holds, and what it parked until its grace is over: written back
+        # if Redis loses them (key -> mirror entry).
+        self._mine: dict[str, _Mirror] = {}
 
     def _channel(self, instance_id: str) -> str:
         return f"{self._prefix}inst:{instance_id}"
@@ -305,6 +375,7 @@ class RedisParking(SessionParking):
         meta = _encode_meta(
             _Meta(record.user_id, record.session_id, record.profile_id, record.topic)
         )
+        self._mine[record.key] = _Mirror(record, token_hash(resume_token), connection_id)
         await self._call(
             self._hold,
             record.key,
@@ -320,6 +391,8 @@ class RedisParking(SessionParking):
     async def park(
         self, key: str, connection_id: str, phase: pk.ParkedPhase, claims: str | None
     ) -> bool:
+        # Not held here any more, whatever happens next (a failed park ends the session).
+        mirror = self._mine.pop(key, None)
         parked = await self._call(
             self._park,
             key,
@@ -329,6 +402,17 @@ class RedisParking(SessionParking):
             claims or "",
             self._rules.max_parked_per_user,
         )
+        if parked == -1:
+            if mirror is not None and mirror.connection_id == connection_id:
+                # Held here, and Redis no longer knows it: lost, not ended. End it now.
+                raise ParkingUnavailable("the session's record is gone from Redis")
+            return False
+        if parked == 1 and mirror is not None:
+            record = mirror.record
+            if claims:
+                record = msgspec.structs.replace(record, claims=claims)
+            deadline = time.monotonic() + self._rules.grace
+            self._mine[key] = _Mirror(record, mirror.token_hash, None, deadline)
         return bool(parked)
 
     async def keep(self, key: str, messages: Sequence[bytes], turn_done: bool) -> None:
@@ -366,6 +450,7 @@ class RedisParking(SessionParking):
         record = pk.SessionRecord(
             _text(key), m.user_id, m.session_id, m.profile_id, m.topic, _text(claims)
         )
+        self._mine[record.key] = _Mirror(record, token_hash(new_resume_token), connection_id)
         return pk.Resumed(
             record,
             "processing" if phase == b"processing" else "active",
@@ -381,12 +466,16 @@ class RedisParking(SessionParking):
             raise ParkingUnavailable(f"Redis is unreachable: {type(exc).__name__}") from None
 
     async def forget(self, key: str) -> None:
+        self._mine.pop(key, None)
         await self._call(self._forget, key, self._tombstone)
 
     async def take_lapsed(self) -> list[pk.SessionRecord]:
-        flat = await self._call(self._take_lapsed, SWEEP_BATCH, self._tombstone)
+        marked, *flat = await self._call(
+            self._take_lapsed, SWEEP_BATCH, self._tombstone, self._instance_id
+        )
         records = []
         for i in range(0, len(flat), 3):
+            self._mine.pop(_text(flat[i]), None)
             m = _decode_meta(flat[i + 1])
             records.append(
                 pk.SessionRecord(
@@ -398,7 +487,43 @@ class RedisParking(SessionParking):
                     _text(flat[i + 2]),
                 )
             )
+        if not marked:  # after the lapsed ones left the mirror: they are not written back
+            with contextlib.suppress(ParkingUnavailable):  # the next sweep tries again
+                await self._write_back()
         return records
+
+    async def _write_back(self) -> None:
+        """Redis has lost this instance's mark, so perhaps everything: write back what this
+        instance holds, and what it parked whose grace is not over."""
+        now = time.monotonic()
+        args: list[Any] = []
+        for key, mirror in list(self._mine.items()):
+            record = mirror.record
+            if mirror.connection_id is None:
+                left = (mirror.deadline or 0.0) - now
+                if left <= 0:
+                    del self._mine[key]  # its grace is over: it lapsed (or was taken) by now
+                    continue
+                kind, connection, left_ms = "p", "", round(left * 1000)
+            else:
+                kind, connection, left_ms = "h", mirror.connection_id, 0
+            meta = _encode_meta(
+                _Meta(record.user_id, record.session_id, record.profile_id, record.topic)
+            )
+            args += (
+                key,
+                kind,
+                record.user_id,
+                meta,
+                record.claims,
+                mirror.token_hash,
+                connection,
+                self._grace_ms,
+                left_ms,
+            )
+        await self._call(self._resync, self._instance_id, *args)
+        if args:
+            log.warning("parking_written_back", extra={"sessions": len(args) // 9})
 
     async def parked(self) -> int:
         try:
