@@ -21,7 +21,6 @@ user's is 404 ``Session not found``; an ended one 400 ``Session has ended``. Tok
 ``sub`` (the user's UUID) and ``exp`` (30 minutes), as the real backend's do.
 """
 
-
 import asyncio
 import base64
 import contextlib
