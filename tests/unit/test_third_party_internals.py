@@ -118,7 +118,10 @@ HTTP_PROTOCOL: Final = Subclass(
         "__init__": "the limit counters; uvicorn builds the protocol with keyword arguments",
         "connection_made": "arms the header deadline from the connection's start",
         "connection_lost": "disarms it",
-        "data_received": "ignores bytes after a refusal",
+        "data_received": "replaced whole: heads fed in counted pieces, a pipeline bound, bytes "
+        "behind a WebSocket handshake handed on (uvicorn's own body copied: feed, 400, upgrade)",
+        "on_message_complete": "the end of a body: the next head's bytes are counted",
+        "on_response_complete": "feeds what waited behind a full pipeline; keeps reading paused",
         "handle_websocket_upgrade": "lets go of the parser once the WebSocket protocol has it",
         "send_400_response": "silent after our own 408/414/431",
         "on_message_begin": "restarts the counters and the deadline per request",
@@ -129,7 +132,13 @@ HTTP_PROTOCOL: Final = Subclass(
     uses={
         "loop": "call_later for the header deadline",
         "transport": "writes the 408/414/431 and closes",
-        "parser": "set to None after the upgrade",
+        "parser": "fed by our data_received; set to None after the upgrade",
+        "pipeline": "its length bounds how many requests are parsed ahead",
+        "flow": "pause_reading while requests wait unparsed",
+        "logger": "the 'Invalid HTTP request received.' warning, as uvicorn logs it",
+        "_should_upgrade": "whether an upgrade is a WebSocket one (as uvicorn decides)",
+        "_unsupported_upgrade_warning": "uvicorn's warning for any other upgrade",
+        "_unset_keepalive_if_required": "cancels the keep-alive timer when bytes arrive",
     },
     sources=((GuardedHttpProtocol, SELF_REFS),),
 )

@@ -14,13 +14,26 @@ WebSocket handshake (the upgrade request is parsed here first):
 
 each answered with a JSON body and ``Connection: close``, then the socket is closed. The
 checks are a few integer additions per parser callback: the proxy's speed is unchanged.
+
+Bytes are budgeted where they arrive, before the parser works on them (issue 24):
+
+- a request head is fed to the parser in pieces of ``HEAD_PIECE`` bytes, each counted, so a
+  line that never ends (httptools only calls back at its end, concatenating meanwhile) is
+  refused with 431 once the head's raw bytes pass what its limits allow — not at the
+  deadline after 100+ MiB. A body is fed whole, as before;
+- at most ``MAX_PIPELINED`` requests wait behind the one being answered; the rest of what
+  the client sent stays unparsed (one read at most) and reading stays paused until the
+  queue has drained, so TCP pushes back on a client that pipelines without reading;
+- bytes that follow a WebSocket handshake in the same read (frames a client sent without
+  waiting for the 101) are handed to the WebSocket protocol, not dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+from typing import Any, Final, cast
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_REQUEST_LINE: Final = 16 * 1024
@@ -28,6 +41,11 @@ MAX_REQUEST_LINE: Final = 16 * 1024
 # past 16 KiB in one header line or 128 headers: refused here first, with a status.
 MAX_HEADER_LINE: Final = 16 * 1024
 MAX_HEADER_COUNT: Final = 100
+# A request head is parsed at most this much at a time, its raw size counted between pieces.
+HEAD_PIECE: Final = 1024
+# Requests parsed and waiting behind the one being answered (pipelining) before the rest of
+# the client's bytes are left unparsed.
+MAX_PIPELINED: Final = 4
 _REASONS: Final = {
     408: (b"Request Timeout", b'{"error":"Request headers timed out"}'),
     414: (b"URI Too Long", b'{"error":"Request line too long"}'),
@@ -50,6 +68,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._in_body = False  # between a head and the end of its message
+        self._head_raw = 0  # raw bytes of the head being read
+        self._unread: bytes | None = None  # behind a full pipeline, in arrival order
+        # What a head may take in raw bytes: its line, its headers, their line ends, a piece.
+        self._head_budget = MAX_REQUEST_LINE + self.max_header_bytes + 4 * MAX_HEADER_COUNT
+        self._head_budget += HEAD_PIECE
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -62,7 +86,70 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        super().data_received(data)
+        if self._unread is not None:  # requests wait behind a full pipeline: keep the order
+            self._unread += data
+            self.flow.pause_reading()
+            return
+        self._unset_keepalive_if_required()
+        if self._in_body:  # a body: fed whole (the common case of an upload)
+            self._feed(data, 0)
+            return
+        size, start = len(data), 0
+        while start < size:
+            if self._in_body:
+                end = size
+            else:
+                end = min(size, start + HEAD_PIECE)
+                self._head_raw += end - start
+                if self._head_raw > self._head_budget:
+                    self._refuse_quietly(431)
+                    return
+            if not self._feed(data, start, end):
+                return
+            start = end
+            if len(self.pipeline) >= MAX_PIPELINED and start < size:
+                self._unread = data[start:]
+                self.flow.pause_reading()
+                return
+
+    def _feed(self, data: bytes, start: int, end: int | None = None) -> bool:
+        """Parse ``data[start:end]``; False once nothing more of it is this protocol's (a
+        refusal, a parse error, an upgrade)."""
+        whole = start == 0 and (end is None or end >= len(data))
+        piece: bytes | memoryview = data if whole else memoryview(data)[start:end]
+        try:
+            self.parser.feed_data(piece)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return False
+        except httptools.HttpParserUpgrade as upgrade:
+            if not self._should_upgrade():
+                self._unsupported_upgrade_warning()
+                return False
+            # What the client sent behind its handshake (frames it did not wait to send)
+            # belongs to the WebSocket protocol: uvicorn would drop it.
+            behind = bytes(piece[upgrade.args[0] :]) + (data[end:] if end is not None else b"")
+            self.handle_websocket_upgrade()
+            if behind and not self.transport.is_closing():
+                protocol = cast(asyncio.Protocol, self.transport.get_protocol())
+                protocol.data_received(behind)
+            return False
+        return not self._refused
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        unread = self._unread
+        if unread is None or self.transport.is_closing():
+            return
+        if len(self.pipeline) >= MAX_PIPELINED:
+            self.flow.pause_reading()  # uvicorn resumed it: the queue is still full
+            return
+        self._unread = None
+        self.data_received(unread)
+        if self._unread is not None or self.pipeline:
+            self.flow.pause_reading()
 
     def handle_websocket_upgrade(self) -> None:
         super().handle_websocket_upgrade()
@@ -82,6 +169,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._line_bytes = self._header_bytes = self._header_count = 0
         self._arm()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_body = False
+        self._head_raw = 0
 
     def on_url(self, url: bytes) -> None:
         self._line_bytes += len(url)
@@ -103,6 +195,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._in_body = True
         super().on_headers_complete()
 
     def _arm(self) -> None:
@@ -122,6 +215,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _refuse(self, status: int) -> None:
         self._answer(status)
         raise _Refused(status)
+
+    def _refuse_quietly(self, status: int) -> None:
+        """Refuse outside a parser callback (nothing to unwind)."""
+        if not self._refused:
+            self._answer(status)
 
     def _answer(self, status: int) -> None:
         self._refused = True
