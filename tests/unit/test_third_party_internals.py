@@ -118,8 +118,8 @@ HTTP_PROTOCOL: Final = Subclass(
         "__init__": "the limit counters; uvicorn builds the protocol with keyword arguments",
         "connection_made": "arms the header deadline from the connection's start",
         "connection_lost": "disarms it",
-        "data_received": "replaced whole: heads fed in counted pieces, a pipeline bound, bytes "
-        "behind a WebSocket handshake handed on (uvicorn's own body copied: feed, 400, upgrade)",
+        "data_received": "replaced whole: heads fed in counted pieces, a pipeline bound "
+        "(uvicorn's own body copied: feed, 400, upgrade)",
         "on_message_complete": "the end of a body: the next head's bytes are counted",
         "on_response_complete": "feeds what waited behind a full pipeline; keeps reading paused",
         "handle_websocket_upgrade": "lets go of the parser once the WebSocket protocol has it",

@@ -24,14 +24,12 @@ Bytes are budgeted where they arrive, before the parser works on them (issue 24)
 - at most ``MAX_PIPELINED`` requests wait behind the one being answered; the rest of what
   the client sent stays unparsed (one read at most) and reading stays paused until the
   queue has drained, so TCP pushes back on a client that pipelines without reading;
-- bytes that follow a WebSocket handshake in the same read (frames a client sent without
-  waiting for the 101) are handed to the WebSocket protocol, not dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -128,13 +126,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if not self._should_upgrade():
                 self._unsupported_upgrade_warning()
                 return False
-            # What the client sent behind its handshake (frames it did not wait to send)
-            # belongs to the WebSocket protocol: uvicorn would drop it.
-            behind = bytes(piece[upgrade.args[0] :]) + (data[end:] if end is not None else b"")
+            # What the client sent behind its handshake in the same read (frames it did not
+            # wait for the 101 to send) is dropped here, as uvicorn does: the WebSocket
+            # protocol would answer them before its 101 (issue 28, item 6: open).
+            del upgrade
             self.handle_websocket_upgrade()
-            if behind and not self.transport.is_closing():
-                protocol = cast(asyncio.Protocol, self.transport.get_protocol())
-                protocol.data_received(behind)
             return False
         return not self._refused
 
