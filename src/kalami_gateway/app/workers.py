@@ -6,6 +6,15 @@ or SIGINT to the parent is passed on once, as SIGTERM, to every worker, which dr
 single process does (1001 to its sockets, sessions ended); the parent exits 0 when they have.
 Workers ignore SIGINT themselves, so a Ctrl-C in a terminal (sent to the whole process group)
 reaches them once, through the parent, and cannot cut a drain short.
+
+A worker does not outlive its supervisor: a supervisor that is killed outright (SIGKILL, the
+OOM killer) can pass nothing on, and its workers would go on serving on the port with nobody
+to replace one that dies, keeping a new ``serve`` from binding it. Each worker waits on its
+parent's sentinel (``multiprocessing.parent_process()``; with spawn, a pipe whose write end
+only the parent holds, for as long as the worker runs: it reads end-of-file the moment the
+parent is gone, for any reason, and at once if it already was, so there is no race with a
+parent that dies while the worker starts). It then drains as on SIGTERM, for at most
+``ORPHAN_GRACE_SECONDS``, and exits.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -28,6 +38,11 @@ log = logging.getLogger(__name__)
 _POLL_SECONDS: Final = 0.2
 # A worker that keeps dying at start-up is restarted at most this often.
 _RESTART_PAUSE_SECONDS: Final = 1.0
+# A worker whose supervisor is gone drains as on SIGTERM for at most this long, then exits:
+# within a second its port is free for a new ``serve``. A drain with nothing in flight takes
+# a few tens of ms; a turn in flight is cut short (with Redis its session is parked first,
+# and its client told on resuming that the reply was lost).
+ORPHAN_GRACE_SECONDS: Final = 0.8
 
 
 def listen(settings: Settings) -> socket.socket:
@@ -64,6 +79,7 @@ def _worker(sock: socket.socket) -> None:
     from kalami_gateway.app.server import GatewayServer, uvicorn_config
     from kalami_gateway.app.settings import load_settings
 
+    exit_with_supervisor()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = load_settings()
     app = create_app(settings)
@@ -75,6 +91,26 @@ def _worker(sock: socket.socket) -> None:
         tune_gc=True,
     )
     server.run(sockets=[sock])
+
+
+def exit_with_supervisor() -> None:
+    """In a worker: when the supervisor is gone, SIGTERM to itself (the usual drain), and
+    ``ORPHAN_GRACE_SECONDS`` later an exit whatever the drain has got to."""
+    supervisor = multiprocessing.parent_process()
+    if supervisor is None:  # not started by a Supervisor
+        return
+
+    def watch() -> None:
+        supervisor.join()  # returns once the supervisor has gone, for whatever reason
+        log.warning(
+            "worker_orphaned",
+            extra={"supervisor_pid": supervisor.pid, "grace_s": ORPHAN_GRACE_SECONDS},
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_SECONDS)
+        os._exit(1)  # the drain did not finish in time; nobody waits for this status
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 class Supervisor:
