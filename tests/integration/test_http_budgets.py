@@ -122,3 +122,71 @@ async def test_pipelined_requests_are_all_answered_in_order() -> None:
             statuses.append(int(status.split()[1]))
         writer.close()
         assert statuses == [200, 200, 404] * 40
+
+
+async def read_until_closed(reader: asyncio.StreamReader, within: float) -> bytes:
+    """Everything the gateway sends until it closes the connection (bounded)."""
+    got = b""
+    async with asyncio.timeout(within):
+        while chunk := await reader.read(65536):
+            got += chunk
+    return got
+
+
+async def test_a_body_no_route_reads_is_not_drained_at_the_clients_pace() -> None:
+    port = free_port()
+    env = gateway_env("http://127.0.0.1:9", port, BACKEND_MODE="stub")
+    async with process(GATEWAY, env, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /no-such-route HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n"
+        )
+        writer.write(b"x" * 1000)
+
+        async def drip() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):
+                    writer.write(b"x")
+                    await writer.drain()
+                    await asyncio.sleep(0.1)
+
+        dripping = asyncio.create_task(drip())
+        answer = await read_until_closed(reader, within=5)
+        dripping.cancel()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 404"), answer[:100]
+
+
+async def test_a_body_that_stalls_on_the_gateways_own_route_is_408_at_the_deadline() -> None:
+    port = free_port()
+    env = gateway_env(
+        "http://127.0.0.1:9",
+        port,
+        BACKEND_MODE="stub",
+        HTTP_HEADER_TIMEOUT="1000",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        REDIS_KEY_PREFIX=f"kalami-test-{port}:",
+        PUSH_API_KEY="push-key-for-tests-0123456789",
+    )
+    async with process(GATEWAY, env, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /internal/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer push-key-for-tests-0123456789\r\n"
+            b"Content-Length: 200\r\n\r\n"
+            b'{"userId": "a", "payload": {'
+        )
+
+        async def drip() -> None:  # a byte every 300 ms: never a 1 s stall
+            with contextlib.suppress(ConnectionError):
+                for _ in range(30):
+                    await asyncio.sleep(0.3)
+                    writer.write(b" ")
+                    await writer.drain()
+
+        dripping = asyncio.create_task(drip())
+        answer = await read_until_closed(reader, within=5)
+        dripping.cancel()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert b"Request body timed out" in answer

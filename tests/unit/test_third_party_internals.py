@@ -121,7 +121,8 @@ HTTP_PROTOCOL: Final = Subclass(
         "data_received": "replaced whole: heads fed in counted pieces, a pipeline bound "
         "(uvicorn's own body copied: feed, 400, upgrade)",
         "on_message_complete": "the end of a body: the next head's bytes are counted",
-        "on_response_complete": "feeds what waited behind a full pipeline; keeps reading paused",
+        "on_response_complete": "feeds what waited behind a full pipeline; keeps reading "
+        "paused; closes a connection whose body is still arriving",
         "handle_websocket_upgrade": "lets go of the parser once the WebSocket protocol has it",
         "send_400_response": "silent after our own 408/414/431",
         "on_message_begin": "restarts the counters and the deadline per request",
@@ -134,6 +135,8 @@ HTTP_PROTOCOL: Final = Subclass(
         "transport": "writes the 408/414/431 and closes",
         "parser": "fed by our data_received; set to None after the upgrade",
         "pipeline": "its length bounds how many requests are parsed ahead",
+        "cycle": "whether the answer has begun (response_started) when a body times out",
+        "scope": "raw_path: outside /api a body has a deadline",
         "flow": "pause_reading while requests wait unparsed",
         "logger": "the 'Invalid HTTP request received.' warning, as uvicorn logs it",
         "_should_upgrade": "whether an upgrade is a WebSocket one (as uvicorn decides)",

@@ -24,6 +24,11 @@ Bytes are budgeted where they arrive, before the parser works on them (issue 24)
 - at most ``MAX_PIPELINED`` requests wait behind the one being answered; the rest of what
   the client sent stays unparsed (one read at most) and reading stays paused until the
   queue has drained, so TCP pushes back on a client that pipelines without reading;
+- outside ``/api`` (whose uploads have deadlines of their own) a request body must arrive
+  whole within ``header_timeout`` of its head (else 408, or the connection is closed if
+  the answer has begun): the gateway's own routes take small bodies;
+- a body still arriving when its answer is complete (a route that does not read it: a
+  404, a refusal) is not drained at the client's pace: the connection is closed.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ HEAD_PIECE: Final = 1024
 # Requests parsed and waiting behind the one being answered (pipelining) before the rest of
 # the client's bytes are left unparsed.
 MAX_PIPELINED: Final = 4
+# A connection closed while its client is still sending is read and discarded this long first
+# (so its last answer is not destroyed by a reset), then closed.
+LINGER_SECONDS: Final = 2.0
 _REASONS: Final = {
     408: (b"Request Timeout", b'{"error":"Request headers timed out"}'),
     414: (b"URI Too Long", b'{"error":"Request line too long"}'),
@@ -69,6 +77,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_body = False  # between a head and the end of its message
         self._head_raw = 0  # raw bytes of the head being read
         self._unread: bytes | None = None  # behind a full pipeline, in arrival order
+        self._body_timer: asyncio.TimerHandle | None = None
         # What a head may take in raw bytes: its line, its headers, their line ends, a piece.
         self._head_budget = MAX_REQUEST_LINE + self.max_header_bytes + 4 * MAX_HEADER_COUNT
         self._head_budget += HEAD_PIECE
@@ -79,6 +88,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -136,6 +146,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._in_body and not self.transport.is_closing():
+            # Answered before its body was read: nobody will read the rest. Close rather than
+            # drain it at the client's pace — after a short linger that discards what still
+            # comes, so the answer is not destroyed by a reset.
+            self._stop_body_timer()
+            self._linger()
+            return
         unread = self._unread
         if unread is None or self.transport.is_closing():
             return
@@ -170,6 +187,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_body = False
         self._head_raw = 0
+        self._stop_body_timer()
 
     def on_url(self, url: bytes) -> None:
         self._line_bytes += len(url)
@@ -193,6 +211,23 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         self._in_body = True
         super().on_headers_complete()
+        raw_path: bytes = self.scope.get("raw_path", b"")  # absent for an upgrade
+        if raw_path and not (raw_path == b"/api" or raw_path.startswith(b"/api/")):
+            self._body_timer = self.loop.call_later(self.header_timeout, self._body_timed_out)
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self._refused or self.transport.is_closing():
+            return
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()
+            return
+        self._answer(408, b'{"error":"Request body timed out"}')
 
     def _arm(self) -> None:
         if self._header_timer is None:
@@ -212,20 +247,29 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._answer(status)
         raise _Refused(status)
 
+    def _linger(self) -> None:
+        self._refused = True  # from now on what arrives is discarded
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
     def _refuse_quietly(self, status: int) -> None:
         """Refuse outside a parser callback (nothing to unwind)."""
         if not self._refused:
             self._answer(status)
 
-    def _answer(self, status: int) -> None:
+    def _answer(self, status: int, body: bytes | None = None) -> None:
         self._refused = True
         self._disarm()
-        reason, body = _REASONS[status]
+        self._stop_body_timer()
+        reason, default = _REASONS[status]
+        body = default if body is None else body
         self.transport.write(
             b"HTTP/1.1 %d %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%b" % (status, reason, len(body), body)
         )
-        self.transport.close()
+        self._linger()
 
 
 def guarded_http_protocol(
