@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -18,8 +19,9 @@ from websockets.asyncio.client import connect
 
 from kalami_gateway.app.settings import Settings
 from tests.integration.backend_server import BackendServer
-from tests.integration.conftest import make_settings, recv_json, running_gateway
+from tests.integration.conftest import eventually, make_settings, recv_json, running_gateway
 from tests.integration.tcp_relay import TcpRelay
+from tests.integration.test_playground_origins import token_answers
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("KALAMI_TEST_ARTIFACTS", "test-artifacts"))
@@ -63,14 +65,22 @@ async def test_the_page_and_its_assets_are_served_in_stub_mode() -> None:
 
 async def test_the_token_route_mints_a_token_the_gateway_accepts() -> None:
     async with running_gateway(stub_settings()) as gw, httpx.AsyncClient() as client:
-        answer = await client.post(f"{gw.http}/playground/token", json={"sub": "pat"})
+        # As the page asks: JSON, with its own Origin (tests/integration/test_playground_origins.py
+        # has everything else, refused).
+        page = {"Origin": gw.http}
+        answer = await client.post(f"{gw.http}/playground/token", json={"sub": "pat"}, headers=page)
         assert answer.status_code == 200
         token = answer.json()["token"]
         async with connect(gw.ws(token)) as ws:
             assert (await recv_json(ws))["type"] == "connected"
         for bad in ({}, {"sub": ""}, {"sub": "x", "ttl": 5}, {"sub": "x", "admin": True}):
-            assert (await client.post(f"{gw.http}/playground/token", json=bad)).status_code == 400
-        junk = await client.post(f"{gw.http}/playground/token", content=b"not json")
+            refused = await client.post(f"{gw.http}/playground/token", json=bad, headers=page)
+            assert refused.status_code == 400
+        junk = await client.post(
+            f"{gw.http}/playground/token",
+            content=b"not json",
+            headers={**page, "Content-Type": "application/json"},
+        )
         assert junk.status_code == 400
 
 
@@ -91,7 +101,9 @@ async def test_no_token_is_ever_minted_in_front_of_the_real_backend(
         assert page.status_code == page_status
         if page_status == 200:
             assert '<meta name="kalami-mode" content="http">' in page.text
-        minted = await client.post(f"{gw.http}/playground/token", json={"sub": "x"})
+        minted = await client.post(
+            f"{gw.http}/playground/token", json={"sub": "x"}, headers={"Origin": gw.http}
+        )
         assert minted.status_code == 404
     assert backend.requests == []  # nothing went to /api either
 
@@ -264,3 +276,148 @@ async def test_a_refused_token_is_shown_readably_in_http_mode(
         await expect(page.get_by_test_id("status")).to_have_text("closed: 4002 Invalid token")
         await expect(error).to_contain_text("4002 Invalid token")
         await expect(page.get_by_test_id("connect")).to_be_enabled()  # and it does not retry
+
+
+async def test_the_playground_holds_a_turn_when_cors_origins_names_only_the_app(
+    browser: Browser,
+) -> None:
+    """CORS_ORIGINS lists the operator's app; the playground, a page of the gateway's own, is
+    let in all the same (it used to get 4008)."""
+    settings = stub_settings(cors_origins=("https://app.example",))
+    async with running_gateway(settings) as gw:
+        page = await browser.new_page()
+        await page.goto(f"{gw.http}/playground")
+        await page.get_by_test_id("connect").click()
+        await expect(page.get_by_test_id("status")).to_have_text("connected")
+        await page.get_by_test_id("start-session").click()
+        await talk(page, 0.8)
+        await expect(page.get_by_test_id("transcript")).to_contain_text(
+            "bytes of webm audio", timeout=10_000
+        )
+        await expect(page.get_by_test_id("reply")).to_contain_text("Well done")
+
+
+class ForeignSite:
+    """Another site, on another local port: one page, whatever path is asked for."""
+
+    PAGE = b"<!doctype html><title>Not the gateway</title><h1>elsewhere</h1>"
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    async def __aenter__(self) -> ForeignSite:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            head = (
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nconnection: close\r\n"
+                b"content-length: %d\r\n\r\n" % len(self.PAGE)
+            )
+            writer.write(head + self.PAGE)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+# Every way a page can send the token route a request: fetch in each mode with a simple body
+# (no preflight), a JSON one (preflighted), and a plain HTML form posted into a frame.
+STEAL_A_TOKEN = """async (url) => {
+  const body = JSON.stringify({ sub: "admin", ttl: 86400 });
+  const plain = { "content-type": "text/plain" };
+  const attempts = {
+    "no-cors text/plain": { method: "POST", mode: "no-cors", headers: plain, body },
+    "cors text/plain": { method: "POST", mode: "cors", headers: plain, body },
+    "cors text/plain with credentials": {
+      method: "POST", mode: "cors", credentials: "include", headers: plain, body,
+    },
+    "no-cors form": {
+      method: "POST", mode: "no-cors", body: new URLSearchParams({ sub: "admin" }),
+    },
+    "cors json": {
+      method: "POST", mode: "cors", headers: { "content-type": "application/json" }, body,
+    },
+  };
+  const results = {};
+  for (const [name, init] of Object.entries(attempts)) {
+    try {
+      const response = await fetch(url, init);
+      results[name] = `read ${response.type} ${response.status}: ${await response.text()}`;
+    } catch (error) {
+      results[name] = `refused: ${error.name}`;
+    }
+  }
+  const frame = document.createElement("iframe");
+  frame.name = "sink";
+  document.body.append(frame);
+  const form = document.createElement("form");
+  form.method = "POST";
+  form.action = url;
+  form.enctype = "text/plain";
+  form.target = "sink";
+  const field = document.createElement("input");
+  field.name = '{"sub":"admin","x":"';  // a text/plain form body that parses as JSON
+  field.value = '"}';
+  form.append(field);
+  document.body.append(form);
+  const loaded = new Promise((resolve) => { frame.onload = resolve; });
+  form.submit();
+  await loaded;
+  try {
+    results["form"] = `read: ${frame.contentDocument.body.textContent}`;
+  } catch (error) {
+    results["form"] = `refused: ${error.name}`;
+  }
+  return results;
+}"""
+
+
+async def test_another_sites_page_cannot_get_a_token_even_with_any_origin_allowed(
+    browser: Browser,
+) -> None:
+    async with (
+        running_gateway(stub_settings(cors_origins=("*",))) as gw,
+        ForeignSite() as elsewhere,
+        httpx.AsyncClient() as client,
+    ):
+        page = await browser.new_page()
+        await page.goto(elsewhere.url)
+        results: dict[str, str] = await page.evaluate(STEAL_A_TOKEN, f"{gw.http}/playground/token")
+        assert set(results) == {
+            "no-cors text/plain",
+            "cors text/plain",
+            "cors text/plain with credentials",
+            "no-cors form",
+            "cors json",
+            "form",
+        }
+        for name, result in results.items():
+            assert "eyJ" not in result, (name, result)  # no JWT reached the page
+        # What the page could read at all: opaque nothing, or a refusal.
+        assert results["no-cors text/plain"] == "read opaque 0: "
+        assert results["cors text/plain"] == "refused: TypeError"
+        assert results["cors json"] == "refused: TypeError"
+
+        async def every_attempt_answered() -> bool:
+            answers = token_answers((await client.get(f"{gw.http}/metrics")).text)
+            return answers.get(403, 0) >= len(results)
+
+        await eventually(every_attempt_answered)
+        # Each attempt (the JSON one: its preflight) was refused; none was given a token.
+        answers = token_answers((await client.get(f"{gw.http}/metrics")).text)
+        assert answers == {403: len(results)}

@@ -15,6 +15,7 @@ from kalami_gateway.domain.auth import (
     AuthPolicy,
     CloseCode,
     Principal,
+    same_origin,
 )
 from tests.forged_tokens import signed as forged
 from tests.unit.fakes import FakeDecoder
@@ -173,6 +174,56 @@ def test_origins() -> None:
     assert listed.origin_allowed(None)  # not a browser
     assert not listed.origin_allowed("https://evil.test")
     assert not listed.origin_allowed("null")
+
+
+@pytest.mark.parametrize(
+    ("origin", "scheme", "host"),
+    [
+        ("http://127.0.0.1:3000", "ws", "127.0.0.1:3000"),  # the playground's own socket
+        ("http://127.0.0.1:3000", "http", "127.0.0.1:3000"),  # its token request
+        ("https://gw.example", "wss", "gw.example"),
+        ("https://gw.example", "wss", "gw.example:443"),  # default ports filled in
+        ("http://gw.example:80", "ws", "gw.example"),
+        ("https://GW.Example", "wss", "gw.example"),  # names compare case-insensitively
+        ("HTTPS://gw.example", "WSS", "GW.EXAMPLE"),
+        ("http://[::1]:3000", "ws", "[::1]:3000"),
+        ("http://[::1]", "http", "[::1]:80"),
+    ],
+)
+def test_a_page_of_the_site_a_request_was_sent_to_is_same_origin(
+    origin: str, scheme: str, host: str
+) -> None:
+    assert same_origin(origin, scheme, host)
+
+
+@pytest.mark.parametrize(
+    ("origin", "scheme", "host"),
+    [
+        ("http://127.0.0.1:3001", "ws", "127.0.0.1:3000"),  # another port
+        ("https://127.0.0.1:3000", "ws", "127.0.0.1:3000"),  # another scheme
+        ("http://gw.example", "wss", "gw.example"),  # http page, socket sent over TLS
+        ("http://localhost:3000", "ws", "127.0.0.1:3000"),  # another name for the same host
+        ("https://gw.example.evil.test", "wss", "gw.example"),
+        ("https://evil.test#gw.example", "wss", "gw.example"),
+        ("https://user@gw.example", "wss", "gw.example"),
+        ("https://gw.example/", "wss", "gw.example"),
+        ("null", "ws", "null"),
+        ("", "ws", "127.0.0.1:3000"),
+        ("gw.example", "wss", "gw.example"),
+        ("ftp://gw.example", "ftp", "gw.example"),
+        ("https://gw.example:99999", "wss", "gw.example:99999"),
+        ("https://gw.example:x", "wss", "gw.example:x"),
+        ("https://gw.example:", "wss", "gw.example:"),
+        ("http://[::1]3000", "ws", "[::1]3000"),
+        ("http://[::1:3000", "ws", "[::1:3000"),
+        ("https://:443", "wss", ":443"),
+        ("http://127.0.0.1:3000", "ws", ""),
+    ],
+)
+def test_another_site_or_anything_malformed_is_not_same_origin(
+    origin: str, scheme: str, host: str
+) -> None:
+    assert not same_origin(origin, scheme, host)
 
 
 def test_a_refresh_of_the_same_user_gives_the_new_expiry(policy: AuthPolicy) -> None:

@@ -6,7 +6,9 @@ the raw path, so routing on the decoded one (``/%61pi/x`` is ``/api/x``) would f
 path the router never saw. CORS lives here, not in Litestar, so that one policy covers both
 (the proxy drops the backend's own ``Access-Control-*`` headers). A request with no Host
 (HTTP/1.1) or more than one, or a Host that is not ``name[:port]``, is refused with 400
-before anything else sees it.
+before anything else sees it. Paths that serve the gateway's own pages only (the playground:
+its token route must never be readable by another site) get no CORS headers at all, and
+their preflights a 403.
 """
 
 from __future__ import annotations
@@ -80,12 +82,16 @@ class HttpEdge:
         cors: CorsPolicy,
         record_request: RecordRequest,
         known_routes: Iterable[str],
+        same_origin_only: Iterable[str] = (),
     ) -> None:
+        """``same_origin_only``: path prefixes (``/playground``: it and all below it) never
+        answered with CORS headers."""
         self._app = app
         self._proxy = proxy
         self._cors = cors
         self._record = record_request
         self._known_routes = frozenset(known_routes)
+        self._same_origin_only = tuple(same_origin_only)
         # Made here, after logging is configured: structlog caches a logger's level and output
         # on first use, so a module-level one would keep the first configuration it met.
         self._log = structlog.get_logger("kalami_gateway.http")
@@ -124,7 +130,8 @@ class HttpEdge:
             (b"x-request-id", request_id.encode()),
             _VARY_ORIGIN,
         ]
-        if origin is not None and self._cors.allows(origin):
+        no_cors = origin is not None and not is_api and self._no_cors(path)
+        if origin is not None and not no_cors and self._cors.allows(origin):
             extra_headers.extend(self._cors.response_headers(origin))
 
         async def send_with_headers(message: Message) -> None:
@@ -152,7 +159,9 @@ class HttpEdge:
             elif (
                 scope["method"] == "OPTIONS" and origin is not None and requested_method is not None
             ):
-                status = await self._preflight(send, origin, requested_headers, request_id)
+                status = await self._preflight(
+                    send, origin, requested_headers, request_id, allowed=not no_cors
+                )
             elif is_api:
                 await self._proxy(scope, receive_watching, send_with_headers, request_id)
             else:
@@ -169,10 +178,25 @@ class HttpEdge:
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
 
+    def _no_cors(self, path: str) -> bool:
+        """Whether ``path`` is one of the same-origin-only ones, as the router sees it
+        (Litestar collapses repeated slashes: ``//playground//token`` is the token route)."""
+        if not self._same_origin_only:
+            return False
+        routed = "/" + "/".join(segment for segment in path.split("/") if segment)
+        return any(
+            routed == prefix or routed.startswith(prefix + "/") for prefix in self._same_origin_only
+        )
+
     async def _preflight(
-        self, send: Send, origin: bytes, requested_headers: bytes | None, request_id: str
+        self,
+        send: Send,
+        origin: bytes,
+        requested_headers: bytes | None,
+        request_id: str,
+        allowed: bool = True,
     ) -> int:
-        if not self._cors.allows(origin):
+        if not allowed or not self._cors.allows(origin):
             body = b'{"error":"Origin not allowed"}'
             status = 403
             headers = [(b"content-type", b"application/json")]

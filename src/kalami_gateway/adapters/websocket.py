@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote_plus
 
 import msgspec
@@ -15,9 +15,11 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import WebsocketRouteHandler
 
-from kalami_gateway.adapters.asgi import Receive, Send
+from kalami_gateway.adapters.asgi import Receive, Scope, Send
+from kalami_gateway.adapters.http_checks import TrustedPeers
 from kalami_gateway.adapters.ws_protocol import SOCKET_CONTROL, SocketControl
 from kalami_gateway.application.service import GatewayService
+from kalami_gateway.domain.auth import same_origin
 from kalami_gateway.domain.ports import ClientChannel
 from kalami_gateway.domain.protocol import ServerMessage, encode_server_message
 
@@ -115,12 +117,58 @@ def query_values(query_string: bytes) -> tuple[str | None, str | None]:
     return token, resume
 
 
-def origin_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The handshake's Origin header (browsers always send one; phones usually do not)."""
-    for name, value in headers:
-        if name == b"origin":
-            return value.decode("latin-1")
-    return None
+class SameOrigin:
+    """Tells a browser's request from a page of the gateway's own (the playground) apart from
+    another site's: its ``Origin`` has the scheme, host and port the request was sent to.
+
+    Where it was sent to is the request's scheme and ``Host``; behind a proxy in
+    TRUSTED_PROXIES, its ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` (the first of a
+    list: the client's hop), as the ``/api`` proxy believes them. From anyone else those
+    headers are ignored. A browser cannot set them on a page's requests anyway: they only
+    matter for a page served through the operator's proxy.
+    """
+
+    __slots__ = ("_trusted",)
+
+    def __init__(self, trusted_proxies: Iterable[str] = ()) -> None:
+        self._trusted = TrustedPeers(trusted_proxies)
+
+    def judge(self, scope: Scope) -> tuple[str | None, bool]:
+        """The request's ``Origin`` (the first; None without one) and whether it is the
+        gateway's own site (never with more than one Origin, or more than one Host)."""
+        origin = host = forwarded_proto = forwarded_host = None
+        origins = hosts = 0
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = origin or value
+                origins += 1
+            elif name == b"host":
+                host = value
+                hosts += 1
+            elif name == b"x-forwarded-proto":
+                forwarded_proto = forwarded_proto or value
+            elif name == b"x-forwarded-host":
+                forwarded_host = forwarded_host or value
+        if origin is None:
+            return None, False
+        text = origin.decode("latin-1")
+        if origins > 1:
+            return text, False
+        scheme: str = scope.get("scheme", "http")
+        client = scope.get("client")
+        if client is not None and client[0] in self._trusted:
+            if forwarded_proto:
+                scheme = _first(forwarded_proto).decode("latin-1")
+            if forwarded_host:
+                host, hosts = _first(forwarded_host), 1
+        if host is None or hosts > 1:
+            return text, False
+        return text, same_origin(text, scheme, host.decode("latin-1"))
+
+
+def _first(listed: bytes) -> bytes:
+    """The first entry of a forwarding header's list: the hop nearest the client."""
+    return listed.split(b",", 1)[0].strip()
 
 
 async def _gone(*_: object) -> Any:
@@ -128,13 +176,17 @@ async def _gone(*_: object) -> Any:
 
 
 def ws_route(
-    provide_service: Callable[[], GatewayService], send_limits: SendLimits | None = None
+    provide_service: Callable[[], GatewayService],
+    send_limits: SendLimits | None = None,
+    origins: SameOrigin | None = None,
 ) -> WebsocketRouteHandler:
     """The ``/ws`` handler, bound to the service at the composition root.
 
     The service is a closure, not a Litestar dependency: resolving and validating handler
     kwargs cost ~10% of a connect's CPU in the profile, for a value that never changes.
+    ``origins`` tells the gateway's own pages, which are always let in, from others.
     """
+    own_site = origins or SameOrigin()
 
     @websocket("/ws")
     async def serve_connection(socket: WebSocket[Any, Any, Any]) -> None:
@@ -146,7 +198,12 @@ def ws_route(
             # The token is read here, not declared as a parameter: a missing required parameter
             # makes Litestar refuse before accept, and the client would see HTTP 403, not 4001.
             token, resume = query_values(socket.scope["query_string"])
-            origin = origin_of(socket.scope["headers"])
+            # A page of the gateway's own (the playground) opens its socket whatever
+            # CORS_ORIGINS says, as Centrifugo allows same-origin: the service is told of no
+            # Origin to judge. Another site's page is judged by CORS_ORIGINS (else 4008).
+            origin, own = own_site.judge(cast("Scope", socket.scope))
+            if own:
+                origin = None
             await socket.accept()
             control = (socket.scope.get("extensions") or {}).get(SOCKET_CONTROL)
             receive: Receive

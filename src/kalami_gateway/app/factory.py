@@ -21,9 +21,9 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from kalami_gateway import __version__
-from kalami_gateway.adapters.asgi import ASGIApp, Receive, Scope, Send
+from kalami_gateway.adapters.asgi import ASGIApp, Receive, Scope, Send, send_json_error
 from kalami_gateway.adapters.clock import run_every
-from kalami_gateway.adapters.http_edge import CorsPolicy, HttpEdge
+from kalami_gateway.adapters.http_edge import CorsPolicy, HttpEdge, ProxyCall
 from kalami_gateway.adapters.http_routes import (
     KNOWN_ROUTES,
     health,
@@ -35,9 +35,9 @@ from kalami_gateway.adapters.http_routes import (
 )
 from kalami_gateway.adapters.jwt_decoder import mint_token
 from kalami_gateway.adapters.metrics import PrometheusMetrics
-from kalami_gateway.adapters.playground import PLAYGROUND_ROUTES, playground_routes
+from kalami_gateway.adapters.playground import PAGE_PATH, PLAYGROUND_ROUTES, playground_routes
 from kalami_gateway.adapters.redis_directory import RENEW_SECONDS
-from kalami_gateway.adapters.websocket import SendLimits, ws_route
+from kalami_gateway.adapters.websocket import SameOrigin, SendLimits, ws_route
 from kalami_gateway.app.container import Container
 from kalami_gateway.app.logs import configure_logging
 from kalami_gateway.app.settings import Settings, SettingsError, load_settings
@@ -76,20 +76,23 @@ class GatewayApp:
         self._push_bus: PushBus | None = None
         self._tasks: list[asyncio.Task[None]] = []
         send_limits = SendLimits(settings.ws_send_buffer_bytes, settings.ws_send_timeout_ms / 1000)
+        origins = SameOrigin(settings.trusted_proxies)
         handlers = [
             index,
             health,
             readiness,
             stats,
             metrics,
-            ws_route(self.provide_service, send_limits),
+            ws_route(self.provide_service, send_limits, origins),
         ]
         if settings.push_api_key:
             handlers.append(push_route(settings.push_api_key, self.provide_push_bus))
         if settings.playground_enabled:
             secret = settings.jwt_secret
             handlers += playground_routes(
-                settings.backend_mode == "stub", lambda sub, exp: mint_token(secret, sub, exp)
+                settings.backend_mode == "stub",
+                lambda sub, exp: mint_token(secret, sub, exp),
+                origins.judge,
             )
         self._litestar = Litestar(
             route_handlers=handlers,
@@ -106,13 +109,17 @@ class GatewayApp:
             openapi_config=openapi_config(),
             logging_config=None,
         )
+        # Stub mode talks to no backend, /api included: the playground mints tokens for any
+        # user, and a backend sharing JWT_SECRET behind /api would take them as real ones.
+        api: ProxyCall = self._proxy if settings.backend_mode == "http" else no_api_in_stub_mode
         self._edge = HttpEdge(
             # Litestar's own ASGI types are narrower TypedDicts; the call is plain ASGI.
             cast("ASGIApp", self._litestar),
-            self._proxy,
+            api,
             CorsPolicy(settings.cors_origins),
             self.metrics.http_request,
             (*KNOWN_ROUTES, *PLAYGROUND_ROUTES),
+            same_origin_only=(PAGE_PATH,),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -208,6 +215,14 @@ class GatewayApp:
         if shut is not None:
             await shut
         log.info("gateway_stopped")
+
+
+STUB_MODE_API_ERROR = "No backend: BACKEND_MODE=stub does not proxy /api"
+
+
+async def no_api_in_stub_mode(scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    """``/api`` with ``BACKEND_MODE=stub``: answered at once, nothing forwarded anywhere."""
+    await send_json_error(send, 404, STUB_MODE_API_ERROR)
 
 
 def openapi_config() -> OpenAPIConfig:

@@ -15,6 +15,9 @@ MAX_TOKEN_LENGTH: Final = 8192
 CLOCK_LEEWAY_SECONDS: Final = 10.0
 # The last second of year 9999: a NumericDate beyond it is a forgery or a bug, not a date.
 MAX_NUMERIC_DATE: Final = 253_402_300_799
+# The site a scheme names: a WebSocket opened from http://h:p goes to ws://h:p, the same site.
+_SITE_SCHEMES: Final = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 class CloseCode(enum.IntEnum):
@@ -76,6 +79,44 @@ def numeric_date(value: object) -> int | None:
     return value
 
 
+def same_origin(origin: str, scheme: str, host: str) -> bool:
+    """Whether a browser's ``Origin`` names the site a request was sent to: the same scheme,
+    host and port as ``scheme`` (``http``/``https``, or ``ws``/``wss``, the same sites) and
+    ``host`` (the request's ``name[:port]``).
+
+    Default ports are filled in and names compared case-insensitively, as browsers do.
+    ``null`` (a sandboxed frame, a ``file:`` page, a request a privacy rule stripped) and
+    anything malformed is no site's.
+    """
+    origin_scheme, separator, authority = origin.partition("://")
+    if not separator:
+        return False
+    theirs = _site(origin_scheme, authority)
+    return theirs is not None and theirs == _site(scheme, host)
+
+
+def _site(scheme: str, authority: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a scheme and a ``name[:port]``; None unless well formed."""
+    site_scheme = _SITE_SCHEMES.get(scheme.lower())
+    if site_scheme is None or not authority or any(c in authority for c in "/?#@\\ "):
+        return None
+    if authority.startswith("["):  # an IPv6 literal: the port comes after the bracket
+        name, bracket, rest = authority.partition("]")
+        name += bracket
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        colon, port = rest[:1], rest[1:]
+    else:
+        name, colon, port = authority.partition(":")
+    if not name:
+        return None
+    if not colon:
+        return site_scheme, name.lower(), _DEFAULT_PORTS[site_scheme]
+    if not (port.isdigit() and port.isascii() and len(port) <= 5 and int(port) <= 65535):
+        return None
+    return site_scheme, name.lower(), int(port)
+
+
 class AuthPolicy:
     """Turns a token into a Principal or an AuthFailure. Signature checks are the decoder's."""
 
@@ -113,7 +154,12 @@ class AuthPolicy:
         return Principal(user_id=sub, expires_at=float(exp))
 
     def origin_allowed(self, origin: str | None) -> bool:
-        """Whether a handshake's Origin may open a socket (no Origin: not a browser; allowed)."""
+        """Whether a handshake's Origin may open a socket (no Origin: not a browser; allowed).
+
+        A page of the gateway's own (the playground) is always allowed, whatever
+        CORS_ORIGINS says: the adapter that sees the handshake's Host asks ``same_origin``
+        and hands such a handshake over with no Origin to judge.
+        """
         return origin is None or self._origins is None or origin in self._origins
 
     def refresh(self, user_id: str, token: str, now: float) -> Principal | str:

@@ -2,7 +2,12 @@
 in this package) and, in stub mode only, ``POST /playground/token`` for development tokens.
 
 The token route never exists in front of the real backend: it is built only when the
-gateway runs its built-in stub backend, so nothing can mint tokens for real learners.
+gateway runs its built-in stub backend, so nothing can mint tokens for real learners. And
+only the playground page itself may drive it: another site's page could otherwise read a
+token from a developer's gateway. So it wants a JSON body (a foreign page cannot send one
+without a CORS preflight, which the edge refuses on the playground's paths) and an
+``Origin`` naming the gateway's own site (browsers send one with every POST); it never
+answers with CORS headers.
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from importlib import resources
-from typing import Annotated, Final
+from typing import Annotated, Any, Final, cast
 
 import msgspec
-from litestar import MediaType, Response, get, post
+from litestar import MediaType, Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import JSONBody
+
+from kalami_gateway.adapters.asgi import Scope
 
 PAGE_PATH: Final = "/playground"
 TOKEN_PATH: Final = "/playground/token"  # noqa: S105  # a route, not a secret
@@ -45,6 +51,10 @@ class TokenIssued(msgspec.Struct, frozen=True):
 
 
 Mint = Callable[[str, float], str]  # (sub, expires_at) -> a token the gateway accepts
+# A request's Origin (None without one) and whether it is the gateway's own site.
+JudgeOrigin = Callable[[Scope], tuple[str | None, bool]]
+_TOKEN_HEADERS: Final = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+_TOKEN_REQUEST: Final = msgspec.json.Decoder(TokenRequest)
 
 
 def _asset(name: str) -> str:
@@ -61,9 +71,31 @@ def _asset_route(name: str, media_type: str) -> HTTPRouteHandler:
     return playground_asset
 
 
-def playground_routes(stub_mode: bool, mint: Mint) -> list[HTTPRouteHandler]:
+def _refusal(status: int, error: str) -> Response[bytes]:
+    return Response(
+        msgspec.json.encode({"error": error}),
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=_TOKEN_HEADERS,
+    )
+
+
+def _is_json(scope: Scope) -> bool:
+    """Whether the request's one Content-Type is ``application/json`` (parameters aside).
+    ``text/plain``, forms and multipart are what another site's page can send without a
+    preflight: never these."""
+    types: list[bytes] = [value for name, value in scope["headers"] if name == b"content-type"]
+    if len(types) != 1:
+        return False
+    return types[0].split(b";", 1)[0].strip().lower() == b"application/json"
+
+
+def playground_routes(
+    stub_mode: bool, mint: Mint, judge_origin: JudgeOrigin
+) -> list[HTTPRouteHandler]:
     """The page (its mode, ``stub`` or ``http``, written into it) and, in stub mode, the
-    development token route."""
+    development token route (``judge_origin``: whether a request comes from the gateway's
+    own page)."""
     page = _asset("index.html").replace("{{MODE}}", "stub" if stub_mode else "http")
 
     @get(PAGE_PATH, media_type=MediaType.HTML, sync_to_thread=False, include_in_schema=False)
@@ -82,8 +114,30 @@ def playground_routes(stub_mode: bool, mint: Mint) -> list[HTTPRouteHandler]:
             request_max_body_size=MAX_TOKEN_REQUEST_BYTES,
             include_in_schema=False,
         )
-        async def playground_token(data: JSONBody[TokenRequest]) -> TokenIssued:
-            return TokenIssued(mint(data.sub, time.time() + data.ttl))
+        async def playground_token(request: Request[Any, Any, Any]) -> Response[bytes]:
+            scope = cast("Scope", request.scope)
+            origin, own = judge_origin(scope)
+            if not own:
+                # Behind a TLS-terminating proxy the page's Origin is https://… while the
+                # request reached the gateway over http: the proxy must be in TRUSTED_PROXIES.
+                return _refusal(
+                    403,
+                    ("No Origin" if origin is None else "Origin not allowed")
+                    + ": only the playground page itself may ask for a development token "
+                    "(behind a proxy, list it in TRUSTED_PROXIES)",
+                )
+            if not _is_json(scope):
+                return _refusal(415, "Send the body as Content-Type: application/json")
+            try:
+                data = _TOKEN_REQUEST.decode(await request.body())
+            except msgspec.ValidationError as exc:
+                return _refusal(400, f"Invalid body: {exc}")
+            except msgspec.DecodeError:
+                return _refusal(400, 'Invalid body: expected JSON like {"sub": "me"}')
+            issued = TokenIssued(mint(data.sub, time.time() + data.ttl))
+            return Response(
+                msgspec.json.encode(issued), media_type=MediaType.JSON, headers=_TOKEN_HEADERS
+            )
 
         routes.append(playground_token)
     return routes
