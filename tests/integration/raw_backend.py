@@ -16,6 +16,7 @@ from another's):
 - ``/nocontent/...`` answer 204 with a Content-Length, no body.
 - ``/switch/...``    answer 101 Switching Protocols.
 - ``/cors/...``      answer 200 with the backend's own Access-Control-* headers.
+- ``/fail/...``      read the body, answer 500 (with the tag) and keep the connection open.
 """
 
 from __future__ import annotations
@@ -202,6 +203,11 @@ class RawBackend:
                     b"",
                 )
             )
+            return True
+        if kind == "fail":
+            body = f"tag={request.tag}".encode()
+            headers = [(b"x-echo", request.tag.encode()), (b"content-length", b"%d" % len(body))]
+            writer.write(_response(500, b"Internal Server Error", headers, body))
             return True
         if kind == "cors":
             body = f"tag={request.tag}".encode()

@@ -1,7 +1,7 @@
 """The pool invariant under adversarial interleavings (issue 16), over real sockets.
 
 Many concurrent clients mix ordinary requests with aborted large and chunked uploads, early
-answers, HEADs, slow, dropping and protocol-breaking backend answers, in an order and with
+answers, HEADs, 500s, slow, dropping and protocol-breaking backend answers, in an order and with
 timings hypothesis picks. Whatever the mix: every client that gets a 200 gets its own (the
 backend echoes a tag unique to each request), a well-behaved request to a well-behaved route
 is never answered 502/504, and the backend parses exactly the requests clients sent — once
@@ -44,6 +44,7 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "drop": ("POST", "drop", False),
     "extra": ("GET", "extra", False),
     "head_body": ("HEAD", "head-body", False),
+    "fail": ("POST", "fail", False),  # a 500, the connection kept open: it must be retired
 }
 
 
@@ -75,7 +76,7 @@ def request_bytes(op: Op, tag: str) -> tuple[bytes, bytes, bool]:
     head = f"{method} /api/{route}/{tag} HTTP/1.1\r\nhost: gw\r\nx-tag: {tag}\r\n"
     if op.kind in ("get", "head", "slow", "extra", "head_body"):
         return (head + "\r\n").encode(), b"", False
-    if op.kind == "post_small":
+    if op.kind in ("post_small", "fail"):
         return (head + "content-length: 5\r\n\r\nhello").encode(), b"", False
     if op.kind == "post_large":
         return (head + "content-length: 300000\r\n\r\n").encode() + b"L" * 300_000, b"", False
@@ -125,7 +126,7 @@ def check_outcome(outcome: Outcome) -> None:
     if response is None:
         assert not well_behaved, f"{outcome.op} got no response"
         return
-    if response.status == 200:
+    if response.status == 200 or (response.status == 500 and outcome.op.kind == "fail"):
         assert response.header("x-echo") == outcome.tag, f"{outcome.op} got another's response"
         if outcome.op.kind != "head":
             assert response.body == f"tag={outcome.tag}".encode()

@@ -6,8 +6,9 @@ forwarded as the raw bytes uvicorn hands over, and the lean client in ``upstream
 HTTP/1.1 to the backend. Bodies stream both ways unchanged; small ones (with a known length)
 go in one write.
 
-Safety (issue 16): an upstream connection is reused only after a complete exchange (the rule
-is stated in ``upstream.py``); a large or chunked body is copied by a task of its own while
+Safety (issue 16): an upstream connection is reused only after a complete exchange that was
+not a 5xx, and not after sitting idle long enough for the backend to close it (the rules are
+stated in ``upstream.py``); a large or chunked body is copied by a task of its own while
 the response is awaited, so an early answer from the backend is relayed at once and the
 connection closed unless the body then finished; every wait has a deadline (a free
 connection, the client's next body bytes, the backend taking them, the response); a request
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 from kalami_gateway.adapters.asgi import Receive, Scope, Send, send_json_error
 from kalami_gateway.adapters.http_checks import TrustedPeers, climbs_out
 from kalami_gateway.adapters.upstream import (
+    IDLE_LIMIT,
     PoolExhausted,
     UpstreamConnection,
     UpstreamError,
@@ -112,6 +114,7 @@ class ApiProxy:
         observe_latency: Callable[[float], None],
         record_error: Callable[[BackendErrorKind], None],
         pool_size: int = 512,
+        idle_limit: float = IDLE_LIMIT,
     ) -> None:
         url = urlsplit(backend_url)
         tls = url.scheme == "https"
@@ -126,6 +129,7 @@ class ApiProxy:
         self._observe_latency = observe_latency
         self._record_error = record_error
         self._pool_size = pool_size
+        self._idle_limit = idle_limit
         self._pool: UpstreamPool | None = None
 
     @property
@@ -136,7 +140,7 @@ class ApiProxy:
         """Create the connection pool (connections open on first use)."""
         if self._pool is None:
             self._pool = UpstreamPool(
-                self._host, self._port, self._pool_size, self._timeout, self._tls
+                self._host, self._port, self._pool_size, self._timeout, self._tls, self._idle_limit
             )
 
     async def close(self) -> None:
