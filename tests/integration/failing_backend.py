@@ -9,6 +9,8 @@ Routes (``tag`` is the caller's, so a test can tell every request apart):
 - ``POST /boom/{tag}``  records the tag and raises: the 500 above.
 - ``POST /echo/{tag}``  records the tag and answers ``{"tag": tag, "body": <the JSON body>}``.
 - ``GET /seen``         every tag recorded, in arrival order (what reached the application).
+- ``POST /conversations/sessions/{tag}/end``  the backend adapter's end call: records the tag;
+  raises (the 500 above) when the tag starts with ``boom``.
 
 Run by ``started_backend``: the listening socket is made by the test (so its port is known
 with no race) and handed over as an inherited descriptor. ``KEEPALIVE`` seconds is uvicorn's
@@ -48,6 +50,13 @@ def build_app() -> Any:
     async def echo(tag: str, payload: dict[str, Any]) -> dict[str, Any]:
         app_seen.append(tag)
         return {"tag": tag, "body": payload}
+
+    @app.post("/conversations/sessions/{tag}/end")
+    async def end(tag: str) -> dict[str, str]:
+        app_seen.append(tag)
+        if tag.startswith("boom"):
+            raise RuntimeError(f"the route failed for {tag}")
+        return {"id": tag}
 
     @app.get("/seen")
     async def seen() -> list[str]:

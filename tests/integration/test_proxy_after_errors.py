@@ -16,6 +16,7 @@ upstream connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -25,8 +26,10 @@ import uvloop
 from dependency_injector import providers
 
 from kalami_gateway.adapters.api_proxy import ApiProxy
+from kalami_gateway.adapters.httpx_backend import HttpxBackend, build_client
 from kalami_gateway.app.container import Container
 from kalami_gateway.app.settings import Settings
+from kalami_gateway.domain.ports import BackendError
 from tests.integration.conftest import Gateway, eventually, make_settings, running_gateway
 from tests.integration.failing_backend import started_backend
 from tests.integration.raw_backend import RawBackend
@@ -211,3 +214,27 @@ async def test_an_idle_connection_past_the_limit_is_not_handed_out(raw: RawBacke
         assert record_of(raw, "b") is record_of(raw, "a")  # reused within the limit
         assert record_of(raw, "c") is not record_of(raw, "a")  # past it: a fresh connection
         await eventually(lambda: record_of(raw, "a").closed_by_gateway)
+
+
+async def test_the_backend_adapters_next_call_after_a_500_reaches_the_backend() -> None:
+    """The session and turn calls' own client (httpx on aiohttp's pool): a call right after
+    another learner's call got a 500 from an unhandled exception must not die on the
+    connection uvicorn is closing."""
+    async with started_backend() as url:
+        client = build_client(url, 5.0)
+        backend = HttpxBackend(client)
+        try:
+            failures = 0
+            for n in range(50):
+                with contextlib.suppress(BackendError):
+                    await backend.end_session("token", f"boom-{n}")
+                try:
+                    await backend.end_session("token", f"ok-{n}")
+                except BackendError:
+                    failures += 1
+            assert failures == 0
+            async with httpx.AsyncClient() as plain:
+                seen = (await plain.get(f"{url}/seen")).json()
+            assert [tag for tag in seen if tag.startswith("ok-")] == [f"ok-{n}" for n in range(50)]
+        finally:
+            await client.aclose()

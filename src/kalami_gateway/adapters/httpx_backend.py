@@ -64,7 +64,15 @@ def build_client(base_url: str, timeout_seconds: float) -> httpx.AsyncClient:
     learner's call received must never ride along on another's.
     """
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=MAX_BACKEND_CONNECTIONS, keepalive_timeout=30),
+        # One connection per call, closed by the backend after its answer (its TIME_WAIT,
+        # not the gateway's ports): a pooled one can be closed by the backend under the next
+        # call. Starlette answers a route's unhandled exception with a 500 that keeps the
+        # connection alive and uvicorn closes it a moment later, so the next call on it —
+        # another learner's turn — died unsent or half-sent (50 of 50 right after a 500;
+        # aiohttp releases a small answer's connection before any hook could stop it). These
+        # calls are session starts, ends and turns, each seconds of backend work: a connect
+        # more is nothing beside that.
+        connector=aiohttp.TCPConnector(limit=MAX_BACKEND_CONNECTIONS, force_close=True),
         cookie_jar=aiohttp.DummyCookieJar(),
     )
     transport = AiohttpTransport(client=session)
