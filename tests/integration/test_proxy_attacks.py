@@ -47,6 +47,9 @@ def small_pool(settings: Settings, size: int) -> Container:
             observe_latency=container.metrics.provided.proxy_latency,
             record_error=container.metrics.provided.backend_error,
             pool_size=size,
+            connections_per_client=settings.api_connections_per_client,
+            body_min_rate=settings.api_body_min_rate,
+            body_rate_grace=settings.api_body_rate_grace,
         )
     )
     return container

@@ -184,3 +184,37 @@ def test_utterances_are_streamed_unless_buffering_is_asked_for() -> None:
     assert load({"JWT_SECRET": SECRET}).utterance_upload == "stream"
     buffered = load({"JWT_SECRET": SECRET, "UTTERANCE_UPLOAD": "BUFFER"})
     assert buffered.utterance_upload == "buffer"
+
+
+def test_api_budgets() -> None:
+    defaults = load({"JWT_SECRET": SECRET})
+    assert defaults.api_connections_per_client == 128  # above the bench's 64 (wrk -c64)
+    assert (defaults.api_body_min_rate, defaults.api_body_rate_grace) == (1024, 10.0)
+    set_ = load(
+        {
+            "JWT_SECRET": SECRET,
+            "API_CONNECTIONS_PER_CLIENT": "0",
+            "API_BODY_MIN_RATE": "0",
+            "API_BODY_RATE_GRACE": "2500",
+        }
+    )
+    assert set_.api_connections_per_client == 0  # no cap
+    assert (set_.api_body_min_rate, set_.api_body_rate_grace) == (0, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("API_CONNECTIONS_PER_CLIENT", "-1"),
+        ("API_CONNECTIONS_PER_CLIENT", "many"),
+        ("API_BODY_MIN_RATE", "1KiB"),
+        ("API_BODY_MIN_RATE", "-5"),
+        ("API_BODY_RATE_GRACE", "3600001"),
+        ("API_BODY_RATE_GRACE", "999"),
+    ],
+)
+def test_bad_api_budgets_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load({"JWT_SECRET": SECRET, name: value})
+    assert str(caught.value).startswith(f"{name}: expected a whole number")
+    assert repr(value) in str(caught.value)

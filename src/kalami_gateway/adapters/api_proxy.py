@@ -13,6 +13,11 @@ the response is awaited, so an early answer from the backend is relayed at once 
 connection closed unless the body then finished; every wait has a deadline (a free
 connection, the client's next body bytes, the backend taking them, the response); a request
 is sent twice only when that is provably harmless.
+
+Budgets (issue 24): a request body must keep up with a minimum pace (``BodyPace``), one client
+address holds at most ``connections_per_client`` exchanges at once, and streamed bodies hold at
+most ``streamed_share`` of the pool, so that bodiless and small requests always find a
+connection of their own: slow uploads from many clients cannot take every connection.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -31,6 +37,7 @@ from kalami_gateway.adapters.http_checks import TrustedPeers, climbs_out
 from kalami_gateway.adapters.upstream import (
     IDLE_LIMIT,
     PoolExhausted,
+    SlotGate,
     UpstreamConnection,
     UpstreamError,
     UpstreamPool,
@@ -91,6 +98,14 @@ _RETRYABLE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 SMALL_BODY: Final = 256 * 1024
 
 
+def streamed_share(pool_size: int) -> int:
+    """How many of the pool's connections requests with a streamed body (chunked, or over
+    SMALL_BODY) may hold at once: all but a quarter (rounded down), which is kept for bodiless
+    and small ones. Issue 24: 520 dripping uploads held every connection, and every other
+    client's request got 503."""
+    return pool_size - pool_size // 4
+
+
 class BadRequest(Exception):
     """A request the gateway refuses to forward (400); the message says why."""
 
@@ -100,7 +115,41 @@ class ClientGone(Exception):
 
 
 class ClientStalled(Exception):
-    """The client stopped sending its request body."""
+    """The client stopped sending its request body, or sent it too slowly."""
+
+
+class BodyPace:
+    """When the gateway stops waiting for a request body's next bytes: ``stall`` seconds after
+    it starts waiting, or once the body has fallen behind ``min_rate`` bytes/s by more than
+    ``grace`` seconds — whichever comes first.
+
+    Behind means: ``t`` seconds after the reading started, fewer than
+    ``min_rate * (t - grace)`` bytes have arrived. A deadline on the next bytes is exact: the
+    body falls behind at ``start + grace + received / min_rate``, and each arrival moves that
+    moment on. Time spent waiting for the backend to take the body does not count."""
+
+    __slots__ = ("_behind_at", "_per_byte", "stall")
+
+    def __init__(self, stall: float, min_rate: int, grace: float, start: float) -> None:
+        self.stall = stall
+        self._per_byte = 1 / min_rate if min_rate else 0.0
+        self._behind_at = start + grace if min_rate else math.inf
+
+    def deadline(self, now: float) -> float:
+        """The loop time by which the next bytes must arrive."""
+        behind_at = self._behind_at
+        stall_at = now + self.stall
+        return stall_at if stall_at < behind_at else behind_at
+
+    def received(self, size: int) -> None:
+        self._behind_at += size * self._per_byte
+
+    def paused(self, seconds: float) -> None:
+        """The gateway did not read for ``seconds`` (the backend was not taking the body)."""
+        self._behind_at += seconds
+
+    def behind(self, now: float) -> bool:
+        return now >= self._behind_at
 
 
 class ApiProxy:
@@ -115,7 +164,13 @@ class ApiProxy:
         record_error: Callable[[BackendErrorKind], None],
         pool_size: int = 512,
         idle_limit: float = IDLE_LIMIT,
+        connections_per_client: int = 0,
+        body_min_rate: int = 0,
+        body_rate_grace: float = 10.0,
     ) -> None:
+        """``connections_per_client``: concurrent exchanges per client address (0: no cap);
+        ``body_min_rate``, ``body_rate_grace``: the pace a request body must keep (see
+        ``BodyPace``; a rate of 0: only the stall deadline)."""
         url = urlsplit(backend_url)
         tls = url.scheme == "https"
         self._host = url.hostname or "localhost"
@@ -131,6 +186,16 @@ class ApiProxy:
         self._pool_size = pool_size
         self._idle_limit = idle_limit
         self._pool: UpstreamPool | None = None
+        self._per_client = connections_per_client
+        # Exchanges in flight per client address; an address leaves with its last exchange.
+        self._in_flight: dict[bytes, int] = {}
+        self._min_rate = body_min_rate
+        self._rate_grace = body_rate_grace
+        # The deadline of a body's first bytes: the pace allows no longer with none arrived.
+        self._first_wait = (
+            min(timeout_seconds, body_rate_grace) if body_min_rate else timeout_seconds
+        )
+        self._streamed_slots = SlotGate(streamed_share(pool_size))
 
     @property
     def pool(self) -> UpstreamPool | None:
@@ -154,34 +219,43 @@ class ApiProxy:
             await send_json_error(send, 503, "Gateway is starting or stopping")
             return
         try:
-            head, body_length, chunked = self._request_head(scope, request_id)
+            head, body_length, chunked, client = self._request_head(scope, request_id)
         except BadRequest as exc:
             await send_json_error(send, 400, str(exc))
             return
-        body: bytes | None = None
-        if body_length is not None and body_length <= SMALL_BODY:
-            try:
-                body = await _read_body(receive, self._timeout) if body_length else None
-            except ClientGone:
+        per_client = self._per_client
+        if per_client:
+            held = self._in_flight.get(client, 0)
+            if held >= per_client:
+                log.warning("proxy_client_over_limit", extra={"client": client.decode("latin-1")})
+                await send_json_error(send, 503, "Backend busy: too many requests from this client")
                 return
-            except ClientStalled:
-                await send_json_error(send, 408, "Request body timed out", close=True)
-                return
-        streamed = body is None and (chunked or (body_length or 0) > 0)
+            self._in_flight[client] = held + 1
         method: str = scope["method"]
         is_head = method == "HEAD"
-        started = time.perf_counter()
         conn: UpstreamConnection | None = None
         pump: _BodyPump | None = None
+        streamed_slot = False
         try:
             try:
+                body: bytes | None = None
+                if body_length and body_length <= SMALL_BODY:  # read whole, sent in one write
+                    body = await _read_body(receive, self._first_wait, self._pace)
+                streamed = body is None and (chunked or (body_length or 0) > 0)
+                started = time.perf_counter()
+                wait = self._timeout
+                if streamed:
+                    # Its share of the pool first, then a connection: both within one wait.
+                    await self._streamed_slots.take(wait)
+                    streamed_slot = True
+                    wait = max(0.0, wait - (time.perf_counter() - started))
                 for attempt in (1, 2):
-                    conn = await pool.acquire(self._timeout, fresh=attempt == 2)
+                    conn = await pool.acquire(wait, fresh=attempt == 2)
                     conn.begin(
                         head + body if body else head, is_head, request_complete=not streamed
                     )
                     if streamed:
-                        pump = _BodyPump(receive, conn, chunked, body_length, self._timeout)
+                        pump = _BodyPump(receive, conn, chunked, body_length, self._pace)
                     try:
                         response = await self._response(conn, pump)
                         break
@@ -229,6 +303,18 @@ class ApiProxy:
                 await pump.stop()
             if conn is not None:
                 pool.release(conn)
+            if streamed_slot:
+                self._streamed_slots.give()
+            if per_client:
+                held = self._in_flight[client] - 1
+                if held:
+                    self._in_flight[client] = held
+                else:
+                    del self._in_flight[client]
+
+    def _pace(self, start: float) -> BodyPace:
+        """The pace of a request body whose reading started at loop time ``start``."""
+        return BodyPace(self._timeout, self._min_rate, self._rate_grace, start)
 
     async def _response(self, conn: UpstreamConnection, pump: _BodyPump | None) -> UpstreamResponse:
         """The response head. The deadline runs from the end of the request body: an answer
@@ -240,7 +326,9 @@ class ApiProxy:
                 pump.sent.result()  # the body failed: the client left or stalled, or the backend
         return await conn.head_within(self._timeout)
 
-    def _request_head(self, scope: Scope, request_id: str) -> tuple[bytes, int | None, bool]:
+    def _request_head(self, scope: Scope, request_id: str) -> tuple[bytes, int | None, bool, bytes]:
+        """The request head to send, the body's length, whether it is chunked, and the client
+        address (the peer's; from a trusted proxy, the one its X-Forwarded-For reports)."""
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         rest = raw_path[len(b"/api") :] or b"/"
         if climbs_out(rest):
@@ -286,7 +374,11 @@ class ApiProxy:
                 continue
             parts += (name, b": ", value, b"\r\n")
         peer = client[0].encode() if client else b""
-        forwarded_for = incoming_xff + b", " + peer if trusted and incoming_xff else peer
+        if trusted and incoming_xff:
+            forwarded_for = incoming_xff + b", " + peer
+            reported = self._reported_client(incoming_xff) or peer
+        else:
+            forwarded_for = reported = peer
         proto = (
             incoming_proto if trusted and incoming_proto else scope.get("scheme", "http").encode()
         )
@@ -300,7 +392,16 @@ class ApiProxy:
         elif body_length is not None:
             parts += (b"content-length: ", str(body_length).encode(), b"\r\n")
         parts.append(b"\r\n")
-        return b"".join(parts), body_length, chunked and body_length is None
+        return b"".join(parts), body_length, chunked and body_length is None, reported
+
+    def _reported_client(self, forwarded_for: bytes) -> bytes:
+        """The client a trusted proxy reports: the last address in X-Forwarded-For that is not
+        itself a trusted proxy (each appends the peer it saw), else the first."""
+        addresses = [a for a in (e.strip() for e in forwarded_for.split(b",")) if a]
+        for address in reversed(addresses):
+            if address.decode("latin-1") not in self._trusted:
+                return address
+        return addresses[0] if addresses else b""
 
     async def _relay(
         self, response: UpstreamResponse, receive: Receive, send: Send, pump: _BodyPump | None
@@ -364,13 +465,13 @@ class _BodyPump:
         conn: UpstreamConnection,
         chunked: bool,
         length: int | None,
-        timeout: float,
+        pace_from: Callable[[float], BodyPace],
     ) -> None:
         self._receive = receive
         self._conn = conn
         self._chunked = chunked
         self._length = length
-        self._timeout = timeout
+        self._pace_from = pace_from
         self.gone = asyncio.Event()
         self.sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run())
@@ -390,11 +491,15 @@ class _BodyPump:
 
     async def _copy(self) -> None:
         conn = self._conn
+        loop = asyncio.get_running_loop()
+        pace = self._pace_from(loop.time())
         written = 0
-        async for chunk in _stream_body(self._receive, self._timeout):
+        async for chunk in _stream_body(self._receive, pace):
             conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
             written += len(chunk)
-            await conn.drain(self._timeout)
+            waited_from = loop.time()
+            await conn.drain(pace.stall)
+            pace.paused(loop.time() - waited_from)  # the backend's time, not the client's
         if self._chunked:
             conn.write(b"0\r\n\r\n")
         # Only now is the exchange's request side complete (and only if the lengths agree).
@@ -423,30 +528,53 @@ def _not_forwarded(
     return always.union(named) if named else always
 
 
-async def _next_message(receive: Receive, stall_limit: float) -> tuple[bytes, bool]:
-    """The client's next body bytes and whether more follow, within ``stall_limit`` seconds."""
+async def _next_message(receive: Receive, pace: BodyPace) -> tuple[bytes, bool]:
+    """The client's next body bytes and whether more follow, within the body's pace."""
+    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(stall_limit):
+        async with asyncio.timeout_at(pace.deadline(loop.time())):
+            message = await receive()
+    except TimeoutError:
+        if pace.behind(loop.time()):
+            raise ClientStalled("the client sent the body slower than the minimum") from None
+        raise ClientStalled("the client sent no body bytes within the timeout") from None
+    if message["type"] == "http.disconnect":
+        raise ClientGone("client disconnected while sending the body")
+    chunk: bytes = message.get("body", b"")
+    pace.received(len(chunk))
+    return chunk, message.get("more_body", False)
+
+
+async def _read_body(
+    receive: Receive, first_wait: float, pace_from: Callable[[float], BodyPace]
+) -> bytes:
+    """A small body, whole. Its first message (usually all of it) has one plain deadline,
+    ``first_wait``, which is what its pace allows before any byte: no pace is kept for a body
+    that comes at once (~0.7 µs a request). One in several messages is paced from there."""
+    try:
+        async with asyncio.timeout(first_wait) as first_deadline:
             message = await receive()
     except TimeoutError:
         raise ClientStalled("the client sent no body bytes within the timeout") from None
     if message["type"] == "http.disconnect":
         raise ClientGone("client disconnected while sending the body")
-    return message.get("body", b""), message.get("more_body", False)
-
-
-async def _read_body(receive: Receive, stall_limit: float) -> bytes:
-    parts: list[bytes] = []
+    chunk: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return chunk
+    when = first_deadline.when()
+    pace = pace_from((when if when is not None else 0.0) - first_wait)  # when() is set here
+    pace.received(len(chunk))
+    parts = [chunk]
     while True:
-        chunk, more = await _next_message(receive, stall_limit)
+        chunk, more = await _next_message(receive, pace)
         parts.append(chunk)
         if not more:
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+            return b"".join(parts)
 
 
-async def _stream_body(receive: Receive, stall_limit: float) -> AsyncIterator[bytes]:
+async def _stream_body(receive: Receive, pace: BodyPace) -> AsyncIterator[bytes]:
     while True:
-        chunk, more = await _next_message(receive, stall_limit)
+        chunk, more = await _next_message(receive, pace)
         if chunk:
             yield chunk
         if not more:

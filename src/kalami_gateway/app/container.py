@@ -172,4 +172,7 @@ class Container(containers.DeclarativeContainer):
         trusted_proxies=settings.provided.trusted_proxies,
         observe_latency=metrics.provided.proxy_latency,
         record_error=metrics.provided.backend_error,
+        connections_per_client=settings.provided.api_connections_per_client,
+        body_min_rate=settings.provided.api_body_min_rate,
+        body_rate_grace=settings.provided.api_body_rate_grace,
     )

@@ -66,6 +66,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     resume_grace_ms: int = 30_000  # 0: a dropped connection ends its session at once
     playground: bool | None = None  # None: on with the stub backend, off with the real one
     utterance_upload: UtteranceUpload = "stream"
+    api_connections_per_client: int = 128  # concurrent /api exchanges per client (0: no cap)
+    api_body_min_rate: int = 1024  # bytes/s an /api request body must keep up with (0: off)
+    api_body_rate_grace_ms: int = 10_000  # how far behind that pace a body may fall
+
+    @property
+    def api_body_rate_grace(self) -> float:
+        return self.api_body_rate_grace_ms / 1000
 
     @property
     def playground_enabled(self) -> bool:
@@ -143,6 +150,13 @@ ENVIRONMENT: Final = (
         "stream (to the backend while the learner speaks) or buffer (upload after stop)",
         "stream",
     ),
+    (
+        "API_CONNECTIONS_PER_CLIENT",
+        "concurrent /api requests per client address (0: no cap)",
+        "128",
+    ),
+    ("API_BODY_MIN_RATE", "bytes/s an /api request body must keep up with (0: off)", "1024"),
+    ("API_BODY_RATE_GRACE", "how far behind that pace an /api body may fall, ms", "10000"),
 )
 
 
@@ -249,6 +263,9 @@ def load_settings(
         resume_grace_ms=get("RESUME_GRACE", _int_range(0, 86_400_000), 30_000),
         playground=get("PLAYGROUND", _bool, None),
         utterance_upload=get("UTTERANCE_UPLOAD", _choice("stream", "buffer"), "stream"),  # type: ignore[arg-type]
+        api_connections_per_client=get("API_CONNECTIONS_PER_CLIENT", _int_range(0, 1_000_000), 128),
+        api_body_min_rate=get("API_BODY_MIN_RATE", _int_range(0, 1 << 30), 1024),
+        api_body_rate_grace_ms=get("API_BODY_RATE_GRACE", _int_range(1000, 3_600_000), 10_000),
     )
     problems += cluster_problems(settings)
     if problems:
