@@ -519,7 +519,8 @@ async def case_flood(sizes: Sizes, backend_url: str) -> list[Row]:
     with and without the flood, and the flooder's achieved rate — with the default
     per-connection rate limits (50 messages/s, burst 100)."""
     gateway = GatewayProcess(
-        backend_url=backend_url, extra_env={"WS_MESSAGE_RATE": "50", "WS_AUDIO_RATE": "1048576"}
+        backend_url=backend_url,
+        extra_env={"WS_MESSAGE_RATE": "50", "WS_AUDIO_RATE": "1048576", "WS_FRAME_RATE": "400"},
     )
     others = [token(f"calm-{n}") for n in range(sizes.ping_connections)]
     seconds = 2.0 if sizes is SMOKE else 6.0

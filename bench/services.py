@@ -267,6 +267,7 @@ class GatewayProcess(LocalServer):
             # Throughput is measured without the per-connection rate limits (the anchors
             # have none); the flood case turns them back on.
             "WS_MESSAGE_RATE": "0",
+            "WS_FRAME_RATE": "0",
             "WS_AUDIO_RATE": "0",
             **self.extra_env,
         }

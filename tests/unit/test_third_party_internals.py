@@ -56,6 +56,7 @@ from kalami_gateway.adapters.http_protocol import (
 )
 from kalami_gateway.adapters.httpx_backend import HttpxBackend
 from kalami_gateway.adapters.ws_protocol import (
+    CLOSE_TIMEOUT,
     SOCKET_CONTROL,
     LivelyWebSocketProtocol,
     ReceiveQueue,
@@ -153,24 +154,41 @@ WS_PROTOCOL: Final = Subclass(
     where="adapters/ws_protocol.py",
     init_params=("self", "config", "server_state", "app_state", "_loop"),
     overrides={
-        "__init__": "swaps queue and writable for lighter stand-ins",
-        "data_received": "any frame from the peer counts as a pong",
+        "__init__": "swaps queue and writable for lighter stand-ins; a shorter close_timeout",
+        "data_received": "replaced whole (uvicorn's own copied: feed, parser error, events): "
+        "frames counted against the frame budget, reads over it parsed in pieces or kept, "
+        "bytes before the accept kept, bounded reads after a close; any frame is a pong",
         "handle_connect": "puts SocketControl in the scope before the app's task runs",
-        "handle_parser_exception": "a lingering close after a protocol error (1009)",
-        "connection_lost": "breaks reference cycles once the app is done too",
+        "start_keepalive": "the 101 is out: the frame budget starts, frames kept are parsed",
+        "handle_cont": "fragments gathered in one bytearray, not a list of tiny bytes",
+        "handle_parser_exception": "a lingering close after a protocol error (1009), on "
+        "close_timer so that the app's end does not cut it short",
+        "pause_writing": "reads take the slow path, which checks the write buffer (pongs)",
+        "resume_writing": "back to the fast path",
+        "connection_lost": "breaks reference cycles once the app is done too; ends a pause",
         "on_task_complete": "the same, from the app's side",
         "schedule_ping": "the next ping on the shared heartbeat timer",
-        "keepalive_timeout": "no drop while the gateway itself is not reading",
+        "keepalive_timeout": "no drop while the gateway itself is not reading: ping again",
     },
     uses={
-        "loop": "call_later (lingering close), heartbeats.for_loop",
-        "transport": "write, write_eof, resume_reading, close, abort, buffer size",
-        "conn": "websockets' ServerProtocol: close_sent, data_to_send, parser",
+        "loop": "call_later (lingering close, throttling), time, heartbeats.for_loop",
+        "transport": "write, write_eof, pause/resume_reading, close, abort, buffer size",
+        "conn": "websockets' ServerProtocol: receive_data, events, parser_exc, close_sent, "
+        "data_to_send, parser",
+        "config": "ws_max_size: how much a lingering close reads at most",
         "queue": "replaced by ReceiveQueue (put_nowait, get, empty)",
         "writable": "replaced by WritableFlag (set, clear, wait)",
-        "read_paused": "read and cleared (reading resumed for the lingering close)",
-        "close_sent": "read, and set after our close frame",
-        "handshake_complete": "SocketControl.accepted refuses before it",
+        "read_paused": "read, cleared and set (reading paused for the frame budget is ours; "
+        "resumed for the lingering close)",
+        "close_sent": "read (bytes after our close frame are bounded), set after our close",
+        "close_timer": "the lingering close's timer (run_asgi leaves the socket open while "
+        "it is set)",
+        "close_timeout": "set shorter: a refused socket is closed within CLOSE_TIMEOUT",
+        "handshake_initiated": "bytes before it are the upgrade request",
+        "handshake_complete": "SocketControl.accepted refuses before it; frames before it are kept",
+        "handle_events": "called after each parse, as uvicorn's data_received does",
+        "frames": "the fragments of the message being received (handle_cont)",
+        "send_receive_event_to_app": "called by handle_cont at a message's last fragment",
         "ping_interval": "schedule_ping's delay",
         "last_ping_rtt": "schedule_ping's delay",
         "ping_timer": "set to a heartbeats.Beat (uvicorn only cancel()s it)",
@@ -206,6 +224,9 @@ SUBCLASSES: Final = (HTTP_PROTOCOL, WS_PROTOCOL, SERVER)
 
 # What of websockets' ServerProtocol (``self.conn``) the WebSocket protocol touches.
 CONN_USES: Final = {
+    "receive_data": "fed by our data_received (whole, or in pieces the frame budget allows)",
+    "events": "counted after each feed (the frames parsed) before handle_events takes them",
+    "parser_exc": "set when a feed broke the protocol (handle_parser_exception)",
     "close_sent": "the close frame websockets queued after a protocol error (code, reason)",
     "data_to_send": "the bytes of that close frame",
     "parser": "set to None once the connection is over (its generator holds the protocol)",
@@ -234,6 +255,30 @@ CALL_SITES: Final = (
         "handle_pong",
         r"self\.schedule_ping\(\)",
         "LivelyWebSocketProtocol.schedule_ping",
+    ),
+    (
+        WebSocketsSansIOProtocol,
+        "send",
+        r"self\.transport\.write\(b\"\"\.join\(output\)\)\s+self\.start_keepalive\(\)",
+        "LivelyWebSocketProtocol.start_keepalive (right after the 101 is written)",
+    ),
+    (
+        WebSocketsSansIOProtocol,
+        "handle_events",
+        r"self\.handle_cont\(event\)",
+        "LivelyWebSocketProtocol.handle_cont",
+    ),
+    (
+        WebSocketsSansIOProtocol,
+        "run_asgi",
+        r"if self\.close_timer is None:\s+self\.transport\.close\(\)",
+        "LivelyWebSocketProtocol.handle_parser_exception (the linger on close_timer)",
+    ),
+    (
+        WebSocketsSansIOProtocol,
+        "send",
+        r"self\.close_timer = self\.loop\.call_later\(self\.close_timeout,",
+        "LivelyWebSocketProtocol.__init__ (close_timeout)",
     ),
 )
 
@@ -632,7 +677,13 @@ def test_uvicorn_takes_the_gateways_protocol_classes(served: Served) -> None:
         "Config(http=<class>) no longer serves that class",
         "uvicorn_config in app/server.py",
     )
-    assert served.config.ws_protocol_class is LivelyWebSocketProtocol, broken(
+    ws_class = served.config.ws_protocol_class
+    assert isinstance(ws_class, type), broken(
+        "uvicorn",
+        "Config(ws=<class>) no longer serves that class",
+        "uvicorn_config in app/server.py",
+    )
+    assert issubclass(ws_class, LivelyWebSocketProtocol), broken(
         "uvicorn",
         "Config(ws=<class>) no longer serves that class",
         "uvicorn_config in app/server.py",
@@ -741,6 +792,58 @@ def test_a_disconnected_send_raises_an_oserror() -> None:
     assert issubclass(ClientDisconnected, OSError), broken(
         "uvicorn", "ClientDisconnected is no longer an OSError", "SocketChannel.send's except"
     )
+
+
+async def test_frames_before_the_accept_wait_for_the_101(served: Served) -> None:
+    http, transport = served.http_protocol()
+    client, handshake = client_handshake()
+    http.data_received(handshake)
+    ws = transport.protocol
+    assert isinstance(ws, LivelyWebSocketProtocol)
+    assert ws.close_timeout == CLOSE_TIMEOUT
+    # A client that does not wait for the 101 (websockets' own would not send this yet).
+    ws.data_received(Frame(Opcode.PING, b"early").serialize(mask=True))  # not accepted yet
+    assert transport.take() == b"", broken(
+        "uvicorn",
+        "the protocol wrote something before the app's accept",
+        "LivelyWebSocketProtocol._received_slowly (frames before the accept)",
+    )
+    await settle()
+    response, pong = client_receives(client, transport)
+    in_order = isinstance(response, Response) and response.status_code == 101
+    in_order = in_order and isinstance(pong, Frame) and pong.opcode is Opcode.PONG
+    assert in_order, broken(
+        "uvicorn",
+        "the accept no longer calls self.start_keepalive() once the 101 is written",
+        "LivelyWebSocketProtocol.start_keepalive",
+    )
+    assert not transport.reading_paused
+    ws.connection_lost(None)
+    await served.finish()
+
+
+async def test_a_read_over_the_frame_budget_is_parsed_in_part(served: Served) -> None:
+    http, transport = served.http_protocol()
+    client, handshake = client_handshake()
+    http.data_received(handshake)
+    ws = transport.protocol
+    assert isinstance(ws, LivelyWebSocketProtocol)
+    await settle()
+    client_receives(client, transport)
+    budget = int(ws.frame_rate * 2)  # a burst of two seconds' worth
+    for _ in range(budget * 3):
+        client.send_ping(b"")
+    ws.data_received(b"".join(client.data_to_send()))  # one read, three bursts of frames
+    pongs = [e for e in client_receives(client, transport) if isinstance(e, Frame)]
+    parsed_in_part = budget <= len(pongs) < budget * 3 and transport.reading_paused
+    assert parsed_in_part, broken(
+        "websockets",
+        f"{len(pongs)} of {budget * 3} frames of one read were answered: receive_data no "
+        "longer parses all it is fed at once into conn.events",
+        "LivelyWebSocketProtocol._parse and the frame budget",
+    )
+    ws.connection_lost(None)
+    await served.finish()
 
 
 async def test_a_frame_over_the_size_limit_gets_a_lingering_close(served: Served) -> None:
@@ -1082,9 +1185,9 @@ def test_an_attribute_no_longer_set_is_reported(bases: dict[type[Any], object]) 
 def test_a_name_of_ours_that_uvicorn_takes_up_is_reported(
     monkeypatch: pytest.MonkeyPatch, bases: dict[type[Any], object]
 ) -> None:
-    monkeypatch.setattr(WebSocketsSansIOProtocol, "_linger", None, raising=False)
+    monkeypatch.setattr(WebSocketsSansIOProtocol, "_stash", None, raising=False)
     problems = name_problems(WS_PROTOCOL, bases[WebSocketsSansIOProtocol])
-    assert any("'_linger'" in p and VERSION in p for p in problems), problems
+    assert any("'_stash'" in p and VERSION in p for p in problems), problems
 
 
 def test_a_use_missing_from_the_inventory_is_reported(bases: dict[type[Any], object]) -> None:

@@ -28,13 +28,15 @@ Bytes are budgeted where they arrive, before the parser works on them (issue 24)
   whole within ``header_timeout`` of its head (else 408, or the connection is closed if
   the answer has begun): the gateway's own routes take small bodies;
 - a body still arriving when its answer is complete (a route that does not read it: a
-  404, a refusal) is not drained at the client's pace: the connection is closed.
+  404, a refusal) is not drained at the client's pace: the connection is closed;
+- bytes that follow a WebSocket handshake in the same read (frames a client sent without
+  waiting for the 101) are handed to the WebSocket protocol, which answers them after it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -137,10 +139,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
                 return False
             # What the client sent behind its handshake in the same read (frames it did not
-            # wait for the 101 to send) is dropped here, as uvicorn does: the WebSocket
-            # protocol would answer them before its 101 (issue 28, item 6: open).
-            del upgrade
+            # wait for the 101 to send) is the WebSocket protocol's, which keeps it until its
+            # accept is out (uvicorn drops it).
+            behind = bytes(piece[upgrade.args[0] :]) + (data[end:] if end is not None else b"")
             self.handle_websocket_upgrade()
+            if behind and not self.transport.is_closing():
+                cast("asyncio.Protocol", self.transport.get_protocol()).data_received(behind)
             return False
         return not self._refused
 

@@ -235,8 +235,12 @@ def ws_route(
                     if pause:
                         # Over its rate: read it later. uvicorn reads nothing more from this
                         # socket until the next receive(), so TCP pushes back on the client;
-                        # nothing is lost.
-                        await asyncio.sleep(pause)
+                        # nothing is lost. A socket that goes meanwhile ends the pause: the
+                        # messages still waiting are handled at once and the peer let go.
+                        if control is not None:
+                            await control.pause(pause)
+                        else:
+                            await asyncio.sleep(pause)
             except (WebSocketDisconnect, OSError):
                 reason = "connection_lost"
             except Exception:
@@ -244,7 +248,10 @@ def ws_route(
                 log.exception("ws_handler_failed", extra={"connection_id": conn.id})
                 await conn.channel.close(INTERNAL_ERROR, "Internal error")
             finally:
-                await service.disconnect(conn, "slow_consumer" if channel.slow else reason)
+                # Let go for not reading: by the channel (the app's messages) or by the
+                # protocol (the pongs it owed).
+                slow = channel.slow or (control is not None and control.slow)
+                await service.disconnect(conn, "slow_consumer" if slow else reason)
         finally:
             # Litestar's socket wraps the server's receive and send in closures that hold
             # the socket itself: a cycle that would keep the connection's protocol, and all

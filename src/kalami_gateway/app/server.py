@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from kalami_gateway.adapters.http_protocol import guarded_http_protocol
-from kalami_gateway.adapters.ws_protocol import LivelyWebSocketProtocol
+from kalami_gateway.adapters.ws_protocol import lively_websocket_protocol
 from kalami_gateway.app.factory import GatewayApp
 from kalami_gateway.app.settings import Settings
 
@@ -103,8 +103,9 @@ def uvicorn_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
         http=guarded_http_protocol(
             settings.http_header_timeout_ms / 1000, settings.max_header_bytes
         ),
-        # websockets-sansio, with liveness that the rate limits cannot fool.
-        ws=LivelyWebSocketProtocol,
+        # websockets-sansio, with liveness that the rate limits cannot fool and budgets for
+        # what a peer may make it do (frames parsed, pongs unread).
+        ws=lively_websocket_protocol(settings.ws_frame_rate, settings.ws_send_buffer_bytes),
         ws_max_size=settings.max_message_bytes,
         ws_ping_interval=settings.heartbeat_interval,
         ws_ping_timeout=settings.heartbeat_interval,

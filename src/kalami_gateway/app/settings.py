@@ -62,6 +62,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_send_buffer_bytes: int = 4 << 20
     ws_send_timeout_ms: int = 10_000
     ws_audio_rate: int = 1 << 20
+    ws_frame_rate: int = 400  # frames per second per connection, any frame (0: no limit)
     max_header_bytes: int = 32 * 1024
     resume_grace_ms: int = 30_000  # 0: a dropped connection ends its session at once
     playground: bool | None = None  # None: on with the stub backend, off with the real one
@@ -129,6 +130,7 @@ ENVIRONMENT: Final = (
     ("WS_MESSAGE_RATE", "text messages/s per connection, burst 2 s (0: off)", "50"),
     ("SESSION_START_RATE", "start_session per minute per user, burst a minute's (0: off)", "20"),
     ("WS_AUDIO_RATE", "binary bytes/s per connection, burst 2 s (0: off)", "1048576"),
+    ("WS_FRAME_RATE", "frames/s per connection, any kind, burst 2 s (0: off)", "400"),
     ("WS_SEND_BUFFER_BYTES", "unsent data per connection before it is let go", "4194304"),
     ("WS_SEND_TIMEOUT", "longest wait of one send on a client not reading, ms", "10000"),
     ("CORS_ORIGINS", "allowed browser origins, comma-separated, * for any", "*"),
@@ -259,6 +261,7 @@ def load_settings(
         ws_send_buffer_bytes=get("WS_SEND_BUFFER_BYTES", _int_range(65536, 1 << 30), 4 << 20),
         ws_send_timeout_ms=get("WS_SEND_TIMEOUT", _int_range(100, 3_600_000), 10_000),
         ws_audio_rate=get("WS_AUDIO_RATE", _int_range(0, 1 << 30), 1 << 20),
+        ws_frame_rate=get("WS_FRAME_RATE", _int_range(0, 1_000_000), 400),
         max_header_bytes=get("MAX_HEADER_BYTES", _int_range(1024, 1 << 20), 32 * 1024),
         resume_grace_ms=get("RESUME_GRACE", _int_range(0, 86_400_000), 30_000),
         playground=get("PLAYGROUND", _bool, None),
