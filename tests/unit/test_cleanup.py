@@ -222,3 +222,20 @@ async def test_readiness_is_bounded_by_the_backend_timeout() -> None:
 
     world.backend.health = never  # type: ignore[method-assign]
     assert await asyncio.wait_for(world.service.backend_health(), 1) is BackendHealth.UNREACHABLE
+
+
+class _BrokenCredentials(FakeCredentials):
+    def bearer(self, claims: str, now: float) -> str:
+        raise ValueError("the kept claims are not JSON")
+
+
+async def test_unusable_claims_are_refused_once_not_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World()
+    world.cleanup._credentials = _BrokenCredentials()
+    world.cleanup.end_later("None", "s9")
+    await world.settled()
+    assert world.metrics.cleanup == ["retry", "refused"]
+    assert [c for c in world.backend.calls if c[0] == "end"] == []
+    assert [r.message for r in caplog.records].count("backend_end_session_no_credential") == 1

@@ -52,3 +52,9 @@ def test_a_bearer_is_signed_with_the_gateways_secret_only() -> None:
     bearer = ResignedCredentials(SECRET).bearer(claims, time.time())
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(bearer, "another-secret-0123456789abcdefghij", algorithms=["HS256"])
+
+
+@pytest.mark.parametrize("kept", ["", "None", "[1]", "{not json"])
+def test_unusable_kept_claims_are_a_value_error(kept: str) -> None:
+    with pytest.raises(ValueError, match="claims"):
+        ResignedCredentials(SECRET).bearer(kept, time.time())

@@ -56,7 +56,12 @@ class ResignedCredentials(SessionCredentials):
         return msgspec.json.encode(claims).decode()
 
     def bearer(self, claims: str, now: float) -> str:
-        values: dict[str, object] = msgspec.json.decode(claims)
+        try:
+            values = msgspec.json.decode(claims)
+        except msgspec.DecodeError:
+            raise ValueError("the kept claims are not JSON") from None
+        if not isinstance(values, dict):
+            raise ValueError("the kept claims are not an object")
         values.pop("nbf", None)
         values["iat"] = int(now)
         values["exp"] = int(now) + END_BEARER_SECONDS

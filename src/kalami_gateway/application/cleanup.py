@@ -141,7 +141,15 @@ class SessionCleanup:
             await self._retry_end(claims, created.id)
 
     async def _try_end(self, claims: str, session_id: str, token: str | None = None) -> _Outcome:
-        bearer = token or self._credentials.bearer(claims, self._clock.now())
+        try:
+            bearer = token or self._credentials.bearer(claims, self._clock.now())
+        except ValueError as exc:
+            self._metrics.session_cleanup("refused")
+            log.error(
+                "backend_end_session_no_credential",
+                extra={"session_id": session_id, "why": str(exc)},
+            )
+            return _Outcome.REFUSED
         try:
             async with asyncio.timeout(self._timeout):
                 await self._backend.end_session(bearer, session_id)

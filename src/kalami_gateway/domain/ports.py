@@ -160,7 +160,8 @@ class SessionCredentials(Protocol):
 
     def bearer(self, claims: str, now: float) -> str:
         """A bearer for one backend call on behalf of the learner with these claims, valid
-        from ``now`` for a short while."""
+        from ``now`` for a short while. ``ValueError`` if the claims are unusable (a record
+        written by an older release, say)."""
         ...
 
 
