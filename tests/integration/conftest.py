@@ -22,6 +22,7 @@ from kalami_gateway.app.container import Container
 from kalami_gateway.app.server import GatewayServer, uvicorn_config
 from kalami_gateway.app.settings import Settings
 from tests.integration.backend_server import BackendServer
+from tests.integration.raw_backend import RawBackend
 
 SECRET = "integration-secret-" + "0123456789abcdef" * 3
 
@@ -88,6 +89,15 @@ async def backend() -> AsyncIterator[BackendServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawBackend]:
+    """A raw-socket backend that records every upstream connection (the proxy attack tests)."""
+    backend = RawBackend()
+    await backend.start()
+    yield backend
+    await backend.stop()
 
 
 GatewayFactory = Callable[..., Any]

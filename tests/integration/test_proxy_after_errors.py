@@ -18,14 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 import uvloop
-from dependency_injector import providers
 
-from kalami_gateway.adapters.api_proxy import ApiProxy
 from kalami_gateway.adapters.httpx_backend import HttpxBackend, build_client
 from kalami_gateway.app.container import Container
 from kalami_gateway.app.settings import Settings
@@ -33,7 +31,12 @@ from kalami_gateway.domain.ports import BackendError
 from tests.integration.conftest import Gateway, eventually, make_settings, running_gateway
 from tests.integration.failing_backend import started_backend
 from tests.integration.raw_backend import RawBackend
-from tests.integration.test_proxy_attacks import assert_nothing_smuggled, gateway_on, record_of
+from tests.integration.test_proxy_attacks import (
+    assert_nothing_smuggled,
+    gateway_on,
+    proxy_with,
+    record_of,
+)
 
 ROUNDS = 200
 WORKERS = 8
@@ -56,19 +59,7 @@ async def boom_then_post(client: httpx.AsyncClient, gw: Gateway, tag: str) -> tu
 
 def with_idle_limit(settings: Settings, seconds: float) -> Container:
     """The real container with another idle limit for the upstream pool."""
-    container = Container(settings=settings)
-    container.proxy.override(
-        providers.Singleton(
-            ApiProxy,
-            backend_url=settings.backend_url,
-            timeout_seconds=settings.backend_timeout,
-            trusted_proxies=settings.trusted_proxies,
-            observe_latency=container.metrics.provided.proxy_latency,
-            record_error=container.metrics.provided.backend_error,
-            idle_limit=seconds,
-        )
-    )
-    return container
+    return proxy_with(settings, idle_limit=seconds)
 
 
 def on_fastapi(
@@ -160,14 +151,6 @@ def test_a_backend_closing_idle_connections_never_fails_the_next_post(
 
 
 # -- On the raw-socket backend: what happened on each upstream connection ---------------------
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[RawBackend]:
-    backend = RawBackend()
-    await backend.start()
-    yield backend
-    await backend.stop()
 
 
 async def test_a_connection_that_answered_5xx_carries_nothing_more(raw: RawBackend) -> None:

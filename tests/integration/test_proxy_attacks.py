@@ -27,16 +27,9 @@ SMUGGLED = (
 )
 
 
-@pytest.fixture
-async def raw() -> AsyncIterator[RawBackend]:
-    backend = RawBackend()
-    await backend.start()
-    yield backend
-    await backend.stop()
-
-
-def small_pool(settings: Settings, size: int) -> Container:
-    """The real container with a smaller upstream pool, so that a test can fill it."""
+def proxy_with(settings: Settings, **overrides: Any) -> Container:
+    """The real container with the upstream proxy built from ``settings`` and ``overrides``
+    (a smaller pool, another idle limit) for a test to reach its edges."""
     container = Container(settings=settings)
     container.proxy.override(
         providers.Singleton(
@@ -46,13 +39,18 @@ def small_pool(settings: Settings, size: int) -> Container:
             trusted_proxies=settings.trusted_proxies,
             observe_latency=container.metrics.provided.proxy_latency,
             record_error=container.metrics.provided.backend_error,
-            pool_size=size,
             connections_per_client=settings.api_connections_per_client,
             body_min_rate=settings.api_body_min_rate,
             body_rate_grace=settings.api_body_rate_grace,
+            **overrides,
         )
     )
     return container
+
+
+def small_pool(settings: Settings, size: int) -> Container:
+    """The real container with a smaller upstream pool, so that a test can fill it."""
+    return proxy_with(settings, pool_size=size)
 
 
 @asynccontextmanager

@@ -39,14 +39,6 @@ NO_CONNECTION = {"error": "Backend busy: no connection free"}
 TIMED_OUT = {"error": "Request body timed out"}
 
 
-@pytest.fixture
-async def raw() -> AsyncIterator[RawBackend]:
-    backend = RawBackend()
-    await backend.start()
-    yield backend
-    await backend.stop()
-
-
 class Upload:
     """A POST whose body the client sends ``piece`` by ``piece``, one every ``every`` seconds
     (well within the stall deadline), until told to finish; its answer is read as it comes."""
