@@ -88,11 +88,16 @@ class ServerFrames:
 
 
 async def open_raw(
-    port: int, data: bytes
+    port: int, data: bytes, host: str = "127.0.0.1", sock: socket.socket | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, ServerFrames]:
-    """Connect, send ``data`` (a handshake and whatever follows it, in one write) and read
-    until the server's answer to the handshake is complete."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """Connect (from ``sock`` if given), send ``data`` (a handshake and whatever follows it,
+    in one write) and read until the server's answer to the handshake is complete."""
+    if sock is None:
+        reader, writer = await asyncio.open_connection(host, port)
+    else:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(data)
     seen = ServerFrames()
     async with asyncio.timeout(10):

@@ -34,6 +34,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.integration.conftest import eventually, recv_json, token_for
+from tests.integration.netns import isolated_peer
 from tests.integration.raw_websocket import (
     BINARY,
     CLOSE,
@@ -44,6 +45,7 @@ from tests.integration.raw_websocket import (
     ServerFrames,
     frame,
     handshake,
+    open_raw,
     raw_socket,
     read_until,
     reset,
@@ -367,6 +369,39 @@ async def test_a_throttled_client_that_vanishes_is_let_go_within_two_heartbeats(
         await eventually(lambda: _connections_are(served, 0), within=10)
         took = time.monotonic() - vanished
         assert took < 2 * interval + 1.0, f"let go {took:.1f} s after it vanished"
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [frame(TEXT, b'{"type":"ping"}'), frame(PING)],
+    ids=["text-over-its-rate", "pings-over-the-frame-rate"],
+)
+async def test_a_throttled_client_whose_network_vanishes_is_let_go_within_two_heartbeats(
+    unit: bytes,
+) -> None:
+    """No reset, no FIN: its kernel answers nothing any more (a phone whose network went).
+    Without asking the kernel, the gateway pinged it again and again for ~15 minutes."""
+    interval = 1.0
+    with isolated_peer() as peer:
+        async with serving(
+            WS_HEARTBEAT_INTERVAL=str(int(interval * 1000)),
+            GATEWAY_HOST="0.0.0.0",  # noqa: S104
+        ) as served:
+            reader, writer, seen = await open_raw(
+                served.port, handshake(token_for("tunnel")), peer.host_address, peer.socket()
+            )
+            try:
+                await read_until(reader, seen, TEXT)
+                await flood(writer, unit, 1.0)  # far over its rate: most of it waits
+                assert await connections(served) == 1
+                peer.vanish()
+                vanished = time.monotonic()
+                await eventually(lambda: _connections_are(served, 0), within=10)
+                took = time.monotonic() - vanished
+                assert took < 2 * interval + 0.5, f"let go {took:.1f} s after it vanished"
+                assert "ws_peer_gone" in served.output()
+            finally:
+                writer.transport.abort()
 
 
 # -- F: frames behind the handshake ---------------------------------------------------------

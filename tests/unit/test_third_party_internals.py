@@ -168,7 +168,8 @@ WS_PROTOCOL: Final = Subclass(
         "connection_lost": "breaks reference cycles once the app is done too; ends a pause",
         "on_task_complete": "the same, from the app's side",
         "schedule_ping": "the next ping on the shared heartbeat timer",
-        "keepalive_timeout": "no drop while the gateway itself is not reading: ping again",
+        "keepalive_timeout": "no drop while the gateway itself is not reading: ping again, "
+        "unless the peer's kernel acknowledges nothing either (tcp_peer)",
     },
     uses={
         "loop": "call_later (lingering close, throttling), time, heartbeats.for_loop",
@@ -190,6 +191,7 @@ WS_PROTOCOL: Final = Subclass(
         "frames": "the fragments of the message being received (handle_cont)",
         "send_receive_event_to_app": "called by handle_cont at a message's last fragment",
         "ping_interval": "schedule_ping's delay",
+        "ping_timeout": "how long a quiet peer's kernel may acknowledge nothing (half of it)",
         "last_ping_rtt": "schedule_ping's delay",
         "ping_timer": "set to a heartbeats.Beat (uvicorn only cancel()s it)",
         "pong_timer": "cancelled and cleared when any frame arrives",

@@ -5,11 +5,15 @@ A connection over its rate (WS_MESSAGE_RATE, WS_AUDIO_RATE) is read slowly on pu
 the pong to a protocol ping may sit in the socket behind many of its messages for longer
 than the ping timeout; uvicorn would then drop a client that is plainly alive. Here:
 
-- any frame read from the peer counts as a pong (a client whose messages arrive is alive);
+- any frame read from the peer counts as a pong (a client whose messages arrive is alive),
+  except while the frame budget is spent: the frames parsed then are a backlog, which a
+  peer that has since vanished leaves behind in the kernel's buffers;
 - a ping that times out while the gateway itself is not reading (messages of the peer still
   waiting for the app, reading paused) is not held against the peer: another ping goes out
-  at once instead. Writing it is what notices a peer that has gone (with reading paused, a
-  reset is seen only by a write), so a vanished client is let go within two intervals.
+  at once instead. Writing it is what notices a peer that has gone with a reset (with
+  reading paused, a reset is seen only by a write); a peer gone without one is told by its
+  kernel acknowledging nothing since the ping (``tcp_peer``). Either way a vanished client
+  is let go within two intervals.
 
 Every frame costs something, whatever its size (issue 24): parsing one, answering a ping,
 keeping a 1-byte fragment. So the bytes are budgeted where they arrive, before websockets
@@ -52,7 +56,7 @@ from websockets.datastructures import Headers
 from websockets.frames import Frame
 from websockets.http11 import Request
 
-from kalami_gateway.adapters import heartbeats
+from kalami_gateway.adapters import heartbeats, tcp_peer
 from kalami_gateway.adapters.asgi import Receive, Send
 
 log = logging.getLogger(__name__)
@@ -262,6 +266,10 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
     _linger_left: int | None = None  # bytes still read and discarded (None: not lingering)
     _read_after_close = 0  # bytes read since the gateway's own close frame
     _pausing: asyncio.Future[None] | None = None  # the app's rate-limit pause, if waiting
+    # Over its frame budget since the last read parsed whole within it: what is parsed is a
+    # backlog, old news of the peer, so it does not stand for a pong (its kernel's
+    # acknowledgements do; see keepalive_timeout).
+    _behind = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -290,7 +298,9 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         self.handle_events()
         if self._credit <= 0:
             self._budget_spent()
-        if self.pong_timer is not None and not self.close_sent:
+        else:
+            self._behind = False
+        if self.pong_timer is not None and not self.close_sent and not self._behind:
             self._alive()
 
     def _received_slowly(self, data: bytes) -> None:
@@ -343,6 +353,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._credit <= 0:
             self._budget_spent()
         else:
+            self._behind = False
             self._open_room()
 
     def _parse(self, data: bytes) -> bool:
@@ -357,7 +368,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._backed_up and self.transport.get_write_buffer_size() > self.send_buffer_bytes:
             self._let_go_slow()
             return False
-        if self.pong_timer is not None and not self.close_sent:
+        if self.pong_timer is not None and not self.close_sent and not self._behind:
             self._alive()
         return self._linger_left is None and not self.transport.is_closing()
 
@@ -407,6 +418,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         """Stop reading this peer until its budget has come back; ``rest`` waits unparsed."""
         self._stash = rest
         self._room = -1
+        self._behind = True
         self.transport.pause_reading()
         # Ours now, not uvicorn's: the app's next receive() must not resume reading.
         self.read_paused = False
@@ -556,8 +568,15 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
     def keepalive_timeout(self) -> None:
         if self._not_reading() and not self.close_sent:
             # Its pong may be behind frames the gateway has not read yet: not held against
-            # it. Ping again at once: with reading paused only a write notices a peer that
-            # has gone (a reset; a peer that closed answers this write with one).
+            # it, unless its kernel has stopped acknowledging too (a peer that vanished
+            # without a reset: its network gone).
+            assert self.ping_timeout is not None  # noqa: S101  # a pong timer ran
+            if tcp_peer.gone_quiet(self.transport.get_extra_info("socket"), self.ping_timeout / 2):
+                log.info("ws_peer_gone", extra={"why": "nothing acknowledged since the ping"})
+                self.transport.abort()
+                return
+            # Ping again at once: with reading paused only a write notices a peer that has
+            # gone with a reset (a peer that closed answers this write with one).
             self.pong_timer = None
             self.pending_ping_payload = None
             self.send_keepalive_ping()
@@ -566,12 +585,14 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _not_reading(self) -> bool:
         """Whether the gateway itself holds the peer's frames back: a message waits for the
-        app, reading is paused for it, or the frame budget is spent."""
+        app, reading is paused for it, or the frame budget is spent (or was, and what is read
+        is still its backlog)."""
         return (
             self.read_paused
             or not self.queue.empty()
             or self._throttle is not None
             or self._stash is not None
+            or self._behind
         )
 
 
