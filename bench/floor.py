@@ -23,7 +23,7 @@ import uvicorn
 from litestar import Litestar, WebSocket, get, websocket
 
 from kalami_gateway.adapters.asgi import Receive, Scope, Send
-from kalami_gateway.adapters.ws_protocol import (
+from kalami_gateway.adapters.server.ws_protocol import (
     SOCKET_CONTROL,
     LivelyWebSocketProtocol,
     SocketControl,

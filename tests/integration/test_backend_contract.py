@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from kalami_gateway.adapters.httpx_backend import HttpxBackend, build_client
-from kalami_gateway.adapters.stub_backend import StubBackend
+from kalami_gateway.adapters.backend.http import HttpxBackend, build_client
+from kalami_gateway.adapters.backend.stub import StubBackend
 from kalami_gateway.domain.ports import (
     Backend,
     BackendError,

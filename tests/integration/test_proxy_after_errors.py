@@ -24,7 +24,7 @@ import httpx
 import pytest
 import uvloop
 
-from kalami_gateway.adapters.httpx_backend import HttpxBackend, build_client
+from kalami_gateway.adapters.backend.http import HttpxBackend, build_client
 from kalami_gateway.app.container import Container
 from kalami_gateway.app.settings import Settings
 from kalami_gateway.domain.ports import BackendError

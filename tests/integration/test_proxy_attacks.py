@@ -14,7 +14,7 @@ import httpx
 import pytest
 from dependency_injector import providers
 
-from kalami_gateway.adapters.api_proxy import ApiProxy
+from kalami_gateway.adapters.proxy.relay import ApiProxy
 from kalami_gateway.app.container import Container
 from kalami_gateway.app.settings import Settings
 from tests.integration.conftest import Gateway, eventually, make_settings, running_gateway

@@ -10,7 +10,7 @@ import json
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from kalami_gateway.adapters.http_routes import MAX_PUSH_DEPTH
+from kalami_gateway.adapters.http.routes import MAX_PUSH_DEPTH
 from tests.integration.backend_server import BackendServer
 from tests.integration.conftest import Gateway, recv_json
 from tests.integration.raw_client import RawResponse, exchange

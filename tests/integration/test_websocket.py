@@ -14,7 +14,7 @@ import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from kalami_gateway.adapters.websocket import query_values
+from kalami_gateway.adapters.http.websocket import query_values
 from tests.forged_tokens import signed as forged
 from tests.integration.backend_server import BackendServer
 from tests.integration.conftest import (
@@ -238,7 +238,7 @@ async def test_a_client_that_never_answers_pings_is_dropped(backend: BackendServ
 async def test_heartbeats_on_the_shared_timer_drop_the_mute_and_keep_the_live(
     backend: BackendServer,
 ) -> None:
-    """A 2 s heartbeat is kept on the loop's shared timer (adapters/heartbeats.py): the
+    """A 2 s heartbeat is kept on the loop's shared timer (adapters/server/heartbeats.py): the
     client that answers pings outlives several intervals; the one that never does is dropped,
     and not before a ping could be due and its pong deadline pass."""
     interval = 2.0

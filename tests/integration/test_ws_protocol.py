@@ -8,8 +8,8 @@ import gc
 
 from websockets.asyncio.client import connect
 
-from kalami_gateway.adapters.http_protocol import GuardedHttpProtocol
-from kalami_gateway.adapters.ws_protocol import LivelyWebSocketProtocol
+from kalami_gateway.adapters.server.http_protocol import GuardedHttpProtocol
+from kalami_gateway.adapters.server.ws_protocol import LivelyWebSocketProtocol
 from tests.integration.backend_server import BackendServer
 from tests.integration.conftest import (
     closed_with,

@@ -1,9 +1,11 @@
-"""ASGI types and the few raw-ASGI responses the gateway's own layers send."""
+"""ASGI types, the few raw-ASGI responses the gateway's own layers send, and the scope
+extension through which the WebSocket handler (adapters/http) reaches its socket, which
+the server's protocol (adapters/server) puts there."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -12,6 +14,36 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The ASGI scope extension holding the connection's SocketControl.
+SOCKET_CONTROL: Final = "kalami.socket"
+
+
+class SocketControl(Protocol):
+    """What the app may know and do about its connection's socket, and, once it has
+    accepted, the server's own ``receive`` and ``send`` for it."""
+
+    def unsent_bytes(self) -> int:
+        """Bytes written to the socket that the client has not taken yet."""
+        ...
+
+    def release(self) -> None:
+        """Drop the connection at once, unsent bytes and all."""
+        ...
+
+    @property
+    def slow(self) -> bool:
+        """The server let the connection go itself: its peer did not read what it owed."""
+        ...
+
+    async def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before reading this connection again, or less if it goes."""
+        ...
+
+    def accepted(self) -> tuple[Receive, Send]:
+        """Once the accept is sent: the server's ``receive`` and ``send``."""
+        ...
+
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 

@@ -8,21 +8,22 @@ import httpx
 from dependency_injector import containers, providers
 from redis.asyncio import Redis
 
-from kalami_gateway.adapters.api_proxy import ApiProxy
+from kalami_gateway.adapters.backend import HttpxBackend, StubBackend, build_client
 from kalami_gateway.adapters.clock import SystemClock
-from kalami_gateway.adapters.httpx_backend import HttpxBackend, build_client
 from kalami_gateway.adapters.jwt_decoder import PyJwtDecoder, ResignedCredentials
-from kalami_gateway.adapters.local_push import LocalPushBus
-from kalami_gateway.adapters.memory_parking import InMemoryParking
+from kalami_gateway.adapters.memory import InMemoryDirectory, InMemoryParking, LocalPushBus
 from kalami_gateway.adapters.metrics import PrometheusMetrics
-from kalami_gateway.adapters.redis_directory import RedisDirectory, new_instance_id, redis_client
-from kalami_gateway.adapters.redis_parking import RedisParking
-from kalami_gateway.adapters.redis_push import RedisPushBus
-from kalami_gateway.adapters.stub_backend import StubBackend
+from kalami_gateway.adapters.proxy import ApiProxy
+from kalami_gateway.adapters.redis import (
+    RedisDirectory,
+    RedisParking,
+    RedisPushBus,
+    new_instance_id,
+    redis_client,
+)
 from kalami_gateway.app.settings import Settings
 from kalami_gateway.application.service import GatewayService, ServiceLimits
 from kalami_gateway.domain.auth import AuthPolicy
-from kalami_gateway.domain.directory import InMemoryDirectory
 from kalami_gateway.domain.instance import InstanceConnections
 from kalami_gateway.domain.parking import ParkingRules
 

@@ -23,21 +23,25 @@ from litestar.openapi import OpenAPIConfig
 from kalami_gateway import __version__
 from kalami_gateway.adapters.asgi import ASGIApp, Receive, Scope, Send, send_json_error
 from kalami_gateway.adapters.clock import run_every
-from kalami_gateway.adapters.http_edge import CorsPolicy, HttpEdge, ProxyCall
-from kalami_gateway.adapters.http_routes import (
+from kalami_gateway.adapters.http import (
     KNOWN_ROUTES,
+    CorsPolicy,
+    HttpEdge,
+    ProxyCall,
+    SameOrigin,
+    SendLimits,
     health,
     index,
     metrics,
     push_route,
     readiness,
     stats,
+    ws_route,
 )
 from kalami_gateway.adapters.jwt_decoder import mint_token
 from kalami_gateway.adapters.metrics import PrometheusMetrics
 from kalami_gateway.adapters.playground import PAGE_PATH, PLAYGROUND_ROUTES, playground_routes
-from kalami_gateway.adapters.redis_directory import RENEW_SECONDS
-from kalami_gateway.adapters.websocket import SameOrigin, SendLimits, ws_route
+from kalami_gateway.adapters.redis import RENEW_SECONDS
 from kalami_gateway.app.container import Container
 from kalami_gateway.app.logs import configure_logging
 from kalami_gateway.app.settings import Settings, SettingsError, load_settings

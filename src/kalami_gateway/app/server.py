@@ -18,8 +18,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from kalami_gateway.adapters.http_protocol import guarded_http_protocol
-from kalami_gateway.adapters.ws_protocol import lively_websocket_protocol
+from kalami_gateway.adapters.server import guarded_http_protocol, lively_websocket_protocol
 from kalami_gateway.app.factory import GatewayApp
 from kalami_gateway.app.settings import Settings
 
@@ -99,7 +98,7 @@ def uvicorn_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
         host=settings.gateway_host,
         port=settings.gateway_port,
         loop="uvloop",
-        # httptools with a header deadline and size limits (adapters/http_protocol.py).
+        # httptools with a header deadline and size limits (adapters/server/http_protocol.py).
         http=guarded_http_protocol(
             settings.http_header_timeout_ms / 1000, settings.max_header_bytes
         ),

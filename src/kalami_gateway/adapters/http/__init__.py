@@ -1,0 +1,36 @@
+"""The gateway's HTTP face apart from ``/api``: the edge every request passes (host check,
+request id, CORS, access metrics: ``HttpEdge``), the gateway's own routes (index, health,
+stats, metrics, push), the ``/ws`` handler that hands each accepted socket to the
+application, and the request checks they share (``valid_host``, ``TrustedPeers``)."""
+
+from kalami_gateway.adapters.http.checks import TrustedPeers, climbs_out, valid_host
+from kalami_gateway.adapters.http.edge import CorsPolicy, HttpEdge, ProxyCall
+from kalami_gateway.adapters.http.routes import (
+    KNOWN_ROUTES,
+    health,
+    index,
+    metrics,
+    push_route,
+    readiness,
+    stats,
+)
+from kalami_gateway.adapters.http.websocket import SameOrigin, SendLimits, ws_route
+
+__all__ = [
+    "KNOWN_ROUTES",
+    "CorsPolicy",
+    "HttpEdge",
+    "ProxyCall",
+    "SameOrigin",
+    "SendLimits",
+    "TrustedPeers",
+    "climbs_out",
+    "health",
+    "index",
+    "metrics",
+    "push_route",
+    "readiness",
+    "stats",
+    "valid_host",
+    "ws_route",
+]

@@ -1,0 +1,261 @@
+"""The ``/ws`` endpoint: a thin Litestar adapter between WebSocket frames and the domain service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+from urllib.parse import unquote_plus
+
+import msgspec
+import structlog
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+from litestar.handlers import WebsocketRouteHandler
+
+from kalami_gateway.adapters.asgi import SOCKET_CONTROL, Receive, Scope, Send, SocketControl
+from kalami_gateway.adapters.http.checks import TrustedPeers
+from kalami_gateway.application.service import GatewayService
+from kalami_gateway.domain.auth import same_origin
+from kalami_gateway.domain.ports import ClientChannel
+from kalami_gateway.domain.protocol import ServerMessage, encode_server_message
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = 1011
+
+
+class SendLimits(msgspec.Struct, frozen=True):
+    """Slow consumers: past ``buffer_bytes`` of unsent data (messages waiting to be sent plus
+    bytes the socket has not taken), or a send waiting longer than ``timeout`` seconds on the
+    socket's flow control, the connection is let go."""
+
+    buffer_bytes: int = 4 << 20
+    timeout: float = 10.0
+
+
+class SocketChannel(ClientChannel):
+    """One accepted WebSocket as the domain's ClientChannel, sending through the server's
+    ASGI ``send`` (see ``SocketControl.accepted``)."""
+
+    __slots__ = ("_closed", "_control", "_limits", "_pending", "_send", "slow")
+
+    def __init__(
+        self, send: Send, control: SocketControl | None, limits: SendLimits | None = None
+    ) -> None:
+        self._send = send
+        # None when the server is not the gateway's own (plain uvicorn, a test client): then
+        # only the queued messages are counted.
+        self._control = control
+        self._closed = False
+        self._limits = limits or SendLimits()
+        self._pending = 0  # bytes of messages waiting for their send to complete
+        self.slow = False
+
+    async def send(self, message: ServerMessage) -> None:
+        if self._closed:
+            return
+        text = encode_server_message(message)
+        unsent = self._control.unsent_bytes() if self._control is not None else 0
+        if self._pending + len(text) + unsent > self._limits.buffer_bytes:
+            self._release("send buffer full")
+            return
+        self._pending += len(text)
+        try:
+            event = {"type": "websocket.send", "text": text}
+            if unsent == 0 and self._control is not None:
+                # Nothing waits in the socket: uvicorn's send cannot block on flow control, so
+                # no deadline is armed (a timer per message cost ~3 µs of a ~17 µs ping).
+                await self._send(event)
+            else:
+                async with asyncio.timeout(self._limits.timeout):
+                    await self._send(event)
+        except TimeoutError:
+            self._release("send timed out")
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            # The peer is gone (uvicorn raises ClientDisconnected, an OSError, to a sender).
+            self._closed = True
+        finally:
+            self._pending -= len(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(self._limits.timeout):
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def _release(self, why: str) -> None:
+        """A slow consumer: let the socket go without waiting for it (4006 in spirit; a
+        client that does not read would never see the close frame)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.slow = True
+        log.warning("ws_slow_consumer", extra={"why": why})
+        if self._control is not None:
+            self._control.release()
+
+
+def query_values(query_string: bytes) -> tuple[str | None, str | None]:
+    """The ``token`` and ``resume`` query parameters (the first of each), percent-decoded.
+
+    Read straight from the raw query: building Litestar's query MultiDict cost ~4% of a
+    connect's CPU, for two values.
+    """
+    token = resume = None
+    for pair in query_string.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if name == b"token" and token is None:
+            token = unquote_plus(value.decode("latin-1"))
+        elif name == b"resume" and resume is None:
+            resume = unquote_plus(value.decode("latin-1"))
+    return token, resume
+
+
+class SameOrigin:
+    """Tells a browser's request from a page of the gateway's own (the playground) apart from
+    another site's: its ``Origin`` has the scheme, host and port the request was sent to.
+
+    Where it was sent to is the request's scheme and ``Host``; behind a proxy in
+    TRUSTED_PROXIES, its ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` (the first of a
+    list: the client's hop), as the ``/api`` proxy believes them. From anyone else those
+    headers are ignored. A browser cannot set them on a page's requests anyway: they only
+    matter for a page served through the operator's proxy.
+    """
+
+    __slots__ = ("_trusted",)
+
+    def __init__(self, trusted_proxies: Iterable[str] = ()) -> None:
+        self._trusted = TrustedPeers(trusted_proxies)
+
+    def judge(self, scope: Scope) -> tuple[str | None, bool]:
+        """The request's ``Origin`` (the first; None without one) and whether it is the
+        gateway's own site (never with more than one Origin, or more than one Host)."""
+        origin = host = forwarded_proto = forwarded_host = None
+        origins = hosts = 0
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = origin or value
+                origins += 1
+            elif name == b"host":
+                host = value
+                hosts += 1
+            elif name == b"x-forwarded-proto":
+                forwarded_proto = forwarded_proto or value
+            elif name == b"x-forwarded-host":
+                forwarded_host = forwarded_host or value
+        if origin is None:
+            return None, False
+        text = origin.decode("latin-1")
+        if origins > 1:
+            return text, False
+        scheme: str = scope.get("scheme", "http")
+        client = scope.get("client")
+        if client is not None and client[0] in self._trusted:
+            if forwarded_proto:
+                scheme = _first(forwarded_proto).decode("latin-1")
+            if forwarded_host:
+                host, hosts = _first(forwarded_host), 1
+        if host is None or hosts > 1:
+            return text, False
+        return text, same_origin(text, scheme, host.decode("latin-1"))
+
+
+def _first(listed: bytes) -> bytes:
+    """The first entry of a forwarding header's list: the hop nearest the client."""
+    return listed.split(b",", 1)[0].strip()
+
+
+async def _gone(*_: object) -> Any:
+    raise WebSocketDisconnect(detail="the connection is over")
+
+
+def ws_route(
+    provide_service: Callable[[], GatewayService],
+    send_limits: SendLimits | None = None,
+    origins: SameOrigin | None = None,
+) -> WebsocketRouteHandler:
+    """The ``/ws`` handler, bound to the service at the composition root.
+
+    The service is a closure, not a Litestar dependency: resolving and validating handler
+    kwargs cost ~10% of a connect's CPU in the profile, for a value that never changes.
+    ``origins`` tells the gateway's own pages, which are always let in, from others.
+    """
+    own_site = origins or SameOrigin()
+
+    @websocket("/ws")
+    async def serve_connection(socket: WebSocket[Any, Any, Any]) -> None:
+        """One connection from accept to disconnect. The loop is the handler itself, not a
+        call from it: every coroutine in a connection's suspended chain is kept for the
+        connection's life and resumed on every message."""
+        try:
+            service = provide_service()
+            # The token is read here, not declared as a parameter: a missing required parameter
+            # makes Litestar refuse before accept, and the client would see HTTP 403, not 4001.
+            token, resume = query_values(socket.scope["query_string"])
+            # A page of the gateway's own (the playground) opens its socket whatever
+            # CORS_ORIGINS says, as Centrifugo allows same-origin: the service is told of no
+            # Origin to judge. Another site's page is judged by CORS_ORIGINS (else 4008).
+            origin, own = own_site.judge(cast("Scope", socket.scope))
+            if own:
+                origin = None
+            await socket.accept()
+            control = cast(
+                "SocketControl | None", (socket.scope.get("extensions") or {}).get(SOCKET_CONTROL)
+            )
+            receive: Receive
+            send: Send
+            if control is not None:
+                receive, send = control.accepted()  # the scope's headers and query are emptied
+            else:  # not served by the gateway's server: through Litestar's socket
+                receive, send = socket.receive, socket.send  # type: ignore[assignment]
+            channel = SocketChannel(send, control, send_limits)
+            conn = await service.open(channel, token, origin, resume)
+            if conn is None:
+                return
+            structlog.contextvars.bind_contextvars(connection_id=conn.id)
+            reason = "client_closed"
+            try:
+                while not conn.closed:
+                    event = await receive()
+                    if event["type"] != "websocket.receive":
+                        break
+                    text = event.get("text")
+                    if text is not None:
+                        await service.handle_text(conn, text)
+                        pause = service.pause_after_text(conn)
+                    else:
+                        data = event.get("bytes") or b""
+                        await service.handle_binary(conn, data)
+                        pause = service.pause_after_audio(conn, len(data))
+                    if pause:
+                        # Over its rate: read it later. uvicorn reads nothing more from this
+                        # socket until the next receive(), so TCP pushes back on the client;
+                        # nothing is lost. A socket that goes meanwhile ends the pause: the
+                        # messages still waiting are handled at once and the peer let go.
+                        if control is not None:
+                            await control.pause(pause)
+                        else:
+                            await asyncio.sleep(pause)
+            except (WebSocketDisconnect, OSError):
+                reason = "connection_lost"
+            except Exception:
+                reason = "internal_error"
+                log.exception("ws_handler_failed", extra={"connection_id": conn.id})
+                await conn.channel.close(INTERNAL_ERROR, "Internal error")
+            finally:
+                # Let go for not reading: by the channel (the app's messages) or by the
+                # protocol (the pongs it owed).
+                slow = channel.slow or (control is not None and control.slow)
+                await service.disconnect(conn, "slow_consumer" if slow else reason)
+        finally:
+            # Litestar's socket wraps the server's receive and send in closures that hold
+            # the socket itself: a cycle that would keep the connection's protocol, and all
+            # it holds, until a full collection. Nothing calls them after the handler.
+            socket.receive = socket.send = _gone
+
+    return serve_connection

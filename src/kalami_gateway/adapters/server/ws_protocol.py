@@ -1,0 +1,607 @@
+"""uvicorn's websockets-sansio protocol, with liveness that a rate limit cannot fool and a
+budget for what a peer may make it do.
+
+A connection over its rate (WS_MESSAGE_RATE, WS_AUDIO_RATE) is read slowly on purpose, so
+the pong to a protocol ping may sit in the socket behind many of its messages for longer
+than the ping timeout; uvicorn would then drop a client that is plainly alive. Here:
+
+- any frame read from the peer counts as a pong (a client whose messages arrive is alive),
+  except while the frame budget is spent: the frames parsed then are a backlog, which a
+  peer that has since vanished leaves behind in the kernel's buffers;
+- a ping that times out while the gateway itself is not reading (messages of the peer still
+  waiting for the app, reading paused) is not held against the peer: another ping goes out
+  at once instead. Writing it is what notices a peer that has gone with a reset (with
+  reading paused, a reset is seen only by a write); a peer gone without one is told by its
+  kernel acknowledging nothing since the ping (``tcp_peer``). Either way a vanished client
+  is let go within two intervals.
+
+Every frame costs something, whatever its size (issue 24): parsing one, answering a ping,
+keeping a 1-byte fragment. So the bytes are budgeted where they arrive, before websockets
+parses them:
+
+- ``frame_rate`` frames a second per connection (WS_FRAME_RATE), any frame: data, control,
+  continuation; a burst of two seconds' worth. A client frame is at least ``MIN_FRAME``
+  bytes, so a read is parsed in pieces that cannot hold more frames than the budget has
+  left; past it the rest waits unparsed (one read at most) and reading is paused until the
+  budget has come back (TCP pushes back on that client; nobody else pays). A read within
+  the budget is parsed whole, as before (a comparison, a subtraction). Measured
+  (tests/integration/test_ws_budgets.py): a flood of empty frames had 155,000-250,000 of
+  them parsed in 2 s and another client's ping round trip at 0.8-1.5 s; now the budget's
+  rate after its burst, round trips under 1 ms;
+- fragments are gathered in one buffer, not a list of them;
+- what the protocol writes on its own (pongs) counts against the send buffer
+  (WS_SEND_BUFFER_BYTES) as the app's messages do: a peer that pings and never reads is
+  let go as a slow consumer (it grew the gateway by 260+ MiB);
+- after the gateway's own close frame, at most ``CLOSE_READ_BYTES`` more are read (the
+  peer's close reply is in them), and the socket is closed after ``CLOSE_TIMEOUT``;
+- after a close the peer caused (a frame too big: 1009), what it still sends is read and
+  discarded (up to ``LINGER_BYTES``) for ``LINGER_SECONDS``, on uvicorn's own close timer:
+  the app returning no longer cuts that short (a client that reads once its frame is sent
+  saw the 1009 in 202 of 300 tries);
+- frames sent before the 101 (in the handshake's own segment, handed over by the HTTP
+  protocol) wait unparsed until the accept is out, then are answered in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import sys
+from typing import Any, Final, cast
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
+from websockets.frames import Frame
+from websockets.http11 import Request
+
+from kalami_gateway.adapters import asgi
+from kalami_gateway.adapters.asgi import SOCKET_CONTROL, Receive, Send
+from kalami_gateway.adapters.server import heartbeats, tcp_peer
+
+log = logging.getLogger(__name__)
+
+# After a close the client caused (a frame too big), how long its remaining bytes are still
+# read and discarded before the socket is closed (lingering close, as the RFC and nginx do),
+# and how much of them at most: this, or the largest message if larger (the rest of a frame
+# that was too big, from a client that reads only once it has sent it). Discarding costs
+# only the reads (~2 ms for 16 MiB); past it the socket is no longer read.
+LINGER_SECONDS: Final = 2.0
+LINGER_BYTES: Final = 16 << 20
+# After a close frame the gateway sent on its own (a refusal, a token expiry, a drain): how
+# long the peer has to answer it, and how much more of its bytes are read meanwhile (its
+# close reply is in them; a well-behaved client has little in flight). uvicorn waits 10 s
+# and reads everything: 4.1 GiB in 12 s over two refused sockets (issue 24).
+CLOSE_TIMEOUT: Final = 1.0
+CLOSE_READ_BYTES: Final = 64 * 1024
+
+# The shortest frame a client can send: a 2-byte header and the 4-byte mask. A read of n
+# bytes holds at most n // MIN_FRAME frames, so it is parsed in pieces no longer than the
+# frame budget allows (websockets parses all it is given at once: 256 KB of empty frames
+# was ~43,000 frames, 0.2 s of one parse).
+MIN_FRAME: Final = 6
+# The longest read parsed at once while the frame budget is on (larger ones are cut).
+PIECE: Final = 8192
+# The budget refills continuously; a burst of this many seconds' worth passes at once.
+BURST_SECONDS: Final = 2.0
+# A connection over its budget is read again once this much of it has come back (its frames
+# are then parsed in batches, not one timer per frame).
+WAKE_SECONDS: Final = 0.1
+# The room of a connection without a frame budget: any read is parsed whole.
+NO_BUDGET: Final = sys.maxsize
+
+
+class SocketControl:
+    """What the app may know and do about its connection's socket, and, once it has accepted,
+    the server's own ``receive`` and ``send`` for it.
+
+    Litestar routes the connection and sends the accept; after that the gateway's message
+    loop calls the protocol directly. Litestar's WebSocket wraps both calls to track a
+    connection state the gateway tracks itself, and its exception middleware wraps every send:
+    ~2 µs of a ~20 µs ping round trip on the bench's empty app (bench/README.md, "What one
+    ping costs")."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: LivelyWebSocketProtocol) -> None:
+        self._protocol = protocol
+
+    def unsent_bytes(self) -> int:
+        """Bytes written to the socket that the client has not taken yet."""
+        return self._protocol.transport.get_write_buffer_size()
+
+    def release(self) -> None:
+        """Drop the connection at once, unsent bytes and all (a client that stopped reading
+        would never take a close frame either)."""
+        self._protocol.transport.abort()
+
+    @property
+    def slow(self) -> bool:
+        """The protocol let the connection go itself: its peer did not read what it owed
+        it (pongs) past the send buffer (a slow consumer, as the app's own rule says)."""
+        return self._protocol._slow
+
+    async def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before reading this connection again (a rate limit), or less if
+        its socket goes meanwhile: a peer that has gone is let go at once, its messages
+        still waiting are handled without further pauses."""
+        protocol = self._protocol
+        if protocol._lost:
+            return
+        loop = protocol.loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        protocol._pausing = waiter
+        timer = loop.call_later(seconds, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            protocol._pausing = None
+
+    def accepted(self) -> tuple[Receive, Send]:
+        """Call once the accept is sent and the handshake's headers and query are read: the
+        server's ``receive`` and ``send``.
+
+        What only the handshake needed is let go (an idle connection would otherwise keep it
+        for its whole life, ~2.5 KB): uvicorn's Request and Response; the headers and the path
+        (with the token in its query) of the Request, which websockets' parser generator still
+        holds in its suspended frame; and the scope's header list and query string. The app
+        sees an empty header list and query from then on."""
+        protocol = self._protocol
+        if not protocol.handshake_complete:
+            raise RuntimeError("the WebSocket is not accepted yet")
+        request: Request | None = vars(protocol).pop("request", None)
+        if request is not None:
+            request.headers = _NO_HEADERS
+            request.path = ""
+        vars(protocol).pop("response", None)
+        scope: dict[str, Any] = protocol.scope  # type: ignore[assignment]
+        scope["headers"] = []
+        scope["query_string"] = b""
+        # uvicorn's own types are narrower TypedDicts; the calls are plain ASGI.
+        return cast(Receive, protocol.receive), cast(Send, protocol.send)
+
+
+# The face the WebSocket handler sees (checked here by mypy).
+_FACE: type[asgi.SocketControl] = SocketControl
+
+# What an accepted connection's handshake Request holds instead of its headers (never written).
+_NO_HEADERS: Final = Headers()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class ReceiveQueue:
+    """What uvicorn's protocol asks of its receive queue (``put_nowait``, ``get``, ``empty``),
+    light enough for a connection that mostly waits: an ``asyncio.Queue`` allocates three
+    deques of ~760 B each up front, per connection, even empty (bench/README.md, "What one
+    idle connection costs"). Here the deque exists only while messages wait. An item is
+    always stored before the waiter is woken, so a cancelled ``get`` loses nothing."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        if self._items is None:
+            self._items = collections.deque()
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+    def empty(self) -> bool:
+        return not self._items
+
+
+class WritableFlag:
+    """uvicorn's ``writable`` event (``set``, ``clear``, ``wait``) without the ~760 B deque an
+    ``asyncio.Event`` allocates up front: a waiter list only while a send waits for the
+    socket to drain."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        while not self._set:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            await waiter
+
+
+class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
+    # Set per server (``lively_websocket_protocol``); these defaults: no frame budget.
+    frame_rate: float = 0.0  # frames a second per connection (0: no budget)
+    send_buffer_bytes: int = 4 << 20  # unsent bytes past which a peer that pings is let go
+
+    # Per connection. Class defaults until first set, so an idle connection pays for few.
+    _lost = False  # connection_lost has run
+    _app_done = False  # the app's task has finished (there is one only after an upgrade)
+    _slow = False  # let go for not reading what it was owed
+    # Bytes that may still be parsed without looking at the budget (one comparison and one
+    # subtraction per read): at most MIN_FRAME per frame the budget holds. -1 while every
+    # read must take the slow path: before the accept, throttled, lingering, backed up.
+    _room: int = -1
+    _credit: float = 0.0  # frames that may still be parsed (the budget's level)
+    _stamp: float = 0.0  # loop time of the budget's last refill (0: it starts full)
+    _stash: bytes | None = None  # read but not parsed yet: throttled, or before the accept
+    _throttle: asyncio.TimerHandle | None = None  # when a throttled connection is read again
+    _backed_up = False  # the transport's write buffer is past its high-water mark
+    _linger_left: int | None = None  # bytes still read and discarded (None: not lingering)
+    _read_after_close = 0  # bytes read since the gateway's own close frame
+    _pausing: asyncio.Future[None] | None = None  # the app's rate-limit pause, if waiting
+    # Over its frame budget since the last read parsed whole within it: what is parsed is a
+    # backlog, old news of the peer, so it does not stand for a pong (its kernel's
+    # acknowledgements do; see keepalive_timeout).
+    _behind = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Light stand-ins for the asyncio primitives uvicorn makes per connection (the
+        # interfaces it uses): ~3 KB of an idle connection's ~23 KB.
+        self.queue = ReceiveQueue()  # type: ignore[assignment]
+        self.writable = WritableFlag()  # type: ignore[assignment]
+        self.close_timeout = CLOSE_TIMEOUT
+
+    # -- Bytes in ---------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if len(data) > self._room or self.close_sent:
+            self._received_slowly(data)
+            return
+        # Within the budget: parsed whole (uvicorn's own data_received, frames counted). The
+        # room shrinks by the bytes, so reads between refills never hold more frames than
+        # the budget had (each frame is MIN_FRAME bytes or more).
+        self._room -= len(data)
+        conn = self.conn
+        conn.receive_data(data)
+        if conn.parser_exc is not None:
+            self.handle_parser_exception()
+            return
+        self._credit -= len(conn.events)
+        self.handle_events()
+        if self._credit <= 0:
+            self._budget_spent()
+        else:
+            self._behind = False
+        if self.pong_timer is not None and not self.close_sent and not self._behind:
+            self._alive()
+
+    def _received_slowly(self, data: bytes) -> None:
+        """Every read that is not simply parsed: the handshake, frames before the accept, a
+        read over the budget's room, the bytes after a close frame."""
+        if self._linger_left is not None:  # lingering: discarded, up to a bound
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self.transport.pause_reading()  # the close timer ends it
+            return
+        if self._stash is not None:  # throttled, or waiting for the accept: kept in order
+            self._stash += data
+            self.transport.pause_reading()
+            return
+        if not self.handshake_initiated:  # the upgrade request, handed over whole
+            super().data_received(data)
+            return
+        if not self.handshake_complete:
+            # Frames sent without waiting for the 101: parsed now, their answers (a pong)
+            # would go out before it. Kept until the accept is out (start_keepalive).
+            self._stash = data
+            self._room = -1
+            self.transport.pause_reading()
+            return
+        if self.close_sent:
+            self._read_after_close += len(data)
+            if self._read_after_close > CLOSE_READ_BYTES:
+                # Enough for a close reply: the rest is discarded until the close timer.
+                self._linger_left = 0
+                self._room = -1
+                self.transport.pause_reading()
+                return
+        self._metered(data)
+
+    def _metered(self, data: bytes) -> None:
+        """Parse ``data`` in pieces the frame budget allows; past it, keep the rest."""
+        if self.frame_rate <= 0:
+            self._parse(data)
+            return
+        self._refill()
+        start, size = 0, len(data)
+        while start < size:
+            if self._credit < 1:
+                self._throttle_now(data[start:])
+                return
+            end = min(size, start + min(PIECE, int(self._credit) * MIN_FRAME))
+            if not self._parse(data if start == 0 and end == size else data[start:end]):
+                return
+            start = end
+        if self._credit <= 0:
+            self._budget_spent()
+        else:
+            self._behind = False
+            self._open_room()
+
+    def _parse(self, data: bytes) -> bool:
+        """uvicorn's data_received, counting frames; False once nothing more is parsed."""
+        conn = self.conn
+        conn.receive_data(data)
+        if conn.parser_exc is not None:
+            self.handle_parser_exception()
+            return False
+        self._credit -= len(conn.events)
+        self.handle_events()
+        if self._backed_up and self.transport.get_write_buffer_size() > self.send_buffer_bytes:
+            self._let_go_slow()
+            return False
+        if self.pong_timer is not None and not self.close_sent and not self._behind:
+            self._alive()
+        return self._linger_left is None and not self.transport.is_closing()
+
+    def _alive(self) -> None:
+        """A frame from the peer stands for the pong it owes."""
+        assert self.pong_timer is not None  # noqa: S101  # checked by the caller
+        self.pong_timer.cancel()
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        self.schedule_ping()
+
+    # -- The frame budget -------------------------------------------------------------------
+
+    def _refill(self) -> None:
+        rate = self.frame_rate
+        if rate <= 0:
+            self._credit = math.inf
+        else:
+            now = self.loop.time()
+            burst = rate * BURST_SECONDS
+            self._credit = min(burst, self._credit + (now - self._stamp) * rate)
+            self._stamp = now
+        self._open_room()
+
+    def _open_room(self) -> None:
+        """How much of a read may be parsed at once, now."""
+        if (
+            self._stash is not None
+            or self._linger_left is not None
+            or self._backed_up
+            or not self.handshake_complete
+        ):
+            self._room = -1
+        elif self.frame_rate <= 0:
+            self._room = NO_BUDGET
+        else:
+            self._room = min(PIECE, max(0, int(self._credit)) * MIN_FRAME)
+
+    def _budget_spent(self) -> None:
+        if self._linger_left is not None or self.transport.is_closing():
+            return  # nothing more is parsed anyway
+        self._refill()
+        if self._credit <= 0:
+            self._throttle_now(b"")
+
+    def _throttle_now(self, rest: bytes) -> None:
+        """Stop reading this peer until its budget has come back; ``rest`` waits unparsed."""
+        self._stash = rest
+        self._room = -1
+        self._behind = True
+        self.transport.pause_reading()
+        # Ours now, not uvicorn's: the app's next receive() must not resume reading.
+        self.read_paused = False
+        wait = (max(1.0, self.frame_rate * WAKE_SECONDS) - self._credit) / self.frame_rate
+        self._throttle = self.loop.call_later(wait, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttle = None
+        if self.transport.is_closing():
+            return
+        self._refill()
+        self._feed_stash()
+
+    def _feed_stash(self) -> None:
+        """Parse what waited (throttled, or sent before the accept), then read on unless a
+        message waits for the app (its receive() resumes reading) or the budget is spent
+        again."""
+        stash, self._stash = self._stash, None
+        self._open_room()
+        if stash:
+            self._received_slowly(stash)
+        if self._stash is not None or self._linger_left is not None:
+            return
+        if self.transport.is_closing():
+            return
+        if not self.queue.empty():
+            self.read_paused = True
+        elif not self.read_paused:
+            self.transport.resume_reading()
+
+    def _stop_throttle(self) -> None:
+        if self._throttle is not None:
+            self._throttle.cancel()
+            self._throttle = None
+        self._stash = None
+
+    # -- Bytes out --------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        # Reads take the slow path, which checks the write buffer after each parse: pongs the
+        # peer does not read count against the send buffer as the app's messages do.
+        self._backed_up = True
+        self._room = -1
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._backed_up = False
+        self._open_room()
+
+    def _let_go_slow(self) -> None:
+        """A peer that sends pings and does not read the pongs (RSS grew 405 MiB in 8 s):
+        released like a slow consumer."""
+        self._slow = True
+        log.warning("ws_slow_consumer", extra={"why": "replies to its pings unsent"})
+        self.transport.abort()
+
+    # -- uvicorn's events -------------------------------------------------------------------
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:  # the app task is created, not yet started
+            extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
+            extensions[SOCKET_CONTROL] = SocketControl(self)
+
+    def start_keepalive(self) -> None:
+        """The 101 is out (uvicorn calls this right after writing it): the frame budget
+        starts full, and frames the peer sent before it are answered now."""
+        super().start_keepalive()
+        self._refill()
+        if self._stash is not None:
+            self._feed_stash()
+
+    def handle_cont(self, event: Frame) -> None:
+        """uvicorn's, gathering the fragments in one buffer instead of a list of them (a
+        message in 1-byte fragments took ~41 bytes of list and object per byte)."""
+        frames: list[Any] = self.frames
+        if len(frames) < 2:
+            frames.append(bytearray(event.data))
+        else:
+            frames[1] += event.data
+        if event.fin:
+            self.send_receive_event_to_app()
+
+    def handle_parser_exception(self) -> None:
+        """The client broke the protocol (a frame over the size limit, say): send the close
+        frame, stop writing, and keep reading and discarding for a while before closing.
+        Closing at once while the client is still sending makes the kernel answer with a
+        reset, which can destroy the close frame before the client reads it. The close
+        timer is uvicorn's own, so the app returning does not close the socket early."""
+        assert self.conn.close_sent is not None  # noqa: S101  # set by websockets
+        close = self.conn.close_sent
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
+        )
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        throttled = self._throttle is not None
+        self._stop_throttle()
+        self._linger_left = max(LINGER_BYTES, self.config.ws_max_size)
+        self._room = -1
+        if self.read_paused or throttled:
+            self.read_paused = False
+            self.transport.resume_reading()
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.close_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_throttle()
+        super().connection_lost(exc)
+        self._lost = True
+        if self._pausing is not None:
+            _wake(self._pausing)
+        self._let_go()
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        self._app_done = True
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Once the app has returned and the socket is gone, nothing runs for this connection
+        again: break the reference cycles that would otherwise keep all of it (~76 objects:
+        this protocol, the scope and what Litestar and the app hung on it, websockets' protocol
+        and its parser) as garbage until the next full collection, which the gateway's
+        collector policy makes rare. Reference counting then frees it at once."""
+        if not (self._lost and self._app_done):
+            return
+        scope: dict[str, Any] | None = vars(self).get("scope")  # absent: never upgraded
+        if scope is not None:
+            scope.clear()  # its extensions hold the socket control, which holds this protocol
+        # websockets' parser generator holds its protocol in its suspended frame.
+        self.conn.parser = None  # type: ignore[assignment]
+
+    # -- Keepalive --------------------------------------------------------------------------
+
+    def schedule_ping(self) -> None:
+        """uvicorn's, on the loop's shared heartbeat timer instead of a timer of its own."""
+        assert self.ping_interval is not None  # noqa: S101  # only called with keepalive on
+        delay = max(0.0, self.ping_interval - self.last_ping_rtt)
+        beat = heartbeats.for_loop(self.loop).call_later(delay, self.send_keepalive_ping)
+        self.ping_timer = beat  # type: ignore[assignment]  # it has the cancel() uvicorn calls
+
+    def keepalive_timeout(self) -> None:
+        if self._not_reading() and not self.close_sent:
+            # Its pong may be behind frames the gateway has not read yet: not held against
+            # it, unless its kernel has stopped acknowledging too (a peer that vanished
+            # without a reset: its network gone).
+            assert self.ping_timeout is not None  # noqa: S101  # a pong timer ran
+            if tcp_peer.gone_quiet(self.transport.get_extra_info("socket"), self.ping_timeout / 2):
+                log.info("ws_peer_gone", extra={"why": "nothing acknowledged since the ping"})
+                self.transport.abort()
+                return
+            # Ping again at once: with reading paused only a write notices a peer that has
+            # gone with a reset (a peer that closed answers this write with one).
+            self.pong_timer = None
+            self.pending_ping_payload = None
+            self.send_keepalive_ping()
+            return
+        super().keepalive_timeout()
+
+    def _not_reading(self) -> bool:
+        """Whether the gateway itself holds the peer's frames back: a message waits for the
+        app, reading is paused for it, or the frame budget is spent (or was, and what is read
+        is still its backlog)."""
+        return (
+            self.read_paused
+            or not self.queue.empty()
+            or self._throttle is not None
+            or self._stash is not None
+            or self._behind
+        )
+
+
+def lively_websocket_protocol(
+    frame_rate: float, send_buffer_bytes: int
+) -> type[LivelyWebSocketProtocol]:
+    """The protocol class uvicorn is given, with this gateway's budgets."""
+    return type(
+        "LivelyWebSocketProtocol",
+        (LivelyWebSocketProtocol,),
+        {"frame_rate": float(frame_rate), "send_buffer_bytes": send_buffer_bytes},
+    )

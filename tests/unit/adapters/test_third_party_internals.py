@@ -1,0 +1,1224 @@
+"""What the gateway relies on inside uvicorn, websockets, httptools, Litestar and
+httpx-aiohttp/aiohttp beyond their documented APIs: the methods it overrides, the attributes
+their constructors and handlers set that it reads or writes, module constants, call
+signatures, and the behaviours its overrides assume.
+
+``pyproject.toml`` caps each of these packages below its next minor release. After raising a
+cap (``make lock UPGRADE=<pkg>``, then ``make test``) this file says what the new release
+removed or changed: every failure names the package, the version installed and what to
+re-check (README, "Third-party internals relied on"). It drives real instances on a fake
+transport: no sockets, no sleeps, milliseconds.
+
+The inventory is kept honest by the source scans: a name of uvicorn's that our subclasses
+start using, or an attribute of ours that uvicorn starts using too, fails here until it is
+added to the tables below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from importlib import metadata
+from types import SimpleNamespace
+from typing import Any, Final, cast
+
+import aiohttp
+import httptools
+import httpx
+import pytest
+import uvicorn
+import websockets.http11
+from httpx_aiohttp import AiohttpTransport
+from litestar import WebSocket
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets import websockets_sansio_impl
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+from kalami_gateway.adapters.asgi import (
+    SOCKET_CONTROL,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    send_json_error,
+)
+from kalami_gateway.adapters.backend.http import HttpxBackend
+from kalami_gateway.adapters.server import heartbeats
+from kalami_gateway.adapters.server.http_protocol import (
+    MAX_HEADER_COUNT,
+    MAX_HEADER_LINE,
+    MAX_REQUEST_LINE,
+    GuardedHttpProtocol,
+)
+from kalami_gateway.adapters.server.ws_protocol import (
+    CLOSE_TIMEOUT,
+    LivelyWebSocketProtocol,
+    ReceiveQueue,
+    SocketControl,
+    WritableFlag,
+)
+from kalami_gateway.app.factory import (
+    HANDSHAKE_LINE_LIMIT,
+    GatewayApp,
+    _allow_long_handshake_lines,
+)
+from kalami_gateway.app.server import GatewayServer, uvicorn_config
+from kalami_gateway.app.settings import Settings
+from kalami_gateway.domain.ports import BackendError, BackendErrorKind
+
+SECRET: Final = "third-party-internals-secret-0123456789"
+README: Final = "README, 'Third-party internals relied on'"
+
+
+def broken(package: str, what: str, recheck: str) -> str:
+    """The failure message: the package and version installed, what changed, what to re-check."""
+    return (
+        f"{package} {metadata.version(package)}: {what}. Re-check {recheck} ({README}); "
+        f"pyproject.toml caps {package} for this reason."
+    )
+
+
+# -- The inventory: our subclasses of uvicorn's classes ------------------------------------
+
+# References to a name of the instance in a class's source: ``self.x`` and ``vars(self)...("x"``.
+SELF_REFS: Final = r"\bself\.(\w+)|\bvars\(self\)\.\w+\(\"(\w+)\""
+# The same for SocketControl, which holds the protocol as ``self._protocol`` / ``protocol``.
+PROTOCOL_REFS: Final = r"\b(?:protocol|self\._protocol)\.(\w+)|\bvars\(protocol\)\.\w+\(\"(\w+)\""
+ASSIGNED: Final = r"\bself\.(\w+)\s*(?::[^=\n]*)?=(?!=)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Subclass:
+    """One of our subclasses of a third-party class, and what it relies on of its base."""
+
+    package: str
+    base: type[Any]
+    ours: type[Any]
+    where: str
+    # The base __init__'s parameters, which our __init__ passes through or calls with.
+    init_params: tuple[str, ...]
+    overrides: Mapping[str, str]  # method -> why we override it
+    uses: Mapping[str, str]  # attribute or method of the base, not overridden -> how
+    # (class, pattern): whose source is scanned for references to the base's names.
+    sources: tuple[tuple[type[Any], str], ...]
+
+
+HTTP_PROTOCOL: Final = Subclass(
+    package="uvicorn",
+    base=HttpToolsProtocol,
+    ours=GuardedHttpProtocol,
+    where="adapters/server/http_protocol.py",
+    init_params=("self", "config", "server_state", "app_state", "_loop"),
+    overrides={
+        "__init__": "the limit counters; uvicorn builds the protocol with keyword arguments",
+        "connection_made": "arms the header deadline from the connection's start",
+        "connection_lost": "disarms it",
+        "data_received": "replaced whole: heads fed in counted pieces, a pipeline bound "
+        "(uvicorn's own body copied: feed, 400, upgrade)",
+        "on_message_complete": "the end of a body: the next head's bytes are counted",
+        "on_response_complete": "feeds what waited behind a full pipeline; keeps reading "
+        "paused; closes a connection whose body is still arriving",
+        "handle_websocket_upgrade": "lets go of the parser once the WebSocket protocol has it",
+        "send_400_response": "silent after our own 408/414/431",
+        "on_message_begin": "restarts the counters and the deadline per request",
+        "on_url": "the request-line limit (414)",
+        "on_header": "the header limits (431)",
+        "on_headers_complete": "disarms the deadline",
+    },
+    uses={
+        "loop": "call_later for the header deadline",
+        "transport": "writes the 408/414/431 and closes",
+        "parser": "fed by our data_received; set to None after the upgrade",
+        "pipeline": "its length bounds how many requests are parsed ahead",
+        "cycle": "whether the answer has begun (response_started) when a body times out",
+        "scope": "raw_path: outside /api a body has a deadline",
+        "flow": "pause_reading while requests wait unparsed",
+        "logger": "the 'Invalid HTTP request received.' warning, as uvicorn logs it",
+        "_should_upgrade": "whether an upgrade is a WebSocket one (as uvicorn decides)",
+        "_unsupported_upgrade_warning": "uvicorn's warning for any other upgrade",
+        "_unset_keepalive_if_required": "cancels the keep-alive timer when bytes arrive",
+    },
+    sources=((GuardedHttpProtocol, SELF_REFS),),
+)
+
+WS_PROTOCOL: Final = Subclass(
+    package="uvicorn",
+    base=WebSocketsSansIOProtocol,
+    ours=LivelyWebSocketProtocol,
+    where="adapters/server/ws_protocol.py",
+    init_params=("self", "config", "server_state", "app_state", "_loop"),
+    overrides={
+        "__init__": "swaps queue and writable for lighter stand-ins; a shorter close_timeout",
+        "data_received": "replaced whole (uvicorn's own copied: feed, parser error, events): "
+        "frames counted against the frame budget, reads over it parsed in pieces or kept, "
+        "bytes before the accept kept, bounded reads after a close; any frame is a pong",
+        "handle_connect": "puts SocketControl in the scope before the app's task runs",
+        "start_keepalive": "the 101 is out: the frame budget starts, frames kept are parsed",
+        "handle_cont": "fragments gathered in one bytearray, not a list of tiny bytes",
+        "handle_parser_exception": "a lingering close after a protocol error (1009), on "
+        "close_timer so that the app's end does not cut it short",
+        "pause_writing": "reads take the slow path, which checks the write buffer (pongs)",
+        "resume_writing": "back to the fast path",
+        "connection_lost": "breaks reference cycles once the app is done too; ends a pause",
+        "on_task_complete": "the same, from the app's side",
+        "schedule_ping": "the next ping on the shared heartbeat timer",
+        "keepalive_timeout": "no drop while the gateway itself is not reading: ping again, "
+        "unless the peer's kernel acknowledges nothing either (tcp_peer)",
+    },
+    uses={
+        "loop": "call_later (lingering close, throttling), time, heartbeats.for_loop",
+        "transport": "write, write_eof, pause/resume_reading, close, abort, buffer size",
+        "conn": "websockets' ServerProtocol: receive_data, events, parser_exc, close_sent, "
+        "data_to_send, parser",
+        "config": "ws_max_size: how much a lingering close reads at most",
+        "queue": "replaced by ReceiveQueue (put_nowait, get, empty)",
+        "writable": "replaced by WritableFlag (set, clear, wait)",
+        "read_paused": "read, cleared and set (reading paused for the frame budget is ours; "
+        "resumed for the lingering close)",
+        "close_sent": "read (bytes after our close frame are bounded), set after our close",
+        "close_timer": "the lingering close's timer (run_asgi leaves the socket open while "
+        "it is set)",
+        "close_timeout": "set shorter: a refused socket is closed within CLOSE_TIMEOUT",
+        "handshake_initiated": "bytes before it are the upgrade request",
+        "handshake_complete": "SocketControl.accepted refuses before it; frames before it are kept",
+        "handle_events": "called after each parse, as uvicorn's data_received does",
+        "frames": "the fragments of the message being received (handle_cont)",
+        "send_receive_event_to_app": "called by handle_cont at a message's last fragment",
+        "ping_interval": "schedule_ping's delay",
+        "ping_timeout": "how long a quiet peer's kernel may acknowledge nothing (half of it)",
+        "last_ping_rtt": "schedule_ping's delay",
+        "ping_timer": "set to a heartbeats.Beat (uvicorn only cancel()s it)",
+        "pong_timer": "cancelled and cleared when any frame arrives",
+        "pending_ping_payload": "cleared with the pong timer",
+        "send_keepalive_ping": "the callback schedule_ping arms",
+        "request": "set by handle_connect; popped after the accept",
+        "response": "status_code read in handle_connect; popped after the accept",
+        "scope": "extensions written; headers and query emptied; cleared at the end",
+        "receive": "handed to the app after the accept",
+        "send": "handed to the app after the accept",
+    },
+    sources=((LivelyWebSocketProtocol, SELF_REFS), (SocketControl, PROTOCOL_REFS)),
+)
+
+SERVER: Final = Subclass(
+    package="uvicorn",
+    base=uvicorn.Server,
+    ours=GatewayServer,
+    where="app/server.py",
+    init_params=("self", "config"),
+    overrides={
+        "__init__": "the app to drain and the signals to catch",
+        "capture_signals": "no re-raise of SIGTERM/SIGINT after a graceful drain",
+        "startup": "freezes the heap after start-up (collect_less)",
+        "shutdown": "drains WebSockets with 1001 before uvicorn's 1012",
+    },
+    uses={"handle_exit": "installed as the SIGINT/SIGTERM handler"},
+    sources=((GatewayServer, SELF_REFS),),
+)
+
+SUBCLASSES: Final = (HTTP_PROTOCOL, WS_PROTOCOL, SERVER)
+
+# What of websockets' ServerProtocol (``self.conn``) the WebSocket protocol touches.
+CONN_USES: Final = {
+    "receive_data": "fed by our data_received (whole, or in pieces the frame budget allows)",
+    "events": "counted after each feed (the frames parsed) before handle_events takes them",
+    "parser_exc": "set when a feed broke the protocol (handle_parser_exception)",
+    "close_sent": "the close frame websockets queued after a protocol error (code, reason)",
+    "data_to_send": "the bytes of that close frame",
+    "parser": "set to None once the connection is over (its generator holds the protocol)",
+}
+
+# uvicorn's per-connection objects we replace, and the stand-in that must do all uvicorn asks.
+STAND_INS: Final[Mapping[str, type[Any]]] = {
+    "queue": ReceiveQueue,
+    "writable": WritableFlag,
+    "ping_timer": heartbeats.Beat,
+}
+
+# Where uvicorn must still call the methods we override (not every path is driven below).
+CALL_SITES: Final = (
+    (uvicorn.Server, "serve", r"with self\.capture_signals\(\)", "GatewayServer.capture_signals"),
+    (uvicorn.Server, "_serve", r"self\.startup\(sockets=sockets\)", "GatewayServer.startup"),
+    (uvicorn.Server, "_serve", r"self\.shutdown\(sockets=sockets\)", "GatewayServer.shutdown"),
+    (
+        WebSocketsSansIOProtocol,
+        "send_keepalive_ping",
+        r"self\.keepalive_timeout\b",
+        "LivelyWebSocketProtocol.keepalive_timeout",
+    ),
+    (
+        WebSocketsSansIOProtocol,
+        "handle_pong",
+        r"self\.schedule_ping\(\)",
+        "LivelyWebSocketProtocol.schedule_ping",
+    ),
+    (
+        WebSocketsSansIOProtocol,
+        "send",
+        r"self\.transport\.write\(b\"\"\.join\(output\)\)\s+self\.start_keepalive\(\)",
+        "LivelyWebSocketProtocol.start_keepalive (right after the 101 is written)",
+    ),
+    (
+        WebSocketsSansIOProtocol,
+        "handle_events",
+        r"self\.handle_cont\(event\)",
+        "LivelyWebSocketProtocol.handle_cont",
+    ),
+    (
+        WebSocketsSansIOProtocol,
+        "run_asgi",
+        r"if self\.close_timer is None:\s+self\.transport\.close\(\)",
+        "LivelyWebSocketProtocol.handle_parser_exception (the linger on close_timer)",
+    ),
+    (
+        WebSocketsSansIOProtocol,
+        "send",
+        r"self\.close_timer = self\.loop\.call_later\(self\.close_timeout,",
+        "LivelyWebSocketProtocol.__init__ (close_timeout)",
+    ),
+)
+
+
+# -- The checks (functions, so that the tests at the end can watch them fail) --------------
+
+
+_sources: dict[object, str] = {}
+
+
+def source_of(obj: Any) -> str:
+    """``inspect.getsource``, read once per object (the modules scanned are large)."""
+    if obj not in _sources:
+        _sources[obj] = inspect.getsource(obj)
+    return _sources[obj]
+
+
+def params(function: Callable[..., object]) -> list[str]:
+    """A signature's parameters, without annotations or defaults: ``name``, ``*args``,
+    ``name (keyword-only)``."""
+    kinds: dict[object, str] = {
+        inspect.Parameter.KEYWORD_ONLY: " (keyword-only)",
+        inspect.Parameter.POSITIONAL_ONLY: " (positional-only)",
+    }
+    return [
+        f"{p.replace(annotation=p.empty, default=p.empty)}{kinds.get(p.kind, '')}"
+        for p in inspect.signature(function).parameters.values()
+    ]
+
+
+def override_problem(sub: Subclass, name: str) -> str | None:
+    """Why our override of ``name`` no longer fits the base class, or None."""
+    recheck = f"{sub.ours.__name__}.{name} in {sub.where}"
+    base_method = getattr(sub.base, name, None)
+    if base_method is None or not callable(base_method):
+        return broken(
+            sub.package,
+            f"{sub.base.__qualname__} has no method {name!r}: our override overrides nothing",
+            recheck,
+        )
+    if name == "__init__":
+        found = tuple(inspect.signature(base_method).parameters)
+        if found != sub.init_params:
+            return broken(
+                sub.package,
+                f"{sub.base.__qualname__}.__init__ takes {found}, not {sub.init_params}",
+                recheck,
+            )
+        return None
+    theirs, ours = params(base_method), params(getattr(sub.ours, name))
+    if theirs != ours:
+        return broken(
+            sub.package,
+            f"{sub.base.__qualname__}.{name} takes ({', '.join(theirs)}), "
+            f"our override ({', '.join(ours)})",
+            recheck,
+        )
+    return None
+
+
+def names_of_base(sub: Subclass, instance: object) -> set[str]:
+    """Every name the base class has, sets on a real instance, or assigns anywhere."""
+    names = set(dir(sub.base)) | set(vars(instance))
+    for cls in sub.base.__mro__:
+        if cls.__module__.split(".")[0] == sub.package:
+            names |= set(re.findall(ASSIGNED, source_of(cls)))
+    return names
+
+
+def exists_problem(sub: Subclass, name: str, instance: object) -> str | None:
+    """Why ``name`` (overridden or used) is missing from the base, or None."""
+    if hasattr(sub.base, name) or name in vars(instance):
+        return None
+    return broken(
+        sub.package,
+        f"{sub.base.__qualname__} no longer has {name!r}, on the class or set on an instance",
+        f"what {sub.where} does with it ({sub.overrides.get(name) or sub.uses[name]})",
+    )
+
+
+def referenced(sources: Iterable[tuple[type[Any], str]]) -> set[str]:
+    names: set[str] = set()
+    for cls, pattern in sources:
+        for groups in re.findall(pattern, source_of(cls)):
+            names.add(next(g for g in groups if g))
+    return names
+
+
+def name_problems(sub: Subclass, instance: object) -> list[str]:
+    """A name our subclass defines that the base has too (a collision), or a name of the
+    base's that our code touches and the inventory does not list."""
+    known = set(sub.overrides) | set(sub.uses)
+    own_dict = {n for n in vars(sub.ours) if not (n.startswith("__") and n.endswith("__"))}
+    own = own_dict | set(re.findall(ASSIGNED, source_of(sub.ours)))
+    theirs = names_of_base(sub, instance)
+    problems = []
+    for name in sorted((own_dict | referenced(sub.sources)) - known):
+        if name not in own:
+            problems.append(
+                broken(
+                    sub.package,
+                    f"{sub.where} uses {sub.base.__qualname__}.{name}, which this inventory "
+                    "does not list",
+                    f"that use, and add {name!r} to the tables in this test and the README",
+                )
+            )
+        elif name in theirs:
+            problems.append(
+                broken(
+                    sub.package,
+                    f"{sub.base.__qualname__} now has {name!r} too: ours shadows it",
+                    f"{sub.ours.__name__}.{name} in {sub.where} (rename ours, or list it "
+                    "as an override)",
+                )
+            )
+    return problems
+
+
+def stand_in_problems(source: str) -> list[str]:
+    """What uvicorn's WebSocket protocol calls on an object we replaced that ours lacks."""
+    problems = []
+    for attribute, stand_in in STAND_INS.items():
+        for method in sorted(set(re.findall(rf"\bself\.{attribute}\.(\w+)", source))):
+            if not hasattr(stand_in, method):
+                problems.append(
+                    broken(
+                        "uvicorn",
+                        f"its WebSocket protocol calls self.{attribute}.{method}(), which our "
+                        f"stand-in {stand_in.__name__} does not have",
+                        f"{stand_in.__name__} (adapters/server/ws_protocol.py, "
+                        "adapters/server/heartbeats.py)",
+                    )
+                )
+    return problems
+
+
+def call_site_problem(owner: type[Any], method: str, pattern: str, ours: str) -> str | None:
+    function = getattr(owner, method, None)
+    if function is not None and re.search(pattern, source_of(function)):
+        return None
+    return broken(
+        "uvicorn",
+        f"{owner.__qualname__}.{method} no longer does {pattern!r}: our {ours} may never run",
+        f"where uvicorn now calls it, and {ours}",
+    )
+
+
+# -- Real instances on a fake transport ----------------------------------------------------
+
+
+class FakeTransport(asyncio.Transport):
+    """What uvicorn's protocols call on a transport, recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closing = False
+        self.eof_written = False
+        self.reading_paused = False
+        self.protocol: asyncio.BaseProtocol | None = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.out += data
+
+    def take(self) -> bytes:
+        data = bytes(self.out)
+        self.out.clear()
+        return data
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
+
+
+class EchoApp:
+    """A WebSocket is accepted (through SocketControl when the server gives one) and its
+    text echoed; an HTTP request is answered 200, ``Connection: close`` when its query is
+    ``close``. Notes what the server handed it."""
+
+    def __init__(self) -> None:
+        self.control_at_start: object = None
+        self.accepted = False
+        self.http_scopes: list[Scope] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.http_scopes.append(scope)
+            if any(name == b"expect" for name, _ in scope["headers"]):
+                await receive()
+            await send_json_error(send, 200, "ok", close=scope["query_string"] == b"close")
+            return
+        self.control_at_start = scope["extensions"].get(SOCKET_CONTROL)
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        if isinstance(self.control_at_start, SocketControl):
+            receive, send = self.control_at_start.accepted()
+        self.accepted = True
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message.get("text") or ""})
+
+
+class AppOnly:
+    """What ``uvicorn_config`` reads of a GatewayApp."""
+
+    def __init__(self, asgi: ASGIApp) -> None:
+        self.asgi = asgi
+
+
+@dataclasses.dataclass
+class Served:
+    """The gateway's own uvicorn settings around an EchoApp, and the state protocols share."""
+
+    config: uvicorn.Config
+    state: ServerState
+    app: EchoApp
+
+    def http_protocol(self) -> tuple[GuardedHttpProtocol, FakeTransport]:
+        cls = self.config.http_protocol_class
+        assert issubclass(cls, GuardedHttpProtocol)
+        protocol = cls(
+            config=self.config,
+            server_state=self.state,
+            app_state={},
+            _loop=asyncio.get_running_loop(),
+        )
+        transport = FakeTransport()
+        protocol.connection_made(transport)
+        return protocol, transport
+
+    async def finish(self) -> None:
+        """Let every app task end, and the callbacks of their ends run."""
+        await asyncio.gather(*list(self.state.tasks))
+        await settle()
+
+
+async def settle() -> None:
+    """Let ready tasks and callbacks run (no time passes)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> Served:
+    # uvicorn's Config empties the access logger's handlers and stops its propagation.
+    access = logging.getLogger("uvicorn.access")
+    monkeypatch.setattr(access, "handlers", access.handlers)
+    monkeypatch.setattr(access, "propagate", access.propagate)
+    app = EchoApp()
+    config = uvicorn_config(cast(GatewayApp, AppOnly(app)), Settings(jwt_secret=SECRET))
+    config.load()
+    return Served(config, ServerState(), app)
+
+
+def client_handshake(path: str = "/ws?token=abc") -> tuple[ClientProtocol, bytes]:
+    client = ClientProtocol(parse_uri(f"ws://gateway.test{path}"))
+    client.send_request(client.connect())
+    return client, b"".join(client.data_to_send())
+
+
+def client_receives(client: ClientProtocol, transport: FakeTransport) -> list[object]:
+    client.receive_data(transport.take())
+    events: list[object] = list(client.events_received())
+    client.data_to_send()  # the client's own answers (a pong) are not sent on
+    return events
+
+
+@pytest.fixture
+async def bases(served: Served) -> AsyncIterator[dict[type[Any], object]]:
+    """Plain instances of uvicorn's classes, each as far along as the gateway's are when it
+    touches them: the HTTP protocol connected, the WebSocket protocol past its handshake."""
+    loop = asyncio.get_running_loop()
+    http = HttpToolsProtocol(
+        config=served.config, server_state=served.state, app_state={}, _loop=loop
+    )
+    http.connection_made(FakeTransport())
+    ws = WebSocketsSansIOProtocol(
+        config=served.config, server_state=served.state, app_state={}, _loop=loop
+    )
+    ws.connection_made(FakeTransport())
+    ws.data_received(client_handshake()[1])
+    yield {
+        HttpToolsProtocol: http,
+        WebSocketsSansIOProtocol: ws,
+        uvicorn.Server: uvicorn.Server(served.config),
+    }
+    ws.connection_lost(None)
+    http.connection_lost(None)
+    await served.finish()
+
+
+# -- uvicorn: the inventory ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sub", "name"),
+    [(sub, name) for sub in SUBCLASSES for name in sub.overrides],
+    ids=lambda v: v if isinstance(v, str) else v.ours.__name__,
+)
+def test_an_override_still_overrides_a_method_of_the_same_signature(
+    sub: Subclass, name: str
+) -> None:
+    problem = override_problem(sub, name)
+    assert problem is None, problem
+
+
+@pytest.mark.parametrize(
+    ("sub", "name"),
+    [(sub, name) for sub in SUBCLASSES for name in [*sub.overrides, *sub.uses]],
+    ids=lambda v: v if isinstance(v, str) else v.ours.__name__,
+)
+def test_what_we_override_or_use_exists_on_a_real_instance(
+    sub: Subclass, name: str, bases: dict[type[Any], object]
+) -> None:
+    problem = exists_problem(sub, name, bases[sub.base])
+    assert problem is None, problem
+
+
+@pytest.mark.parametrize("sub", SUBCLASSES, ids=lambda sub: sub.ours.__name__)
+def test_our_own_names_do_not_collide_and_every_name_of_theirs_is_listed(
+    sub: Subclass, bases: dict[type[Any], object]
+) -> None:
+    problems = name_problems(sub, bases[sub.base])
+    assert not problems, "\n".join(problems)
+
+
+def test_every_object_we_replace_still_gets_only_calls_our_stand_ins_answer() -> None:
+    problems = stand_in_problems(source_of(websockets_sansio_impl))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("owner", "method", "pattern", "ours"), CALL_SITES, ids=[site[3] for site in CALL_SITES]
+)
+def test_uvicorn_still_calls_what_we_override(
+    owner: type[Any], method: str, pattern: str, ours: str
+) -> None:
+    problem = call_site_problem(owner, method, pattern, ours)
+    assert problem is None, problem
+
+
+def test_websockets_connection_state_the_ws_protocol_touches(
+    bases: dict[type[Any], object],
+) -> None:
+    ws = bases[WebSocketsSansIOProtocol]
+    assert isinstance(ws, WebSocketsSansIOProtocol)
+    conn: object = ws.conn
+    assert isinstance(conn, ServerProtocol)
+    touched = set(re.findall(r"\bself\.conn\.(\w+)", source_of(LivelyWebSocketProtocol)))
+    unlisted = touched - set(CONN_USES)
+    assert not unlisted, broken(
+        "websockets", f"adapters/server/ws_protocol.py uses conn.{unlisted} too", "CONN_USES here"
+    )
+    for name, why in CONN_USES.items():
+        assert hasattr(conn, name), broken(
+            "websockets", f"ServerProtocol has no {name!r} any more", f"ws_protocol.py: {why}"
+        )
+    assert inspect.isgenerator(getattr(conn, "parser", None)), broken(
+        "websockets",
+        "ServerProtocol.parser is no longer a generator",
+        "LivelyWebSocketProtocol._let_go",
+    )
+
+
+def test_uvicorn_takes_the_gateways_protocol_classes(served: Served) -> None:
+    assert issubclass(served.config.http_protocol_class, GuardedHttpProtocol), broken(
+        "uvicorn",
+        "Config(http=<class>) no longer serves that class",
+        "uvicorn_config in app/server.py",
+    )
+    ws_class = served.config.ws_protocol_class
+    assert isinstance(ws_class, type), broken(
+        "uvicorn",
+        "Config(ws=<class>) no longer serves that class",
+        "uvicorn_config in app/server.py",
+    )
+    assert issubclass(ws_class, LivelyWebSocketProtocol), broken(
+        "uvicorn",
+        "Config(ws=<class>) no longer serves that class",
+        "uvicorn_config in app/server.py",
+    )
+    GatewayServer(served.config, cast(GatewayApp, AppOnly(served.app)), 1.0)
+
+
+def test_uvicorn_logging_that_logs_py_rewires() -> None:
+    assert re.search(r"color_message", source_of(uvicorn.server)), broken(
+        "uvicorn",
+        "it no longer passes an ANSI copy of its messages as extra 'color_message'",
+        "_redact_secrets in app/logs.py (drop the new key instead)",
+    )
+    for name in ("uvicorn.error", "uvicorn.access"):
+        assert re.search(rf"getLogger\(\"{re.escape(name)}\"\)", source_of(HttpToolsProtocol)), (
+            broken("uvicorn", f"its HTTP protocol no longer logs to {name!r}", "configure_logging")
+        )
+
+
+# -- uvicorn, websockets: a connection through the gateway's protocols ----------------------
+
+
+async def test_a_websocket_through_the_gateways_protocols(served: Served) -> None:
+    http, transport = served.http_protocol()
+    client, handshake = client_handshake()
+    http.data_received(handshake)
+
+    ws = transport.protocol
+    assert isinstance(ws, LivelyWebSocketProtocol), broken(
+        "uvicorn",
+        "an upgrade request no longer reaches Config.ws through handle_websocket_upgrade",
+        "GuardedHttpProtocol.handle_websocket_upgrade",
+    )
+    assert http.parser is None
+    assert {"request", "response", "scope"} <= vars(ws).keys(), broken(
+        "uvicorn",
+        "handle_connect no longer sets request, response and scope on the instance",
+        "SocketControl.accepted and LivelyWebSocketProtocol._let_go",
+    )
+    await settle()
+    assert isinstance(served.app.control_at_start, SocketControl), broken(
+        "uvicorn",
+        "the app's task ran before handle_connect returned (eager task?): no kalami.socket",
+        "LivelyWebSocketProtocol.handle_connect",
+    )
+    [response] = client_receives(client, transport)
+    accepted = served.app.accepted and isinstance(response, Response)
+    assert accepted, broken(
+        "uvicorn", "the app's accept did not go out as a 101", "SocketControl.accepted"
+    )
+    assert isinstance(response, Response)
+    assert response.status_code == 101
+    assert isinstance(ws.ping_timer, heartbeats.Beat), broken(
+        "uvicorn",
+        "the accept no longer schedules the first ping through self.schedule_ping()",
+        "LivelyWebSocketProtocol.schedule_ping",
+    )
+
+    # A message pauses reading until the app takes it; the answer goes out through the
+    # server's send, with the handshake's Request and Response let go.
+    client.send_text(b"hello")
+    ws.data_received(b"".join(client.data_to_send()))
+    assert transport.reading_paused, broken(
+        "uvicorn",
+        "a received message no longer pauses reading until the app's next receive",
+        "the rate limit's back-pressure (adapters/http/websocket.py)",
+    )
+    await settle()
+    assert not transport.reading_paused
+    [echo] = client_receives(client, transport)
+    echoed = isinstance(echo, Frame) and (echo.opcode, echo.data) == (Opcode.TEXT, b"hello")
+    assert echoed, broken(
+        "uvicorn",
+        "its receive and send no longer carry messages once the handshake's Request and "
+        "Response are let go",
+        "SocketControl.accepted",
+    )
+
+    # Any frame from the peer stands for the pong.
+    ws.send_keepalive_ping()
+    armed = ws.pong_timer is not None and ws.pending_ping_payload is not None
+    assert armed, broken(
+        "uvicorn",
+        "send_keepalive_ping no longer arms pong_timer with pending_ping_payload",
+        "LivelyWebSocketProtocol.data_received and keepalive_timeout",
+    )
+    client_receives(client, transport)
+    client.send_text(b"alive")
+    ws.data_received(b"".join(client.data_to_send()))
+    assert (ws.pong_timer, ws.pending_ping_payload) == (None, None)
+    assert isinstance(ws.ping_timer, heartbeats.Beat)
+
+    ws.connection_lost(None)
+    with pytest.raises(OSError):  # noqa: PT011  # ClientDisconnected, whatever its words
+        await ws.send({"type": "websocket.send", "text": "late"})
+    await served.finish()
+    let_go = ws.conn.parser is None and not ws.scope
+    assert let_go, broken(
+        "uvicorn",
+        "on_task_complete no longer runs when the app's task ends",
+        "LivelyWebSocketProtocol._let_go",
+    )
+
+
+def test_a_disconnected_send_raises_an_oserror() -> None:
+    assert issubclass(ClientDisconnected, OSError), broken(
+        "uvicorn", "ClientDisconnected is no longer an OSError", "SocketChannel.send's except"
+    )
+
+
+async def test_frames_before_the_accept_wait_for_the_101(served: Served) -> None:
+    http, transport = served.http_protocol()
+    client, handshake = client_handshake()
+    http.data_received(handshake)
+    ws = transport.protocol
+    assert isinstance(ws, LivelyWebSocketProtocol)
+    assert ws.close_timeout == CLOSE_TIMEOUT
+    # A client that does not wait for the 101 (websockets' own would not send this yet).
+    ws.data_received(Frame(Opcode.PING, b"early").serialize(mask=True))  # not accepted yet
+    assert transport.take() == b"", broken(
+        "uvicorn",
+        "the protocol wrote something before the app's accept",
+        "LivelyWebSocketProtocol._received_slowly (frames before the accept)",
+    )
+    await settle()
+    response, pong = client_receives(client, transport)
+    in_order = isinstance(response, Response) and response.status_code == 101
+    in_order = in_order and isinstance(pong, Frame) and pong.opcode is Opcode.PONG
+    assert in_order, broken(
+        "uvicorn",
+        "the accept no longer calls self.start_keepalive() once the 101 is written",
+        "LivelyWebSocketProtocol.start_keepalive",
+    )
+    assert not transport.reading_paused
+    ws.connection_lost(None)
+    await served.finish()
+
+
+async def test_a_read_over_the_frame_budget_is_parsed_in_part(served: Served) -> None:
+    http, transport = served.http_protocol()
+    client, handshake = client_handshake()
+    http.data_received(handshake)
+    ws = transport.protocol
+    assert isinstance(ws, LivelyWebSocketProtocol)
+    await settle()
+    client_receives(client, transport)
+    budget = int(ws.frame_rate * 2)  # a burst of two seconds' worth
+    for _ in range(budget * 3):
+        client.send_ping(b"")
+    ws.data_received(b"".join(client.data_to_send()))  # one read, three bursts of frames
+    pongs = [e for e in client_receives(client, transport) if isinstance(e, Frame)]
+    parsed_in_part = budget <= len(pongs) < budget * 3 and transport.reading_paused
+    assert parsed_in_part, broken(
+        "websockets",
+        f"{len(pongs)} of {budget * 3} frames of one read were answered: receive_data no "
+        "longer parses all it is fed at once into conn.events",
+        "LivelyWebSocketProtocol._parse and the frame budget",
+    )
+    ws.connection_lost(None)
+    await served.finish()
+
+
+async def test_a_frame_over_the_size_limit_gets_a_lingering_close(served: Served) -> None:
+    http, transport = served.http_protocol()
+    client, handshake = client_handshake()
+    http.data_received(handshake)
+    ws = transport.protocol
+    assert isinstance(ws, LivelyWebSocketProtocol)
+    await settle()
+    client_receives(client, transport)
+
+    too_big = served.config.ws_max_size + 1
+    ws.data_received(b"\x82\xff" + too_big.to_bytes(8, "big") + b"mask")
+    close = ws.conn.close_sent
+    assert (close.code if close else None) == 1009, broken(
+        "websockets",
+        "a frame over max_size no longer leaves close_sent (1009) on the protocol",
+        "LivelyWebSocketProtocol.handle_parser_exception",
+    )
+    assert (transport.eof_written, transport.closing) == (True, False), broken(
+        "uvicorn",
+        "a protocol error no longer reaches self.handle_parser_exception",
+        "LivelyWebSocketProtocol.handle_parser_exception",
+    )
+    client_receives(client, transport)
+    assert client.close_rcvd is not None
+    assert client.close_rcvd.code == 1009
+
+    ws.connection_lost(None)
+    await served.finish()
+
+
+@pytest.mark.parametrize(
+    ("status", "request_bytes"),
+    [
+        (414, b"GET /" + b"a" * MAX_REQUEST_LINE + b" HTTP/1.1\r\nHost: gw\r\n\r\n"),
+        (431, b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * (MAX_HEADER_COUNT + 1) + b"\r\n"),
+    ],
+)
+async def test_a_refused_request_is_answered_once(
+    served: Served, status: int, request_bytes: bytes
+) -> None:
+    http, transport = served.http_protocol()
+    http.data_received(request_bytes)
+    answer = transport.take()
+    answered_once = answer.startswith(b"HTTP/1.1 %d " % status) and answer.count(b"HTTP/1.1") == 1
+    assert answered_once, broken(
+        "httptools",
+        "an exception raised in a parser callback no longer stops the parse as an "
+        f"HttpParserError that uvicorn answers with send_400_response (got {answer[:60]!r})",
+        "GuardedHttpProtocol._refuse and send_400_response",
+    )
+    # Answered, then a lingering close: no more to write, what still comes is discarded.
+    assert transport.eof_written
+    http.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.take() == b""
+    http.connection_lost(None)
+
+
+@pytest.mark.parametrize("close", [True, False])
+async def test_what_the_http_edge_and_proxy_expect_of_uvicorns_http(
+    served: Served, close: bool
+) -> None:
+    http, transport = served.http_protocol()
+    query = b"close" if close else b"keep"
+    http.data_received(
+        b"POST /%61pi/x?" + query + b" HTTP/1.1\r\nHost: gw\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    )
+    await settle()
+    assert transport.take() == b"HTTP/1.1 100 Continue\r\n\r\n", broken(
+        "uvicorn",
+        "it no longer answers Expect: 100-continue itself",
+        "_NOT_FORWARDED_UP in api_proxy.py",
+    )
+    http.data_received(b"ok")
+    await served.finish()
+    [scope] = served.app.http_scopes
+    assert scope["raw_path"] == b"/%61pi/x", broken(
+        "uvicorn", "scope['raw_path'] is no longer the path as sent", "HttpEdge's dispatch"
+    )
+    assert transport.take().startswith(b"HTTP/1.1 200 ")
+    assert transport.closing is close, broken(
+        "uvicorn",
+        "a response's Connection: close no longer closes the connection",
+        "send_json_error",
+    )
+    http.connection_lost(None)
+
+
+# -- websockets ----------------------------------------------------------------------------
+
+
+def test_websockets_reads_its_line_limit_when_it_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = "/ws?token=" + "t" * 12_000
+
+    def parses() -> bool:
+        server = ServerProtocol()
+        server.receive_data(client_handshake(path)[1])
+        return any(isinstance(e, Request) and e.path == path for e in server.events_received())
+
+    monkeypatch.setattr(websockets.http11, "MAX_LINE_LENGTH", 8192)
+    assert not parses()
+    _allow_long_handshake_lines()
+    assert websockets.http11.MAX_LINE_LENGTH == HANDSHAKE_LINE_LIMIT
+    assert parses(), broken(
+        "websockets",
+        "websockets.http11.MAX_LINE_LENGTH is no longer read when a request is parsed",
+        "_allow_long_handshake_lines in app/factory.py (or set WEBSOCKETS_MAX_LINE_LENGTH)",
+    )
+
+
+def test_websockets_handshake_limits_sit_above_the_http_protocols() -> None:
+    # The upgrade request is parsed again by websockets; past its limits uvicorn hangs, so
+    # GuardedHttpProtocol must refuse first.
+    assert websockets.http11.MAX_NUM_HEADERS > MAX_HEADER_COUNT, broken(
+        "websockets",
+        f"a handshake may have only {websockets.http11.MAX_NUM_HEADERS} headers",
+        "MAX_HEADER_COUNT in adapters/server/http_protocol.py",
+    )
+    assert HANDSHAKE_LINE_LIMIT >= MAX_HEADER_LINE
+
+
+def test_a_handshake_request_can_be_emptied() -> None:
+    request = Request("/ws?token=abc", Headers({"Host": "gw"}))
+    try:
+        request.headers = Headers()
+        request.path = ""
+    except (AttributeError, dataclasses.FrozenInstanceError) as exc:
+        pytest.fail(
+            broken(
+                "websockets",
+                f"Request's path and headers are read-only ({exc})",
+                "SocketControl.accepted",
+            )
+        )
+
+
+# -- httptools -----------------------------------------------------------------------------
+
+
+class ParserEvents:
+    """httptools' callbacks, as uvicorn's protocol and our upstream client implement them."""
+
+    def __init__(self, fail_in: str = "") -> None:
+        self.events: list[object] = []
+        self.fail_in = fail_in
+        self.parser: httptools.HttpResponseParser | None = None
+
+    def _note(self, event: object) -> None:
+        if event == self.fail_in:
+            raise ValueError(event)
+        self.events.append(event)
+
+    def _status(self) -> tuple[int, bool] | None:
+        if self.parser is None:
+            return None
+        return self.parser.get_status_code(), self.parser.should_keep_alive()
+
+    def on_message_begin(self) -> None:
+        self._note("message_begin")
+
+    def on_url(self, url: bytes) -> None:
+        self._note("url")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._note("header")
+
+    def on_headers_complete(self) -> None:
+        self._note(("headers_complete", self._status()))
+
+    def on_body(self, body: bytes) -> None:
+        self._note(("body", body))
+
+    def on_message_complete(self) -> None:
+        self._note(("message_complete", self._status()))
+
+
+def test_httptools_calls_the_request_callbacks_uvicorn_and_we_hook() -> None:
+    events = ParserEvents()
+    httptools.HttpRequestParser(events).feed_data(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert events.events == [
+        "message_begin",
+        "url",
+        "header",
+        ("headers_complete", None),
+        ("message_complete", None),
+    ], broken("httptools", "its request callbacks changed", "GuardedHttpProtocol's on_* overrides")
+
+
+def test_an_exception_in_a_callback_is_an_http_parser_error() -> None:
+    parser = httptools.HttpRequestParser(ParserEvents(fail_in="url"))
+    with pytest.raises(httptools.HttpParserError):
+        parser.feed_data(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+
+
+def test_httptools_response_parsing_the_upstream_client_relies_on() -> None:
+    events = ParserEvents()
+    events.parser = httptools.HttpResponseParser(events)
+    events.parser.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    assert events.events == [
+        "message_begin",
+        "header",
+        ("headers_complete", (200, True)),
+        ("body", b"hi"),
+        ("message_complete", (200, True)),
+    ], broken(
+        "httptools",
+        "its response callbacks changed",
+        "UpstreamConnection in adapters/proxy/connection.py",
+    )
+    switching = ParserEvents()
+    switching.parser = httptools.HttpResponseParser(switching)
+    with pytest.raises(httptools.HttpParserUpgrade):
+        switching.parser.feed_data(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+        )
+
+
+# -- Litestar ------------------------------------------------------------------------------
+
+
+async def test_litestar_lets_the_handler_replace_the_sockets_receive_and_send() -> None:
+    async def receive() -> Message:
+        return {"type": "websocket.disconnect"}
+
+    async def send(message: Message) -> None:
+        return None
+
+    server_receive, server_send = cast(Any, receive), cast(Any, send)
+    socket = WebSocket[Any, Any, Any](cast(Any, {"type": "websocket"}), server_receive, server_send)
+    held = [cell.cell_contents for cell in getattr(socket.receive, "__closure__", None) or ()]
+    assert any(o is socket for o in held), broken(
+        "litestar",
+        "WebSocket no longer wraps receive in a closure holding the socket",
+        "whether serve_connection's final receive/send reassignment (adapters/http/websocket.py) "
+        "is still needed",
+    )
+    socket.receive = server_receive
+    socket.send = server_send
+    assert (socket.receive, socket.send) == (server_receive, server_send), broken(
+        "litestar", "WebSocket.receive/send can no longer be reassigned", "serve_connection"
+    )
+
+
+# -- httpx-aiohttp, aiohttp ----------------------------------------------------------------
+
+
+class FailingSession:
+    """What AiohttpTransport calls on its aiohttp session, failing as aiohttp fails."""
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
+
+    def request(self, **_: object) -> FailingSession:
+        return self
+
+    async def __aenter__(self) -> None:
+        raise self.failure
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        (aiohttp.ServerTimeoutError("read timed out"), BackendErrorKind.TIMEOUT),
+        (aiohttp.ClientOSError(111, "Connection refused"), BackendErrorKind.UNREACHABLE),
+    ],
+    ids=["timeout", "refused"],
+)
+async def test_the_aiohttp_transport_keeps_the_cause_our_error_mapping_reads(
+    failure: Exception, kind: BackendErrorKind
+) -> None:
+    session = cast(aiohttp.ClientSession, FailingSession(failure))
+    transport = AiohttpTransport(client=lambda: session)
+    client = httpx.AsyncClient(base_url="http://backend.test", transport=transport)
+    with pytest.raises(BackendError) as caught:
+        await HttpxBackend(client).end_session("token", "s1")
+    assert caught.value.kind is kind, broken(
+        "httpx-aiohttp",
+        f"aiohttp's {type(failure).__name__} no longer reaches httpx as the __cause__ "
+        f"of the error it raises (we saw {caught.value.kind})",
+        "_timed_out in adapters/backend/http.py",
+    )
+
+
+async def test_the_aiohttp_transport_closes_the_session_it_was_given() -> None:
+    session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    try:
+        client = httpx.AsyncClient(transport=AiohttpTransport(client=session))
+        await client.aclose()
+        assert session.closed, broken(
+            "httpx-aiohttp",
+            "closing the httpx client no longer closes the aiohttp session passed as client=",
+            "backend_client in app/container.py",
+        )
+    finally:
+        await session.close()
+
+
+# -- The checks can fail -------------------------------------------------------------------
+
+VERSION: Final = f"uvicorn {metadata.version('uvicorn')}"
+
+
+def test_a_method_gone_from_the_base_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(WebSocketsSansIOProtocol, "keepalive_timeout")
+    problem = override_problem(WS_PROTOCOL, "keepalive_timeout")
+    assert problem is not None
+    assert VERSION in problem
+    assert "'keepalive_timeout'" in problem
+
+
+def test_a_changed_signature_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    def on_header(self: object, name: bytes, value: bytes, raw: bytes) -> None: ...
+
+    monkeypatch.setattr(HttpToolsProtocol, "on_header", on_header)
+    problem = override_problem(HTTP_PROTOCOL, "on_header")
+    assert problem is not None
+    assert VERSION in problem
+    assert "raw" in problem
+
+
+def test_a_changed_init_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    def init(self: object, config: object, server_state: object) -> None: ...
+
+    monkeypatch.setattr(WebSocketsSansIOProtocol, "__init__", init)
+    problem = override_problem(WS_PROTOCOL, "__init__")
+    assert problem is not None
+    assert VERSION in problem
+
+
+def test_an_attribute_no_longer_set_is_reported(bases: dict[type[Any], object]) -> None:
+    ws = bases[WebSocketsSansIOProtocol]
+    without = SimpleNamespace(**{k: v for k, v in vars(ws).items() if k != "pong_timer"})
+    problem = exists_problem(WS_PROTOCOL, "pong_timer", without)
+    assert problem is not None
+    assert VERSION in problem
+    assert "pong_timer" in problem
+
+
+def test_a_name_of_ours_that_uvicorn_takes_up_is_reported(
+    monkeypatch: pytest.MonkeyPatch, bases: dict[type[Any], object]
+) -> None:
+    monkeypatch.setattr(WebSocketsSansIOProtocol, "_stash", None, raising=False)
+    problems = name_problems(WS_PROTOCOL, bases[WebSocketsSansIOProtocol])
+    assert any("'_stash'" in p and VERSION in p for p in problems), problems
+
+
+def test_a_use_missing_from_the_inventory_is_reported(bases: dict[type[Any], object]) -> None:
+    trimmed = dataclasses.replace(
+        WS_PROTOCOL, uses={k: v for k, v in WS_PROTOCOL.uses.items() if k != "last_ping_rtt"}
+    )
+    problems = name_problems(trimmed, bases[WebSocketsSansIOProtocol])
+    assert any("last_ping_rtt" in p and "does not list" in p for p in problems), problems
+
+
+def test_a_new_call_on_a_stand_in_is_reported() -> None:
+    source = source_of(websockets_sansio_impl) + "\n        self.queue.qsize()\n"
+    [problem] = stand_in_problems(source)
+    assert VERSION in problem
+    assert "qsize" in problem
+
+
+def test_a_call_site_gone_is_reported() -> None:
+    owner, method, _, ours = CALL_SITES[0]
+    problem = call_site_problem(owner, method, r"self\.no_such_call\(\)", ours)
+    assert problem is not None
+    assert VERSION in problem
