@@ -11,6 +11,11 @@ RUNTIME_LOCK := requirements/runtime.txt
 # uv uses the machine's Python, never one it downloads.
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# Installed packages are compiled to bytecode once, at install: where the environment sets
+# PYTHONDONTWRITEBYTECODE (this project's machines do), nothing else would ever write a .pyc
+# and every process (each gateway an integration test starts) would compile Litestar,
+# uvicorn and the rest from source again: importing the app took 3.4 s instead of 0.9 s.
+export UV_COMPILE_BYTECODE := 1
 
 .PHONY: run test lint unit integration bench bench-smoke clean lock lock-check sync-runtime sync-dev dist
 
@@ -36,9 +41,11 @@ lock: $(UV)
 # The runtime set only (no test or lint tool) for serving; the dev set for everything else.
 sync-runtime: lock-check
 	$(UV) sync --locked --no-dev --quiet --python $(PYTHON)
+	@$(BIN)/python -m compileall -q src
 
 sync-dev: lock-check
 	$(UV) sync --locked --quiet --python $(PYTHON)
+	@$(BIN)/python -m compileall -q src tests
 
 run: sync-runtime
 	@echo "Kalami Gateway on http://127.0.0.1:$${GATEWAY_PORT:-3000} (stub backend unless BACKEND_MODE is set)."

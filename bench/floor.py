@@ -22,12 +22,9 @@ from typing import Any
 import uvicorn
 from litestar import Litestar, WebSocket, get, websocket
 
-from kalami_gateway.adapters.asgi import Receive, Scope, Send
-from kalami_gateway.adapters.server.ws_protocol import (
-    SOCKET_CONTROL,
-    LivelyWebSocketProtocol,
-    SocketControl,
-)
+from kalami_gateway.adapters.asgi import SOCKET_CONTROL, Receive, Scope, Send
+from kalami_gateway.adapters.server.socket_control import SocketControl
+from kalami_gateway.adapters.server.ws_protocol import LivelyWebSocketProtocol
 
 WELCOME = '{"type":"connected","payload":{"connectionId":"floor"}}'
 PONG = '{"type":"pong"}'

@@ -26,7 +26,7 @@ from pathlib import Path
 import uvloop
 
 from bench.floor import KINDS
-from bench.services import BENCH_DIR, FloorServer, GatewayProcess, LocalServer
+from bench.targets import BENCH_DIR, FloorServer, GatewayProcess, LocalServer
 from bench.workers import token
 from bench.wsload import WsClient, open_client
 

@@ -15,7 +15,7 @@ from multiprocessing import get_context
 
 import uvloop
 
-from bench.services import SECRET, cpu_seconds
+from bench.targets import SECRET, cpu_seconds
 from bench.wsload import BINARY, TEXT, RequestLoop, WsClient, client_frame, open_client
 from kalami_gateway.adapters.jwt_decoder import mint_token
 

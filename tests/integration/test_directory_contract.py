@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from kalami_gateway.adapters.memory.directory import InMemoryDirectory
-from kalami_gateway.adapters.redis.directory import RedisDirectory, redis_client
+from kalami_gateway.adapters.redis import RedisDirectory, redis_client
 from kalami_gateway.domain.ports import ConnectionDirectory, ConnectionEntry, DirectoryCounts
 from tests.integration.redis_fixtures import REDIS_URL, delete_prefix
 from tests.integration.tcp_relay import TcpRelay

@@ -14,8 +14,7 @@ from redis.asyncio import Redis
 
 from kalami_gateway.adapters.clock import SystemClock
 from kalami_gateway.adapters.memory.parking import InMemoryParking
-from kalami_gateway.adapters.redis.directory import RedisDirectory, redis_client
-from kalami_gateway.adapters.redis.parking import RedisParking
+from kalami_gateway.adapters.redis import RedisDirectory, RedisParking, redis_client
 from kalami_gateway.domain import parking as pk
 from kalami_gateway.domain.ports import ParkingEvents, ParkingUnavailable, SessionParking
 from tests.integration.conftest import eventually

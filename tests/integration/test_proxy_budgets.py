@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kalami_gateway.adapters.proxy.relay import BodyPace, streamed_share
+from kalami_gateway.adapters.proxy.deadlines import BodyPace
+from kalami_gateway.adapters.proxy.relay import streamed_share
 from tests.integration.conftest import Gateway, eventually
 from tests.integration.raw_backend import RawBackend
 from tests.integration.raw_client import RawResponse, read_response

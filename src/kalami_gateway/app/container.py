@@ -22,7 +22,7 @@ from kalami_gateway.adapters.redis import (
     redis_client,
 )
 from kalami_gateway.app.settings import Settings
-from kalami_gateway.application.service import GatewayService, ServiceLimits
+from kalami_gateway.application import GatewayService, ServiceLimits, SessionCleanup
 from kalami_gateway.domain.auth import AuthPolicy
 from kalami_gateway.domain.instance import InstanceConnections
 from kalami_gateway.domain.parking import ParkingRules
@@ -137,6 +137,17 @@ class Container(containers.DeclarativeContainer):
         http=providers.Singleton(HttpxBackend, client=http_client),
         stub=providers.Singleton(StubBackend),
     )
+    credentials = providers.Singleton(ResignedCredentials, secret=settings.provided.jwt_secret)
+    # Ends the backend sessions nobody owns any more (failed end calls, late creates).
+    cleanup = providers.Singleton(
+        SessionCleanup,
+        backend=backend,
+        metrics=metrics,
+        clock=clock,
+        backend_timeout=settings.provided.backend_timeout,
+        retry_window=settings.provided.end_retry_window,
+        credentials=credentials,
+    )
     service = providers.Singleton(
         GatewayService,
         backend=backend,
@@ -162,7 +173,8 @@ class Container(containers.DeclarativeContainer):
             shutdown_turn_wait=providers.Callable(turn_wait, settings.provided.shutdown_timeout),
             stream_uploads=providers.Callable(streams, settings.provided.utterance_upload),
         ),
-        credentials=providers.Singleton(ResignedCredentials, secret=settings.provided.jwt_secret),
+        credentials=credentials,
+        cleanup=cleanup,
         instance=instance,
         parking=parking,
     )

@@ -13,7 +13,6 @@ import logging
 import sys
 from typing import Any, TypeVar, cast
 
-import websockets.http11
 from dependency_injector import providers
 from litestar import Litestar
 from litestar.di import Provide
@@ -42,6 +41,7 @@ from kalami_gateway.adapters.jwt_decoder import mint_token
 from kalami_gateway.adapters.metrics import PrometheusMetrics
 from kalami_gateway.adapters.playground import PAGE_PATH, PLAYGROUND_ROUTES, playground_routes
 from kalami_gateway.adapters.redis import RENEW_SECONDS
+from kalami_gateway.adapters.server import allow_long_handshake_lines
 from kalami_gateway.app.container import Container
 from kalami_gateway.app.logs import configure_logging
 from kalami_gateway.app.settings import Settings, SettingsError, load_settings
@@ -246,18 +246,6 @@ async def _log_exception(exc: Exception, scope: Any) -> None:
     log.error("unhandled_exception", exc_info=exc, extra={"path": scope.get("path")})
 
 
-# The handshake's request line carries the token. websockets caps a line at 8192 bytes and
-# uvicorn's websockets-sansio never sends the 414 it queues (the client just times out), so
-# an over-long token would hang instead of getting 4002. 16 KiB lets every token up to the
-# auth policy's 8 KB cap reach the app and be refused there with a close code.
-# (This is websockets' documented WEBSOCKETS_MAX_LINE_LENGTH, applied after import.)
-HANDSHAKE_LINE_LIMIT = 16384
-
-
-def _allow_long_handshake_lines() -> None:
-    websockets.http11.MAX_LINE_LENGTH = max(websockets.http11.MAX_LINE_LENGTH, HANDSHAKE_LINE_LIMIT)
-
-
 def create_app(settings: Settings | None = None, container: Container | None = None) -> GatewayApp:
     """Build the gateway. Tests pass their own settings, or a container with overrides."""
     if settings is None:
@@ -268,7 +256,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             print(f"kalami-gateway: configuration error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format)
-    _allow_long_handshake_lines()
+    allow_long_handshake_lines()
     if container is None:
         container = Container(settings=settings)
     return GatewayApp(settings, container)

@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
+from kalami_gateway.application.tasks import Sleep
 from kalami_gateway.domain.ports import (
     Backend,
     BackendError,
@@ -33,8 +34,6 @@ from kalami_gateway.domain.ports import (
 from kalami_gateway.domain.retry import already_gone, backoff_delays, refused
 
 log = logging.getLogger(__name__)
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 class _Outcome(enum.Enum):

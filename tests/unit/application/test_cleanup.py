@@ -8,12 +8,10 @@ import json
 
 import pytest
 
-from kalami_gateway.adapters.memory.directory import InMemoryDirectory
-from kalami_gateway.application.cleanup import SessionCleanup
-from kalami_gateway.application.service import Connection, GatewayService, ServiceLimits
-from kalami_gateway.domain.auth import AuthPolicy
+from kalami_gateway.application import Connection, ServiceLimits, SessionCleanup
 from kalami_gateway.domain.ports import BackendError, BackendErrorKind, BackendHealth
 from kalami_gateway.domain.retry import backoff_delays
+from tests.unit.application.gateway_on_fakes import gateway_on_fakes
 from tests.unit.fakes import (
     FakeBackend,
     FakeChannel,
@@ -53,14 +51,12 @@ class World:
             FakeCredentials(),
             sleep=self.sleep,
         )
-        self.service = GatewayService(
-            self.backend,
-            InMemoryDirectory(),
-            self.clock,
-            AuthPolicy(self.decoder, leeway_seconds=0),
-            self.metrics,
+        self.service = gateway_on_fakes(
             ServiceLimits(4096, 1000, backend_timeout=backend_timeout, end_retry_window=window),
-            FakeCredentials(),
+            backend=self.backend,
+            clock=self.clock,
+            decoder=self.decoder,
+            metrics=self.metrics,
             cleanup=self.cleanup,
         )
 

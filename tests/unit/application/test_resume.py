@@ -11,23 +11,17 @@ from dataclasses import dataclass
 
 import pytest
 
-from kalami_gateway.adapters.memory.directory import InMemoryDirectory
 from kalami_gateway.adapters.memory.parking import InMemoryParking
-from kalami_gateway.application.service import (
-    LOST_REPLY,
-    Connection,
-    GatewayService,
-    ServiceLimits,
-)
+from kalami_gateway.application import LOST_REPLY, Connection, GatewayService, ServiceLimits
 from kalami_gateway.domain import parking as pk
 from kalami_gateway.domain import protocol as p
-from kalami_gateway.domain.auth import AuthPolicy
 from kalami_gateway.domain.session import Phase
+from tests.unit.application.clock_sleep import ClockSleep
+from tests.unit.application.gateway_on_fakes import gateway_on_fakes
 from tests.unit.fakes import (
     FakeBackend,
     FakeChannel,
     FakeClock,
-    FakeCredentials,
     FakeDecoder,
     FakeMetrics,
 )
@@ -47,6 +41,7 @@ class World:
     clock: FakeClock
     decoder: FakeDecoder
     metrics: FakeMetrics
+    sleep: ClockSleep  # the service's timers, on the fake clock
 
     async def connect(
         self, user: str = "alice", resume: str | None = None
@@ -95,12 +90,8 @@ def make_world(
     parking = OutlivingParking(rules, clock) if restart_parks else InMemoryParking(rules, clock)
     ids = (f"conn-{n}" for n in itertools.count(1))
     tokens = (f"resume-{n}" for n in itertools.count(1))
-    service = GatewayService(
-        backend,
-        InMemoryDirectory(),
-        clock,
-        AuthPolicy(decoder, leeway_seconds=0),
-        metrics,
+    sleep = ClockSleep(clock)
+    service = gateway_on_fakes(
         ServiceLimits(
             max_message_bytes=4096,
             max_audio_bytes=1000,
@@ -110,12 +101,16 @@ def make_world(
             backend_timeout=backend_timeout,
             remote_turn_slack=0.0,
         ),
-        FakeCredentials(),
-        new_id=lambda: next(ids),
+        backend=backend,
+        clock=clock,
+        decoder=decoder,
+        metrics=metrics,
         parking=parking,
+        sleep=sleep,
+        new_id=lambda: next(ids),
         new_resume_token=lambda: next(tokens),
     )
-    return World(service, backend, parking, clock, decoder, metrics)
+    return World(service, backend, parking, clock, decoder, metrics, sleep)
 
 
 @pytest.fixture
@@ -310,6 +305,9 @@ async def test_a_lost_remote_turn_is_reported_after_the_backend_timeout() -> Non
     new, channel = await w.connect(resume=conn.resume_token)
     assert new.state.phase is Phase.PROCESSING
     assert new.watchdog is not None
+    await w.sleep.someone_asleep()
+    assert channel.types() == ["connected", "session_resumed"]  # not before the timeout
+    w.sleep.advance(0.01)  # the backend timeout passes (no slack)
     await new.watchdog
     assert channel.sent[-1] == p.error(LOST_REPLY)
     assert phase_of(new) is Phase.ACTIVE
@@ -355,7 +353,11 @@ async def test_a_restart_parks_sessions_with_1012_and_lets_turns_finish() -> Non
 async def test_a_restart_turn_past_the_wait_is_reported_lost() -> None:
     w = make_world(restart_parks=True)
     conn, _ = await w.mid_turn()
-    await w.service.drain()  # shutdown_turn_wait 1 s, and the backend never answers
+    drain = asyncio.create_task(w.service.drain())
+    await w.sleep.someone_asleep()  # the drain waits for the turn
+    w.sleep.advance(1.0)  # shutdown_turn_wait 1 s passes, and the backend never answers
+    await drain
+    assert w.sleep.asked == [1.0]
     _, resumed = await make_world_on(w).connect(resume=conn.resume_token)
     assert resumed.types() == ["connected", "session_resumed", "error"]
     assert resumed.sent[2] == p.error(LOST_REPLY)
@@ -364,14 +366,14 @@ async def test_a_restart_turn_past_the_wait_is_reported_lost() -> None:
 
 def make_world_on(w: World) -> World:
     """A second instance on the same store, backend and clock."""
-    service = GatewayService(
-        w.backend,
-        InMemoryDirectory(),
-        w.clock,
-        AuthPolicy(w.decoder, leeway_seconds=0),
-        w.metrics,
+    sleep = ClockSleep(w.clock)
+    service = gateway_on_fakes(
         ServiceLimits(max_message_bytes=4096, max_audio_bytes=1000, resume_grace=GRACE),
-        FakeCredentials(),
+        backend=w.backend,
+        clock=w.clock,
+        decoder=w.decoder,
+        metrics=w.metrics,
         parking=w.parking,
+        sleep=sleep,
     )
-    return World(service, w.backend, w.parking, w.clock, w.decoder, w.metrics)
+    return World(service, w.backend, w.parking, w.clock, w.decoder, w.metrics, sleep)

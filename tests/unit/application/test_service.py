@@ -11,16 +11,15 @@ from dataclasses import dataclass
 import pytest
 
 from kalami_gateway.adapters.memory.directory import InMemoryDirectory
-from kalami_gateway.application.service import Connection, GatewayService, ServiceLimits
+from kalami_gateway.application import Connection, GatewayService, ServiceLimits
 from kalami_gateway.domain import protocol as p
-from kalami_gateway.domain.auth import AuthPolicy
 from kalami_gateway.domain.ports import BackendError, BackendErrorKind
 from kalami_gateway.domain.session import Phase
+from tests.unit.application.gateway_on_fakes import gateway_on_fakes
 from tests.unit.fakes import (
     FakeBackend,
     FakeChannel,
     FakeClock,
-    FakeCredentials,
     FakeDecoder,
     FakeMetrics,
 )
@@ -65,14 +64,13 @@ def world() -> World:
     directory = InMemoryDirectory()
     metrics = FakeMetrics()
     ids = (f"conn-{n}" for n in itertools.count(1))
-    service = GatewayService(
-        backend,
-        directory,
-        clock,
-        AuthPolicy(decoder, leeway_seconds=0),
-        metrics,
+    service = gateway_on_fakes(
         ServiceLimits(max_message_bytes=4096, max_audio_bytes=1000),
-        FakeCredentials(),
+        backend=backend,
+        clock=clock,
+        decoder=decoder,
+        metrics=metrics,
+        directory=directory,
         new_id=lambda: next(ids),
     )
     return World(service, backend, directory, clock, decoder, metrics)
@@ -337,14 +335,13 @@ async def test_a_client_leaving_while_its_session_is_created_does_not_leak_it(wo
 
 
 async def test_the_connection_over_the_cap_is_closed_4004(world: World) -> None:
-    limited = GatewayService(
-        world.backend,
-        world.directory,
-        world.clock,
-        AuthPolicy(world.decoder, leeway_seconds=0),
-        world.metrics,
+    limited = gateway_on_fakes(
         ServiceLimits(max_message_bytes=4096, max_audio_bytes=1000, max_connections_per_user=2),
-        FakeCredentials(),
+        backend=world.backend,
+        clock=world.clock,
+        decoder=world.decoder,
+        metrics=world.metrics,
+        directory=world.directory,
     )
     token = world.decoder.issue("capped", sub="alice", exp=world.clock.now() + 60)
     opened = [await limited.open(FakeChannel(), token) for _ in range(2)]
@@ -403,14 +400,12 @@ async def test_a_refused_refresh_changes_nothing(world: World) -> None:
 async def test_token_expiring_is_sent_once_before_expiry_then_4003() -> None:
     clock = FakeClock()
     decoder = FakeDecoder()
-    service = GatewayService(
-        FakeBackend(),
-        InMemoryDirectory(),
-        clock,
-        AuthPolicy(decoder, leeway_seconds=0),
-        FakeMetrics(),
+    service = gateway_on_fakes(
         ServiceLimits(4096, 1000, token_expiry_warning=60),
-        FakeCredentials(),
+        backend=FakeBackend(),
+        clock=clock,
+        decoder=decoder,
+        metrics=FakeMetrics(),
     )
     token = decoder.issue("t", sub="alice", exp=clock.now() + 100)
     channel = FakeChannel()
@@ -562,14 +557,12 @@ async def test_session_starts_are_budgeted_per_user_across_reconnects() -> None:
     clock = FakeClock()
     decoder = FakeDecoder()
     backend = FakeBackend()
-    service = GatewayService(
-        backend,
-        InMemoryDirectory(),
-        clock,
-        AuthPolicy(decoder, leeway_seconds=0),
-        FakeMetrics(),
+    service = gateway_on_fakes(
         ServiceLimits(max_message_bytes=4096, max_audio_bytes=1000, session_start_rate=3),
-        FakeCredentials(),
+        backend=backend,
+        clock=clock,
+        decoder=decoder,
+        metrics=FakeMetrics(),
     )
 
     async def connect(user: str) -> tuple[Connection, FakeChannel]:

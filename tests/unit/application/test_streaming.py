@@ -10,16 +10,14 @@ import json
 
 import pytest
 
-from kalami_gateway.adapters.memory.directory import InMemoryDirectory
-from kalami_gateway.application.service import Connection, GatewayService, ServiceLimits
+from kalami_gateway.application import Connection, ServiceLimits
 from kalami_gateway.domain import protocol as p
-from kalami_gateway.domain.auth import AuthPolicy
 from kalami_gateway.domain.session import Phase
+from tests.unit.application.gateway_on_fakes import gateway_on_fakes
 from tests.unit.fakes import (
     FakeBackend,
     FakeChannel,
     FakeClock,
-    FakeCredentials,
     FakeDecoder,
     FakeMetrics,
 )
@@ -36,19 +34,17 @@ class World:
         self.decoder = FakeDecoder()
         self.backend = FakeBackend()
         ids = (f"conn-{n}" for n in itertools.count(1))
-        self.service = GatewayService(
-            self.backend,
-            InMemoryDirectory(),
-            self.clock,
-            AuthPolicy(self.decoder, leeway_seconds=0),
-            FakeMetrics(),
+        self.service = gateway_on_fakes(
             ServiceLimits(
                 max_message_bytes=4096,
                 max_audio_bytes=100,
                 stream_uploads=True,
                 backend_timeout=backend_timeout,
             ),
-            FakeCredentials(),
+            backend=self.backend,
+            clock=self.clock,
+            decoder=self.decoder,
+            metrics=FakeMetrics(),
             new_id=lambda: next(ids),
         )
 

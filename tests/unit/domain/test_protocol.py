@@ -133,7 +133,9 @@ _EVERY_TYPE_WITH_EXTRAS: dict[str, dict[str, object]] = {
 }
 
 
-@pytest.mark.parametrize("message_type", p.CLIENT_MESSAGE_TYPES)
+# Each drawn set of extras is tried on every message type: every type still meets 40 of them,
+# for an eighth of the drawing (parametrized by type, this one test was 1.3 s of the domain
+# suite's 2.3 s).
 @given(
     extras=st.dictionaries(
         st.text(min_size=1, max_size=12).filter(
@@ -163,15 +165,16 @@ _EVERY_TYPE_WITH_EXTRAS: dict[str, dict[str, object]] = {
 )
 @settings(max_examples=40, deadline=None)
 def test_unknown_payload_fields_are_ignored_in_every_message_type(
-    message_type: str, extras: dict[str, object]
+    extras: dict[str, object],
 ) -> None:
-    known = _EVERY_TYPE_WITH_EXTRAS[message_type]
-    plain = p.decode_client_message(json.dumps({"type": message_type, "payload": known}))
-    extended = p.decode_client_message(
-        json.dumps({"type": message_type, "payload": {**extras, **known}})
-    )
-    assert not isinstance(plain, p.ProtocolError)
-    assert extended == plain
+    for message_type in p.CLIENT_MESSAGE_TYPES:
+        known = _EVERY_TYPE_WITH_EXTRAS[message_type]
+        plain = p.decode_client_message(json.dumps({"type": message_type, "payload": known}))
+        extended = p.decode_client_message(
+            json.dumps({"type": message_type, "payload": {**extras, **known}})
+        )
+        assert not isinstance(plain, p.ProtocolError), message_type
+        assert extended == plain, message_type
 
 
 def test_unknown_type_error_lists_the_known_types() -> None:

@@ -15,6 +15,7 @@ import httpx
 import msgspec
 from httpx_aiohttp import AiohttpTransport
 
+from kalami_gateway.adapters.backend.deadlines import BackendDeadlines
 from kalami_gateway.adapters.backend.replies import read_turn_reply
 from kalami_gateway.domain.ports import (
     Backend,
@@ -55,7 +56,8 @@ MAX_BACKEND_CONNECTIONS: Final = 200
 
 
 def build_client(base_url: str, timeout_seconds: float) -> httpx.AsyncClient:
-    """The one client every backend call shares: the httpx API on aiohttp's connection pool.
+    """The one client every backend call shares: the httpx API on aiohttp's connection pool;
+    its own deadlines are made from ``timeout_seconds``, BACKEND_TIMEOUT (``BackendDeadlines``).
 
     httpx's own pool (httpcore) walks its connections on every request: 250 turns at once
     against an instant backend cost 1.6 s of CPU cold and 4.0 s warm; through the
@@ -76,12 +78,18 @@ def build_client(base_url: str, timeout_seconds: float) -> httpx.AsyncClient:
         cookie_jar=aiohttp.DummyCookieJar(),
     )
     transport = AiohttpTransport(client=session)
+    # Only connecting is bounded here. The deadline of a whole call is the caller's (the
+    # application service): a create that answers after its deadline must still be heard, so
+    # that the session it made can be ended.
+    deadlines = BackendDeadlines.from_backend_timeout(timeout_seconds)
     client = httpx.AsyncClient(
         base_url=base_url,
-        # Only connecting is bounded here. The deadline of a whole call is the caller's (the
-        # application service): a create that answers after its deadline must still be
-        # heard, so that the session it made can be ended.
-        timeout=httpx.Timeout(None, connect=timeout_seconds),
+        timeout=httpx.Timeout(
+            connect=deadlines.connect,
+            pool=deadlines.pool,
+            read=deadlines.read,
+            write=deadlines.write,
+        ),
         transport=transport,
         headers={"User-Agent": "kalami-gateway"},
     )
@@ -135,7 +143,8 @@ class HttpxBackend(Backend):
 
     async def health(self) -> BackendHealth:
         try:
-            # The readiness route bounds this call (5 s) for every backend adapter.
+            # The readiness probe bounds this call (the lower of 5 s and BACKEND_TIMEOUT) for
+            # every backend adapter.
             response = await self._client.get("/health")
         except httpx.HTTPError:
             return BackendHealth.UNREACHABLE

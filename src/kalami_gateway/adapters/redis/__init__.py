@@ -1,14 +1,10 @@
 """The cluster on Redis: the connection directory (``RedisDirectory``, with its instance
 lease), session parking across instances (``RedisParking``), push delivery to whichever
-instance holds a user (``RedisPushBus``), the pub/sub listener they share and the client
-factory (``redis_client``)."""
+instance holds a user (``RedisPushBus``), the pub/sub listener they share, the Lua scripts
+they run and the client factory (``redis_client``)."""
 
-from kalami_gateway.adapters.redis.directory import (
-    RENEW_SECONDS,
-    RedisDirectory,
-    new_instance_id,
-    redis_client,
-)
+from kalami_gateway.adapters.redis.client import redis_client
+from kalami_gateway.adapters.redis.directory import RENEW_SECONDS, RedisDirectory, new_instance_id
 from kalami_gateway.adapters.redis.parking import RedisParking
 from kalami_gateway.adapters.redis.push import RedisPushBus
 

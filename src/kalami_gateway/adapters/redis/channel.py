@@ -15,7 +15,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
-from kalami_gateway.adapters.redis.directory import REDIS_FAILURES
+from kalami_gateway.adapters.redis.client import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 

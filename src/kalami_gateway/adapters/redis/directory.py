@@ -1,5 +1,5 @@
 """The connection directory on Redis: every instance of the cluster registers its connections
-under a lease it renews; Lua scripts make each step atomic.
+under a lease it renews; Lua scripts (``scripts.py``) make each step atomic.
 
 Keys (all under the prefix ``p``; Redis standalone or a primary — the scripts compute keys,
 so Redis Cluster is not supported):
@@ -29,12 +29,11 @@ import socket
 import uuid
 from typing import Any, Final
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
 
+from kalami_gateway.adapters.redis import scripts
 from kalami_gateway.adapters.redis.batcher import Batcher
+from kalami_gateway.adapters.redis.client import REDIS_FAILURES
 from kalami_gateway.domain.directory import admits
 from kalami_gateway.domain.ports import ConnectionDirectory, ConnectionEntry, DirectoryCounts
 
@@ -42,173 +41,6 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS: Final = 10.0
 RENEW_SECONDS: Final = 3.0
-KEY_TTL: Final = 24 * 3600
-# Seconds a Redis call may take before the instance treats Redis as away.
-REDIS_TIMEOUT: Final = 2.0
-REDIS_POOL_SIZE: Final = 32
-# What a Redis call can fail with: the client's errors, and the socket's.
-REDIS_FAILURES: Final = (RedisError, OSError, TimeoutError)
-
-# Shared by every script (the parking store's too): the prefix, the time, the key TTL, and the
-# reaping of instances whose lease has lapsed.
-PRELUDE = """
-local p = ARGV[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = KEY_TTL
-
-local function drop(cid, uid)
-  local ukey = p .. 'user:' .. uid
-  redis.call('SREM', ukey, cid)
-  if redis.call('SCARD', ukey) == 0 then
-    redis.call('SREM', p .. 'users', uid)
-  end
-end
-
-local function forget_instance(iid)
-  local key = p .. 'instance:' .. iid
-  local flat = redis.call('HGETALL', key)
-  for i = 1, #flat, 2 do
-    drop(flat[i], flat[i + 1])
-  end
-  redis.call('DEL', key)
-  redis.call('ZREM', p .. 'instances', iid)
-end
-
-local function reap()
-  local dead = redis.call('ZRANGEBYSCORE', p .. 'instances', '-inf', now)
-  for _, iid in ipairs(dead) do
-    forget_instance(iid)
-  end
-end
-
-local function lease(iid, lease_ms)
-  local fresh = redis.call('ZADD', p .. 'instances', now + lease_ms, iid)
-  redis.call('EXPIRE', p .. 'instances', ttl)
-  redis.call('EXPIRE', p .. 'instance:' .. iid, ttl)
-  return fresh
-end
-
-local function add(iid, cid, uid)
-  redis.call('HSET', p .. 'instance:' .. iid, cid, uid)
-  redis.call('SADD', p .. 'user:' .. uid, cid)
-  redis.call('EXPIRE', p .. 'user:' .. uid, ttl)
-  redis.call('SADD', p .. 'users', uid)
-  redis.call('EXPIRE', p .. 'users', ttl)
-end
-"""
-
-PRELUDE = PRELUDE.replace("KEY_TTL", str(KEY_TTL))
-
-# ARGV: prefix, instance id, lease ms, then connection id, user id, cap triples (a batch).
-# Returns {whether this instance had dropped out of the directory (1/0), then admitted (1/0)
-# for each triple, in order}. In order means the cap is judged as if they came one by one.
-_REGISTER: Final = (
-    PRELUDE
-    + """
-local iid = ARGV[2]
-local fresh = lease(iid, tonumber(ARGV[3]))
-reap()
-local out = {fresh}
-local mine = p .. 'instance:' .. iid
-for i = 4, #ARGV, 3 do
-  local cid, uid, cap = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  if redis.call('HEXISTS', mine, cid) == 1 then
-    out[#out + 1] = 1
-  elseif cap > 0 and redis.call('SCARD', p .. 'user:' .. uid) >= cap then
-    out[#out + 1] = 0
-  else
-    add(iid, cid, uid)
-    out[#out + 1] = 1
-  end
-end
-return out
-"""
-)
-
-# ARGV: prefix, instance id, then connection ids (a batch).
-_UNREGISTER: Final = (
-    PRELUDE
-    + """
-local key = p .. 'instance:' .. ARGV[2]
-for i = 3, #ARGV do
-  local uid = redis.call('HGET', key, ARGV[i])
-  if uid then
-    redis.call('HDEL', key, ARGV[i])
-    drop(ARGV[i], uid)
-  end
-end
-return 0
-"""
-)
-
-# ARGV: prefix, instance id, lease ms. Returns 1 if the instance had dropped out (was absent).
-_RENEW: Final = (
-    PRELUDE
-    + """
-reap()
-return lease(ARGV[2], tonumber(ARGV[3]))
-"""
-)
-
-# ARGV: prefix, instance id, lease ms, then connection id, user id pairs: this instance's
-# entries, written back as they are (no cap: they are open already).
-_RESYNC: Final = (
-    PRELUDE
-    + """
-local iid = ARGV[2]
-reap()
-forget_instance(iid)
-lease(iid, tonumber(ARGV[3]))
-for i = 4, #ARGV, 2 do
-  add(iid, ARGV[i], ARGV[i + 1])
-end
-return 0
-"""
-)
-
-# ARGV: prefix, instance id.
-_LEAVE: Final = (
-    PRELUDE
-    + """
-forget_instance(ARGV[2])
-return 0
-"""
-)
-
-# ARGV: prefix. Returns {instances, connections, users}.
-_COUNTS: Final = (
-    PRELUDE
-    + """
-reap()
-local live = redis.call('ZRANGE', p .. 'instances', 0, -1)
-local connections = 0
-for _, iid in ipairs(live) do
-  connections = connections + redis.call('HLEN', p .. 'instance:' .. iid)
-end
-return {#live, connections, redis.call('SCARD', p .. 'users')}
-"""
-)
-
-# ARGV: prefix, user id.
-_CONNECTIONS_OF: Final = (
-    PRELUDE
-    + """
-reap()
-return redis.call('SMEMBERS', p .. 'user:' .. ARGV[2])
-"""
-)
-
-# ARGV: prefix, user id, channel, message. Returns the user's connection count when published.
-PUSH_SCRIPT: Final = (
-    PRELUDE
-    + """
-reap()
-local n = redis.call('SCARD', p .. 'user:' .. ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return n
-"""
-)
 
 
 def new_instance_id() -> str:
@@ -230,8 +62,8 @@ class RedisDirectory(ConnectionDirectory):
         self._prefix = prefix
         self.instance_id = instance_id or new_instance_id()
         self._lease_ms = str(int(lease_seconds * 1000))
-        self._register = client.register_script(_REGISTER)
-        self._unregister = client.register_script(_UNREGISTER)
+        self._register = client.register_script(scripts.REGISTER)
+        self._unregister = client.register_script(scripts.UNREGISTER)
         # Connects and disconnects that arrive while a call is on the wire go together in the
         # next one: one script call per batch, not per connection (CPU per connect, measured
         # in bench/README.md).
@@ -239,11 +71,11 @@ class RedisDirectory(ConnectionDirectory):
             self._register_batch
         )
         self._unregistrations: Batcher[str, None] = Batcher(self._unregister_batch)
-        self._renew = client.register_script(_RENEW)
-        self._resync = client.register_script(_RESYNC)
-        self._leave = client.register_script(_LEAVE)
-        self._counts = client.register_script(_COUNTS)
-        self._connections_of = client.register_script(_CONNECTIONS_OF)
+        self._renew = client.register_script(scripts.RENEW)
+        self._resync = client.register_script(scripts.RESYNC)
+        self._leave = client.register_script(scripts.LEAVE)
+        self._counts = client.register_script(scripts.COUNTS)
+        self._connections_of = client.register_script(scripts.CONNECTIONS_OF)
         # This instance's entries: the truth when Redis is away, written back when it returns.
         self._mine: dict[str, ConnectionEntry] = {}
         self._by_user: dict[str, set[str]] = {}
@@ -384,24 +216,3 @@ class RedisDirectory(ConnectionDirectory):
             if not ids:
                 del self._by_user[entry.user_id]
         return entry
-
-
-def redis_client(url: str) -> Redis:
-    """A client that queues for one of a few connections and gives up quickly.
-
-    A burst of connects (thousands of phones coming back after a network blip) must wait
-    for a pooled connection, not fail: the default pool raises "Too many connections" past
-    its size, which would read as an outage. An unreachable Redis must not hold a connect
-    for long either: every wait is bounded by REDIS_TIMEOUT."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=REDIS_POOL_SIZE,
-        timeout=REDIS_TIMEOUT,
-        socket_timeout=REDIS_TIMEOUT,
-        socket_connect_timeout=REDIS_TIMEOUT,
-        health_check_interval=30,
-        # One immediate retry: a pooled connection Redis closed (a restart) is replaced;
-        # more, with backoff (the client's default), would hold a connect for seconds.
-        retry=Retry(NoBackoff(), 1),
-    )
-    return Redis.from_pool(pool)

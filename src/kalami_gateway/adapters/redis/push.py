@@ -17,7 +17,8 @@ import msgspec
 from redis.asyncio import Redis
 
 from kalami_gateway.adapters.redis.channel import listen
-from kalami_gateway.adapters.redis.directory import PUSH_SCRIPT, REDIS_FAILURES
+from kalami_gateway.adapters.redis.client import REDIS_FAILURES
+from kalami_gateway.adapters.redis.scripts import PUSH_SCRIPT
 from kalami_gateway.domain.ports import PushBus, PushUnavailable
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,13 @@
 """Everything the gateway changes in the server stack it runs on (uvicorn, websockets), and
 nothing else: the HTTP protocol's head and pipelining budgets, the WebSocket protocol's
 frame budget, liveness and lighter per-connection state, the shared heartbeat timer, the
-kernel's view of a peer. Every private attribute of uvicorn or websockets the gateway relies
-on is used here, listed in README.md beside this file, and checked by
-tests/unit/adapters/test_third_party_internals.py. Only ``app`` imports this package."""
+kernel's view of a peer, the handshake's line limit. README.md beside this file lists every
+private attribute or behaviour of a third-party package the gateway relies on, here or
+elsewhere, and tests/unit/adapters/server/test_third_party_internals.py checks each against
+the installed release. Only ``app`` imports this package."""
 
+from kalami_gateway.adapters.server.handshake_lines import allow_long_handshake_lines
 from kalami_gateway.adapters.server.http_protocol import guarded_http_protocol
 from kalami_gateway.adapters.server.ws_protocol import lively_websocket_protocol
 
-__all__ = ["guarded_http_protocol", "lively_websocket_protocol"]
+__all__ = ["allow_long_handshake_lines", "guarded_http_protocol", "lively_websocket_protocol"]

@@ -19,21 +19,17 @@ Every frame costs something, whatever its size (issue 24): parsing one, answerin
 keeping a 1-byte fragment. So the bytes are budgeted where they arrive, before websockets
 parses them:
 
-- ``frame_rate`` frames a second per connection (WS_FRAME_RATE), any frame: data, control,
-  continuation; a burst of two seconds' worth. A client frame is at least ``MIN_FRAME``
-  bytes, so a read is parsed in pieces that cannot hold more frames than the budget has
-  left; past it the rest waits unparsed (one read at most) and reading is paused until the
-  budget has come back (TCP pushes back on that client; nobody else pays). A read within
-  the budget is parsed whole, as before (a comparison, a subtraction). Measured
-  (tests/integration/test_ws_budgets.py): a flood of empty frames had 155,000-250,000 of
-  them parsed in 2 s and another client's ping round trip at 0.8-1.5 s; now the budget's
-  rate after its burst, round trips under 1 ms;
+- ``frame_rate`` frames a second per connection (WS_FRAME_RATE), any frame: a read is
+  parsed in pieces that cannot hold more frames than the budget has left; past it the rest
+  waits unparsed and reading is paused until the budget has come back (``frame_budget``:
+  its numbers, and the flood of empty frames they were measured against);
 - fragments are gathered in one buffer, not a list of them;
 - what the protocol writes on its own (pongs) counts against the send buffer
   (WS_SEND_BUFFER_BYTES) as the app's messages do: a peer that pings and never reads is
   let go as a slow consumer (it grew the gateway by 260+ MiB);
 - after the gateway's own close frame, at most ``CLOSE_READ_BYTES`` more are read (the
-  peer's close reply is in them), and the socket is closed after ``CLOSE_TIMEOUT``;
+  peer's close reply is in them), and the socket is closed after ``CLOSE_TIMEOUT``
+  (``close_budget``);
 - after a close the peer caused (a frame too big: 1009), what it still sends is read and
   discarded (up to ``LINGER_BYTES``) for ``LINGER_SECONDS``, on uvicorn's own close timer:
   the app returning no longer cuts that short (a client that reads once its frame is sent
@@ -45,204 +41,21 @@ parses them:
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import math
-import sys
-from typing import Any, Final, cast
+from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.datastructures import Headers
 from websockets.frames import Frame
 from websockets.http11 import Request
 
-from kalami_gateway.adapters import asgi
-from kalami_gateway.adapters.asgi import SOCKET_CONTROL, Receive, Send
-from kalami_gateway.adapters.server import heartbeats, tcp_peer
+from kalami_gateway.adapters.asgi import SOCKET_CONTROL
+from kalami_gateway.adapters.server import close_budget, heartbeats, tcp_peer
+from kalami_gateway.adapters.server.frame_budget import NO_BUDGET, refilled, room, throttle_wait
+from kalami_gateway.adapters.server.socket_control import SocketControl, wake
+from kalami_gateway.adapters.server.standins import ReceiveQueue, WritableFlag
 
 log = logging.getLogger(__name__)
-
-# After a close the client caused (a frame too big), how long its remaining bytes are still
-# read and discarded before the socket is closed (lingering close, as the RFC and nginx do),
-# and how much of them at most: this, or the largest message if larger (the rest of a frame
-# that was too big, from a client that reads only once it has sent it). Discarding costs
-# only the reads (~2 ms for 16 MiB); past it the socket is no longer read.
-LINGER_SECONDS: Final = 2.0
-LINGER_BYTES: Final = 16 << 20
-# After a close frame the gateway sent on its own (a refusal, a token expiry, a drain): how
-# long the peer has to answer it, and how much more of its bytes are read meanwhile (its
-# close reply is in them; a well-behaved client has little in flight). uvicorn waits 10 s
-# and reads everything: 4.1 GiB in 12 s over two refused sockets (issue 24).
-CLOSE_TIMEOUT: Final = 1.0
-CLOSE_READ_BYTES: Final = 64 * 1024
-
-# The shortest frame a client can send: a 2-byte header and the 4-byte mask. A read of n
-# bytes holds at most n // MIN_FRAME frames, so it is parsed in pieces no longer than the
-# frame budget allows (websockets parses all it is given at once: 256 KB of empty frames
-# was ~43,000 frames, 0.2 s of one parse).
-MIN_FRAME: Final = 6
-# The longest read parsed at once while the frame budget is on (larger ones are cut).
-PIECE: Final = 8192
-# The budget refills continuously; a burst of this many seconds' worth passes at once.
-BURST_SECONDS: Final = 2.0
-# A connection over its budget is read again once this much of it has come back (its frames
-# are then parsed in batches, not one timer per frame).
-WAKE_SECONDS: Final = 0.1
-# The room of a connection without a frame budget: any read is parsed whole.
-NO_BUDGET: Final = sys.maxsize
-
-
-class SocketControl:
-    """What the app may know and do about its connection's socket, and, once it has accepted,
-    the server's own ``receive`` and ``send`` for it.
-
-    Litestar routes the connection and sends the accept; after that the gateway's message
-    loop calls the protocol directly. Litestar's WebSocket wraps both calls to track a
-    connection state the gateway tracks itself, and its exception middleware wraps every send:
-    ~2 µs of a ~20 µs ping round trip on the bench's empty app (bench/README.md, "What one
-    ping costs")."""
-
-    __slots__ = ("_protocol",)
-
-    def __init__(self, protocol: LivelyWebSocketProtocol) -> None:
-        self._protocol = protocol
-
-    def unsent_bytes(self) -> int:
-        """Bytes written to the socket that the client has not taken yet."""
-        return self._protocol.transport.get_write_buffer_size()
-
-    def release(self) -> None:
-        """Drop the connection at once, unsent bytes and all (a client that stopped reading
-        would never take a close frame either)."""
-        self._protocol.transport.abort()
-
-    @property
-    def slow(self) -> bool:
-        """The protocol let the connection go itself: its peer did not read what it owed
-        it (pongs) past the send buffer (a slow consumer, as the app's own rule says)."""
-        return self._protocol._slow
-
-    async def pause(self, seconds: float) -> None:
-        """Wait ``seconds`` before reading this connection again (a rate limit), or less if
-        its socket goes meanwhile: a peer that has gone is let go at once, its messages
-        still waiting are handled without further pauses."""
-        protocol = self._protocol
-        if protocol._lost:
-            return
-        loop = protocol.loop
-        waiter: asyncio.Future[None] = loop.create_future()
-        protocol._pausing = waiter
-        timer = loop.call_later(seconds, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            protocol._pausing = None
-
-    def accepted(self) -> tuple[Receive, Send]:
-        """Call once the accept is sent and the handshake's headers and query are read: the
-        server's ``receive`` and ``send``.
-
-        What only the handshake needed is let go (an idle connection would otherwise keep it
-        for its whole life, ~2.5 KB): uvicorn's Request and Response; the headers and the path
-        (with the token in its query) of the Request, which websockets' parser generator still
-        holds in its suspended frame; and the scope's header list and query string. The app
-        sees an empty header list and query from then on."""
-        protocol = self._protocol
-        if not protocol.handshake_complete:
-            raise RuntimeError("the WebSocket is not accepted yet")
-        request: Request | None = vars(protocol).pop("request", None)
-        if request is not None:
-            request.headers = _NO_HEADERS
-            request.path = ""
-        vars(protocol).pop("response", None)
-        scope: dict[str, Any] = protocol.scope  # type: ignore[assignment]
-        scope["headers"] = []
-        scope["query_string"] = b""
-        # uvicorn's own types are narrower TypedDicts; the calls are plain ASGI.
-        return cast(Receive, protocol.receive), cast(Send, protocol.send)
-
-
-# The face the WebSocket handler sees (checked here by mypy).
-_FACE: type[asgi.SocketControl] = SocketControl
-
-# What an accepted connection's handshake Request holds instead of its headers (never written).
-_NO_HEADERS: Final = Headers()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-class ReceiveQueue:
-    """What uvicorn's protocol asks of its receive queue (``put_nowait``, ``get``, ``empty``),
-    light enough for a connection that mostly waits: an ``asyncio.Queue`` allocates three
-    deques of ~760 B each up front, per connection, even empty (bench/README.md, "What one
-    idle connection costs"). Here the deque exists only while messages wait. An item is
-    always stored before the waiter is woken, so a cancelled ``get`` loses nothing."""
-
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: collections.deque[Any] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: Any) -> None:
-        if self._items is None:
-            self._items = collections.deque()
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self) -> Any:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        item = self._items.popleft()
-        if not self._items:
-            self._items = None
-        return item
-
-    def empty(self) -> bool:
-        return not self._items
-
-
-class WritableFlag:
-    """uvicorn's ``writable`` event (``set``, ``clear``, ``wait``) without the ~760 B deque an
-    ``asyncio.Event`` allocates up front: a waiter list only while a send waits for the
-    socket to drain."""
-
-    __slots__ = ("_set", "_waiters")
-
-    def __init__(self) -> None:
-        self._set = True
-        self._waiters: list[asyncio.Future[None]] | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        self._set = True
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._set = False
-
-    async def wait(self) -> None:
-        while not self._set:
-            waiter = asyncio.get_running_loop().create_future()
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(waiter)
-            await waiter
 
 
 class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -277,7 +90,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         # interfaces it uses): ~3 KB of an idle connection's ~23 KB.
         self.queue = ReceiveQueue()  # type: ignore[assignment]
         self.writable = WritableFlag()  # type: ignore[assignment]
-        self.close_timeout = CLOSE_TIMEOUT
+        self.close_timeout = close_budget.CLOSE_TIMEOUT
 
     # -- Bytes in ---------------------------------------------------------------------------
 
@@ -327,7 +140,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         if self.close_sent:
             self._read_after_close += len(data)
-            if self._read_after_close > CLOSE_READ_BYTES:
+            if self._read_after_close > close_budget.CLOSE_READ_BYTES:
                 # Enough for a close reply: the rest is discarded until the close timer.
                 self._linger_left = 0
                 self._room = -1
@@ -346,7 +159,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
             if self._credit < 1:
                 self._throttle_now(data[start:])
                 return
-            end = min(size, start + min(PIECE, int(self._credit) * MIN_FRAME))
+            end = min(size, start + room(self._credit))
             if not self._parse(data if start == 0 and end == size else data[start:end]):
                 return
             start = end
@@ -388,8 +201,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
             self._credit = math.inf
         else:
             now = self.loop.time()
-            burst = rate * BURST_SECONDS
-            self._credit = min(burst, self._credit + (now - self._stamp) * rate)
+            self._credit = refilled(self._credit, self._stamp, now, rate)
             self._stamp = now
         self._open_room()
 
@@ -405,7 +217,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         elif self.frame_rate <= 0:
             self._room = NO_BUDGET
         else:
-            self._room = min(PIECE, max(0, int(self._credit)) * MIN_FRAME)
+            self._room = room(self._credit)
 
     def _budget_spent(self) -> None:
         if self._linger_left is not None or self.transport.is_closing():
@@ -422,7 +234,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.pause_reading()
         # Ours now, not uvicorn's: the app's next receive() must not resume reading.
         self.read_paused = False
-        wait = (max(1.0, self.frame_rate * WAKE_SECONDS) - self._credit) / self.frame_rate
+        wait = throttle_wait(self.frame_rate, self._credit)
         self._throttle = self.loop.call_later(wait, self._unthrottle)
 
     def _unthrottle(self) -> None:
@@ -520,21 +332,21 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write_eof()
         throttled = self._throttle is not None
         self._stop_throttle()
-        self._linger_left = max(LINGER_BYTES, self.config.ws_max_size)
+        self._linger_left = max(close_budget.LINGER_BYTES, self.config.ws_max_size)
         self._room = -1
         if self.read_paused or throttled:
             self.read_paused = False
             self.transport.resume_reading()
         if self.close_timer is not None:
             self.close_timer.cancel()
-        self.close_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        self.close_timer = self.loop.call_later(close_budget.LINGER_SECONDS, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_throttle()
         super().connection_lost(exc)
         self._lost = True
         if self._pausing is not None:
-            _wake(self._pausing)
+            wake(self._pausing)
         self._let_go()
 
     def on_task_complete(self, task: asyncio.Task[None]) -> None:

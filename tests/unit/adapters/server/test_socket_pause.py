@@ -8,7 +8,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any, cast
 
-from kalami_gateway.adapters.server.ws_protocol import SocketControl, _wake
+from kalami_gateway.adapters.server.socket_control import SocketControl, wake
 
 
 def fake_protocol(lost: bool = False) -> SimpleNamespace:
@@ -23,7 +23,7 @@ async def test_a_pause_ends_when_the_socket_goes() -> None:
         await asyncio.sleep(0)
     assert protocol._pausing is not None
     protocol._lost = True
-    _wake(protocol._pausing)  # what connection_lost does
+    wake(protocol._pausing)  # what connection_lost does
     await asyncio.wait_for(pausing, 1)
     assert protocol._pausing is None
 

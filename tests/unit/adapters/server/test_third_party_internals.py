@@ -6,12 +6,14 @@ signatures, and the behaviours its overrides assume.
 ``pyproject.toml`` caps each of these packages below its next minor release. After raising a
 cap (``make lock UPGRADE=<pkg>``, then ``make test``) this file says what the new release
 removed or changed: every failure names the package, the version installed and what to
-re-check (README, "Third-party internals relied on"). It drives real instances on a fake
-transport: no sockets, no sleeps, milliseconds.
+re-check (src/kalami_gateway/adapters/server/README.md, which lists every internal relied
+on, where, why, and which test here fails). It drives real instances on a fake transport:
+no sockets, no sleeps, milliseconds.
 
 The inventory is kept honest by the source scans: a name of uvicorn's that our subclasses
 start using, or an attribute of ours that uvicorn starts using too, fails here until it is
-added to the tables below.
+added to the tables below. The tables and the README are held against each other at the
+end of this file, so that neither lists what the other does not.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import dataclasses
 import inspect
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from importlib import metadata
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Final, cast
 
@@ -33,7 +37,7 @@ import pytest
 import uvicorn
 import websockets.http11
 from httpx_aiohttp import AiohttpTransport
-from litestar import WebSocket
+from litestar import Litestar, WebSocket, websocket
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets import websockets_sansio_impl
@@ -57,30 +61,27 @@ from kalami_gateway.adapters.asgi import (
 )
 from kalami_gateway.adapters.backend.http import HttpxBackend
 from kalami_gateway.adapters.server import heartbeats
+from kalami_gateway.adapters.server.close_budget import CLOSE_TIMEOUT
+from kalami_gateway.adapters.server.handshake_lines import (
+    HANDSHAKE_LINE_LIMIT,
+    allow_long_handshake_lines,
+)
 from kalami_gateway.adapters.server.http_protocol import (
     MAX_HEADER_COUNT,
     MAX_HEADER_LINE,
     MAX_REQUEST_LINE,
     GuardedHttpProtocol,
 )
-from kalami_gateway.adapters.server.ws_protocol import (
-    CLOSE_TIMEOUT,
-    LivelyWebSocketProtocol,
-    ReceiveQueue,
-    SocketControl,
-    WritableFlag,
-)
-from kalami_gateway.app.factory import (
-    HANDSHAKE_LINE_LIMIT,
-    GatewayApp,
-    _allow_long_handshake_lines,
-)
+from kalami_gateway.adapters.server.socket_control import SocketControl
+from kalami_gateway.adapters.server.standins import ReceiveQueue, WritableFlag
+from kalami_gateway.adapters.server.ws_protocol import LivelyWebSocketProtocol
+from kalami_gateway.app.factory import GatewayApp
 from kalami_gateway.app.server import GatewayServer, uvicorn_config
 from kalami_gateway.app.settings import Settings
 from kalami_gateway.domain.ports import BackendError, BackendErrorKind
 
 SECRET: Final = "third-party-internals-secret-0123456789"
-README: Final = "README, 'Third-party internals relied on'"
+README: Final = "src/kalami_gateway/adapters/server/README.md"
 
 
 def broken(package: str, what: str, recheck: str) -> str:
@@ -158,7 +159,7 @@ WS_PROTOCOL: Final = Subclass(
     package="uvicorn",
     base=WebSocketsSansIOProtocol,
     ours=LivelyWebSocketProtocol,
-    where="adapters/server/ws_protocol.py",
+    where="adapters/server/ws_protocol.py, adapters/server/socket_control.py",
     init_params=("self", "config", "server_state", "app_state", "_loop"),
     overrides={
         "__init__": "swaps queue and writable for lighter stand-ins; a shorter close_timeout",
@@ -297,6 +298,14 @@ CALL_SITES: Final = (
 
 _sources: dict[object, str] = {}
 
+# src/kalami_gateway, which the paths in the tables and the messages are relative to.
+PACKAGE: Final = Path(inspect.getfile(heartbeats)).parents[2]
+
+
+def source_path(obj: Any) -> str:
+    """Where ``obj`` is defined, relative to src/kalami_gateway."""
+    return Path(inspect.getfile(obj)).relative_to(PACKAGE).as_posix()
+
 
 def source_of(obj: Any) -> str:
     """``inspect.getsource``, read once per object (the modules scanned are large)."""
@@ -417,8 +426,7 @@ def stand_in_problems(source: str) -> list[str]:
                         "uvicorn",
                         f"its WebSocket protocol calls self.{attribute}.{method}(), which our "
                         f"stand-in {stand_in.__name__} does not have",
-                        f"{stand_in.__name__} (adapters/server/ws_protocol.py, "
-                        "adapters/server/heartbeats.py)",
+                        f"{stand_in.__name__} ({source_path(stand_in)})",
                     )
                 )
     return problems
@@ -611,51 +619,36 @@ async def bases(served: Served) -> AsyncIterator[dict[type[Any], object]]:
 # -- uvicorn: the inventory ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("sub", "name"),
-    [(sub, name) for sub in SUBCLASSES for name in sub.overrides],
-    ids=lambda v: v if isinstance(v, str) else v.ours.__name__,
-)
-def test_an_override_still_overrides_a_method_of_the_same_signature(
-    sub: Subclass, name: str
+def inventory() -> Iterator[pytest.ParameterSet]:
+    """Every row of the tables above as one check against the installed release: the check,
+    its arguments, and the uvicorn class of which it also needs a real instance (if any)."""
+    for sub in SUBCLASSES:
+        ours = sub.ours.__name__
+        for name in sub.overrides:
+            yield pytest.param(override_problem, (sub, name), None, id=f"override:{ours}.{name}")
+        for name in [*sub.overrides, *sub.uses]:
+            yield pytest.param(exists_problem, (sub, name), sub.base, id=f"exists:{ours}.{name}")
+        yield pytest.param(name_problems, (sub,), sub.base, id=f"names:{ours}")
+    source = source_of(websockets_sansio_impl)
+    yield pytest.param(stand_in_problems, (source,), None, id="stand-ins")
+    for site in CALL_SITES:
+        yield pytest.param(call_site_problem, site, None, id=f"call-site:{site[3]}")
+
+
+@pytest.mark.parametrize(("check", "args", "instance_of"), list(inventory()))
+def test_the_inventory_still_holds(
+    check: Callable[..., str | list[str] | None],
+    args: tuple[Any, ...],
+    instance_of: type[Any] | None,
+    bases: dict[type[Any], object],
 ) -> None:
-    problem = override_problem(sub, name)
-    assert problem is None, problem
-
-
-@pytest.mark.parametrize(
-    ("sub", "name"),
-    [(sub, name) for sub in SUBCLASSES for name in [*sub.overrides, *sub.uses]],
-    ids=lambda v: v if isinstance(v, str) else v.ours.__name__,
-)
-def test_what_we_override_or_use_exists_on_a_real_instance(
-    sub: Subclass, name: str, bases: dict[type[Any], object]
-) -> None:
-    problem = exists_problem(sub, name, bases[sub.base])
-    assert problem is None, problem
-
-
-@pytest.mark.parametrize("sub", SUBCLASSES, ids=lambda sub: sub.ours.__name__)
-def test_our_own_names_do_not_collide_and_every_name_of_theirs_is_listed(
-    sub: Subclass, bases: dict[type[Any], object]
-) -> None:
-    problems = name_problems(sub, bases[sub.base])
+    """Each override still overrides a method of the same signature; each name overridden
+    or used still exists on a real instance; our own names do not collide and every name of
+    theirs we touch is listed; uvicorn calls nothing on a stand-in that it lacks; uvicorn
+    still calls what we override."""
+    found = check(*args, *([] if instance_of is None else [bases[instance_of]]))
+    problems = [found] if isinstance(found, str) else found or []
     assert not problems, "\n".join(problems)
-
-
-def test_every_object_we_replace_still_gets_only_calls_our_stand_ins_answer() -> None:
-    problems = stand_in_problems(source_of(websockets_sansio_impl))
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.parametrize(
-    ("owner", "method", "pattern", "ours"), CALL_SITES, ids=[site[3] for site in CALL_SITES]
-)
-def test_uvicorn_still_calls_what_we_override(
-    owner: type[Any], method: str, pattern: str, ours: str
-) -> None:
-    problem = call_site_problem(owner, method, pattern, ours)
-    assert problem is None, problem
 
 
 def test_websockets_connection_state_the_ws_protocol_touches(
@@ -804,6 +797,17 @@ def test_a_disconnected_send_raises_an_oserror() -> None:
     )
 
 
+def test_uvicorn_holds_a_websocket_send_only_while_writing_is_paused() -> None:
+    methods = inspect.getmembers(WebSocketsSansIOProtocol, inspect.isfunction)
+    clearing = [name for name, method in methods if "self.writable.clear()" in source_of(method)]
+    assert clearing == ["pause_writing"], broken(
+        "uvicorn",
+        f"self.writable, which its send waits for, is cleared in {clearing}, not only in "
+        "pause_writing",
+        "SocketChannel.send in adapters/http/websocket.py (no deadline while nothing is unsent)",
+    )
+
+
 async def test_frames_before_the_accept_wait_for_the_101(served: Served) -> None:
     http, transport = served.http_protocol()
     client, handshake = client_handshake()
@@ -927,7 +931,7 @@ async def test_what_the_http_edge_and_proxy_expect_of_uvicorns_http(
     assert transport.take() == b"HTTP/1.1 100 Continue\r\n\r\n", broken(
         "uvicorn",
         "it no longer answers Expect: 100-continue itself",
-        "_NOT_FORWARDED_UP in api_proxy.py",
+        "NOT_FORWARDED_UP in adapters/proxy/forwarding.py",
     )
     http.data_received(b"ok")
     await served.finish()
@@ -940,6 +944,22 @@ async def test_what_the_http_edge_and_proxy_expect_of_uvicorns_http(
         "uvicorn",
         "a response's Connection: close no longer closes the connection",
         "send_json_error",
+    )
+    http.connection_lost(None)
+
+
+async def test_uvicorn_adds_its_own_date_header(served: Served) -> None:
+    server = uvicorn.Server(served.config)
+    await server.on_tick(0)  # what its main loop does every tenth tick: the Date of now
+    served.state = server.server_state
+    http, transport = served.http_protocol()
+    http.data_received(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await served.finish()
+    head = transport.take().partition(b"\r\n\r\n")[0].lower()
+    assert head.count(b"\r\ndate: ") == 1, broken(
+        "uvicorn",
+        "it no longer adds one Date header to a response that has none",
+        "NOT_FORWARDED_DOWN in adapters/proxy/forwarding.py (the backend's Date is dropped)",
     )
     http.connection_lost(None)
 
@@ -957,12 +977,13 @@ def test_websockets_reads_its_line_limit_when_it_parses(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(websockets.http11, "MAX_LINE_LENGTH", 8192)
     assert not parses()
-    _allow_long_handshake_lines()
+    allow_long_handshake_lines()
     assert websockets.http11.MAX_LINE_LENGTH == HANDSHAKE_LINE_LIMIT
     assert parses(), broken(
         "websockets",
         "websockets.http11.MAX_LINE_LENGTH is no longer read when a request is parsed",
-        "_allow_long_handshake_lines in app/factory.py (or set WEBSOCKETS_MAX_LINE_LENGTH)",
+        "allow_long_handshake_lines in adapters/server/handshake_lines.py (or set "
+        "WEBSOCKETS_MAX_LINE_LENGTH)",
     )
 
 
@@ -1063,7 +1084,7 @@ def test_httptools_response_parsing_the_upstream_client_relies_on() -> None:
     ], broken(
         "httptools",
         "its response callbacks changed",
-        "UpstreamConnection in adapters/proxy/connection.py",
+        "HttpExchange in adapters/proxy/exchange.py",
     )
     switching = ParserEvents()
     switching.parser = httptools.HttpResponseParser(switching)
@@ -1096,6 +1117,48 @@ async def test_litestar_lets_the_handler_replace_the_sockets_receive_and_send() 
     socket.send = server_send
     assert (socket.receive, socket.send) == (server_receive, server_send), broken(
         "litestar", "WebSocket.receive/send can no longer be reassigned", "serve_connection"
+    )
+
+
+async def test_litestar_hands_the_servers_scope_extensions_to_the_handler() -> None:
+    control = object()
+    seen: list[object] = []
+
+    @websocket("/ws")
+    async def handler(socket: WebSocket[Any, Any, Any]) -> None:
+        seen.append((socket.scope.get("extensions") or {}).get(SOCKET_CONTROL))
+        await socket.accept()
+        await socket.close()
+
+    connect: list[Message] = [{"type": "websocket.connect"}]
+
+    async def receive() -> Message:
+        return connect.pop() if connect else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: Message) -> None:
+        return None
+
+    scope: Scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "ws",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"gw")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 3000),
+        "subprotocols": [],
+        "extensions": {SOCKET_CONTROL: control},
+        "state": {},
+    }
+    await Litestar([handler])(cast(Any, scope), cast(Any, receive), cast(Any, send))
+    assert seen == [control], broken(
+        "litestar",
+        "the handler's WebSocket no longer sees the server's scope['extensions']",
+        "serve_connection in adapters/http/websocket.py (it falls back to Litestar's "
+        "receive and send without the socket control)",
     )
 
 
@@ -1151,6 +1214,62 @@ async def test_the_aiohttp_transport_closes_the_session_it_was_given() -> None:
         )
     finally:
         await session.close()
+
+
+# -- The README beside adapters/server, these tables and the paths agree ------------------
+
+SERVER_README: Final = PACKAGE / "adapters" / "server" / "README.md"
+ROOT: Final = PACKAGE.parents[1]  # the repository: where tests/ and bench/ are
+
+
+def inventory_names() -> set[str]:
+    """What the tables above hold, as the README spells it: ``Class.name`` (the base's class),
+    and the stand-ins' own classes."""
+    names = {
+        f"{sub.base.__name__}.{name}" for sub in SUBCLASSES for name in [*sub.overrides, *sub.uses]
+    }
+    names |= {f"{ServerProtocol.__name__}.{name}" for name in CONN_USES}
+    names |= {f"{owner.__name__}.{method}" for owner, method, _, _ in CALL_SITES}
+    return names | {stand_in.__name__ for stand_in in STAND_INS.values()}
+
+
+def test_the_readme_lists_every_name_the_inventory_holds_and_no_other() -> None:
+    spans = set(re.findall(r"`([^`\n]+)`", SERVER_README.read_text()))
+    names = inventory_names()
+    missing = sorted(names - spans)
+    assert not missing, f"{README} has no row for {missing}: add one (where, why, which test)"
+    classes = {name.partition(".")[0] for name in names if "." in name}
+    unlisted = sorted(
+        span for span in spans - names if "." in span and span.partition(".")[0] in classes
+    )
+    assert not unlisted, (
+        f"{README} lists {unlisted}, which the tables in this test do not hold: add them "
+        "there (so that an upgrade is checked for them), or drop the rows"
+    )
+
+
+def test_the_readme_names_every_test_here_and_no_other() -> None:
+    named = set(re.findall(r"`(test_\w+)`", SERVER_README.read_text()))
+    here = {name for name in globals() if name.startswith("test_")}
+    assert not named - here, f"{README} names tests that do not exist: {sorted(named - here)}"
+    # The checks' own tests (below) check this file, not a release.
+    unnamed = sorted(name for name in here - named if not name.endswith("_is_reported"))
+    assert not unnamed, f"{README} does not say what {unnamed} check: add them to its tables"
+
+
+def test_every_path_the_readme_and_this_test_name_exists() -> None:
+    texts = [SERVER_README.read_text(), source_of(sys.modules[__name__])]
+    named = {path for text in texts for path in re.findall(r"[\w./]*/[\w.]+\.(?:py|md)\b", text)}
+    assert named
+    top = ("src/", "tests/", "bench/")
+    gone = sorted(p for p in named if not ((ROOT if p.startswith(top) else PACKAGE) / p).exists())
+    assert not gone, f"{gone}, named in {README} or in this test, do not exist (moved?)"
+
+
+@pytest.mark.parametrize("sub", SUBCLASSES, ids=lambda sub: sub.ours.__name__)
+def test_where_names_the_files_that_hold_our_code(sub: Subclass) -> None:
+    files = {source_path(cls) for cls in (sub.ours, *(cls for cls, _ in sub.sources))}
+    assert set(sub.where.split(", ")) == files, f"{sub.ours.__name__}: where={sub.where!r}"
 
 
 # -- The checks can fail -------------------------------------------------------------------

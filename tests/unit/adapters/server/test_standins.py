@@ -1,5 +1,5 @@
-"""The light receive queue given to uvicorn's WebSocket protocol: asyncio.Queue's semantics
-for the three calls uvicorn makes."""
+"""The light stand-ins given to uvicorn's WebSocket protocol: asyncio.Queue's semantics for the
+three calls uvicorn makes, and asyncio.Event's for the writable flag."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from kalami_gateway.adapters.server.ws_protocol import ReceiveQueue, WritableFlag
+from kalami_gateway.adapters.server.standins import ReceiveQueue, WritableFlag
 
 
 async def test_items_come_out_in_order_and_empty_says_so() -> None:

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kalami_gateway.adapters.proxy.connection import PoolExhausted, SlotGate
+from kalami_gateway.adapters.proxy.errors import PoolExhausted
+from kalami_gateway.adapters.proxy.pool import SlotGate
 
 
 async def test_a_free_slot_is_taken_at_once_and_a_full_gate_times_out() -> None:

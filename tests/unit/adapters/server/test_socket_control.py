@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from kalami_gateway.adapters.server.ws_protocol import SocketControl
+from kalami_gateway.adapters.server.socket_control import SocketControl
 
 
 def test_accepted_before_the_accept_is_refused() -> None:

@@ -1,0 +1,102 @@
+"""The connection's socket as the app sees it (the ``kalami.socket`` scope extension that
+``LivelyWebSocketProtocol.handle_connect`` puts there): what it may know and do about the
+socket, and the server's own ``receive`` and ``send`` once it has accepted. The WebSocket
+handler (adapters/http) sees it through the ``SocketControl`` Protocol of adapters/asgi.py."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+
+from kalami_gateway.adapters import asgi
+from kalami_gateway.adapters.asgi import Receive, Send
+
+if TYPE_CHECKING:
+    from kalami_gateway.adapters.server.ws_protocol import LivelyWebSocketProtocol
+
+
+class SocketControl:
+    """What the app may know and do about its connection's socket, and, once it has accepted,
+    the server's own ``receive`` and ``send`` for it.
+
+    Litestar routes the connection and sends the accept; after that the gateway's message
+    loop calls the protocol directly. Litestar's WebSocket wraps both calls to track a
+    connection state the gateway tracks itself, and its exception middleware wraps every send:
+    ~2 µs of a ~20 µs ping round trip on the bench's empty app (bench/README.md, "What one
+    ping costs")."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: LivelyWebSocketProtocol) -> None:
+        self._protocol = protocol
+
+    def unsent_bytes(self) -> int:
+        """Bytes written to the socket that the client has not taken yet."""
+        return self._protocol.transport.get_write_buffer_size()
+
+    def release(self) -> None:
+        """Drop the connection at once, unsent bytes and all (a client that stopped reading
+        would never take a close frame either)."""
+        self._protocol.transport.abort()
+
+    @property
+    def slow(self) -> bool:
+        """The protocol let the connection go itself: its peer did not read what it owed
+        it (pongs) past the send buffer (a slow consumer, as the app's own rule says)."""
+        return self._protocol._slow
+
+    async def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before reading this connection again (a rate limit), or less if
+        its socket goes meanwhile: a peer that has gone is let go at once, its messages
+        still waiting are handled without further pauses."""
+        protocol = self._protocol
+        if protocol._lost:
+            return
+        loop = protocol.loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        protocol._pausing = waiter
+        timer = loop.call_later(seconds, wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            protocol._pausing = None
+
+    def accepted(self) -> tuple[Receive, Send]:
+        """Call once the accept is sent and the handshake's headers and query are read: the
+        server's ``receive`` and ``send``.
+
+        What only the handshake needed is let go (an idle connection would otherwise keep it
+        for its whole life, ~2.5 KB): uvicorn's Request and Response; the headers and the path
+        (with the token in its query) of the Request, which websockets' parser generator still
+        holds in its suspended frame; and the scope's header list and query string. The app
+        sees an empty header list and query from then on."""
+        protocol = self._protocol
+        if not protocol.handshake_complete:
+            raise RuntimeError("the WebSocket is not accepted yet")
+        request: Request | None = vars(protocol).pop("request", None)
+        if request is not None:
+            request.headers = _NO_HEADERS
+            request.path = ""
+        vars(protocol).pop("response", None)
+        scope: dict[str, Any] = protocol.scope  # type: ignore[assignment]
+        scope["headers"] = []
+        scope["query_string"] = b""
+        # uvicorn's own types are narrower TypedDicts; the calls are plain ASGI.
+        return cast(Receive, protocol.receive), cast(Send, protocol.send)
+
+
+# The face the WebSocket handler sees (checked here by mypy).
+_FACE: type[asgi.SocketControl] = SocketControl
+
+# What an accepted connection's handshake Request holds instead of its headers (never written).
+_NO_HEADERS: Final = Headers()
+
+
+def wake(waiter: asyncio.Future[None]) -> None:
+    """End a pause: on its timer, or at once when the socket goes (``connection_lost``)."""
+    if not waiter.done():
+        waiter.set_result(None)
