@@ -174,7 +174,10 @@ async def test_backend_down_is_502(client: httpx.AsyncClient) -> None:
         response = await client.get(f"{gw.http}/api/users/me")
         metrics = (await client.get(f"{gw.http}/metrics")).text
     assert response.status_code == 502
-    assert response.json() == {"error": "Backend service unavailable"}
+    assert response.json() == {
+        "error": "Backend service unavailable",
+        "code": "backend_unavailable",
+    }
     assert 'kalami_backend_errors_total{kind="unreachable"} 1.0' in metrics
 
 
@@ -185,7 +188,7 @@ async def test_a_slow_backend_is_504(backend: BackendServer, client: httpx.Async
         metrics = (await client.get(f"{gw.http}/metrics")).text
     assert 'kalami_backend_errors_total{kind="timeout"} 1.0' in metrics
     assert response.status_code == 504
-    assert response.json() == {"error": "Backend timed out"}
+    assert response.json() == {"error": "Backend timed out", "code": "backend_timeout"}
 
 
 async def test_request_id_is_kept_or_generated_sent_upstream_and_echoed(

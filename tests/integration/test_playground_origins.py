@@ -211,7 +211,10 @@ async def test_stub_mode_does_not_proxy_api_so_a_minted_token_reaches_no_backend
         for method, path in (("GET", "/api/users/me"), ("POST", "/api/conversations/sessions")):
             answer = await client.request(method, f"{gw.http}{path}", headers=auth, json={})
             assert answer.status_code == 404
-            assert answer.json() == {"error": "No backend: BACKEND_MODE=stub does not proxy /api"}
+            assert answer.json() == {
+                "error": "No backend: BACKEND_MODE=stub does not proxy /api",
+                "code": "api_not_served",
+            }
         assert (await client.get(f"{gw.http}/api", headers=auth)).status_code == 404
         # The connection is still good for the next request.
         assert (await client.get(f"{gw.http}/health")).status_code == 200

@@ -178,7 +178,10 @@ async def test_a_full_pool_answers_503_within_the_timeout_instead_of_waiting_for
         async with httpx.AsyncClient(timeout=10) as client:
             refused = await client.get(f"{gw.http}/api/ok/waiting")
         assert refused.status_code == 503
-        assert refused.json() == {"error": "Backend busy: no connection free"}
+        assert refused.json() == {
+            "error": "Backend busy: no connection free",
+            "code": "backend_busy",
+        }
         stop.set()
         await trickling
         for n, (reader, writer) in enumerate(held):

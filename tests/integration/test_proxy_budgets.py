@@ -35,9 +35,9 @@ from tests.integration.test_proxy_attacks import (
 )
 
 ANOTHER_ADDRESS = "127.0.0.2"
-TOO_MANY = {"error": "Backend busy: too many requests from this client"}
-NO_CONNECTION = {"error": "Backend busy: no connection free"}
-TIMED_OUT = {"error": "Request body timed out"}
+TOO_MANY = {"error": "Backend busy: too many requests from this client", "code": "backend_busy"}
+NO_CONNECTION = {"error": "Backend busy: no connection free", "code": "backend_busy"}
+TIMED_OUT = {"error": "Request body timed out", "code": "request_timeout"}
 
 
 class Upload:

@@ -10,6 +10,7 @@ import json
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from kalami_gateway.adapters.errors import code_for
 from kalami_gateway.adapters.http.routes import MAX_PUSH_DEPTH
 from tests.integration.backend_server import BackendServer
 from tests.integration.conftest import Gateway, recv_json
@@ -51,7 +52,8 @@ async def nothing_was_pushed(ws: ClientConnection) -> bool:
 def error_of(response: RawResponse) -> str:
     assert response.header("content-type") == "application/json"
     body = json.loads(response.body)
-    assert list(body) == ["error"]
+    assert list(body) == ["error", "code"]
+    assert body["code"] == code_for(response.status)
     return str(body["error"])
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Protocol
 
-import msgspec
+from kalami_gateway.adapters.errors import error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,10 +51,13 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 _CLOSE: Final = (b"connection", b"close")
 
 
-async def send_json_error(send: Send, status: int, error: str, close: bool = False) -> None:
-    """A complete ``{"error": ...}`` JSON response; ``close``: and the client connection
-    is closed after it (uvicorn honours ``Connection: close``)."""
-    body = msgspec.json.encode({"error": error})
+async def send_json_error(
+    send: Send, status: int, error: str, close: bool = False, code: str | None = None
+) -> None:
+    """A complete ``{"error": ..., "code": ...}`` JSON response (adapters/errors.py; ``code``
+    defaults to the status's); ``close``: and the client connection is closed after it
+    (uvicorn honours ``Connection: close``)."""
+    body = error_body(status, error, code)
     headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
     if close:
         headers.append(_CLOSE)

@@ -11,26 +11,30 @@ import contextlib
 import inspect
 import logging
 import sys
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 from dependency_injector import providers
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 
 from kalami_gateway import __version__
 from kalami_gateway.adapters.asgi import ASGIApp, Receive, Scope, Send, send_json_error
 from kalami_gateway.adapters.clock import run_every
+from kalami_gateway.adapters.errors import API_NOT_SERVED
 from kalami_gateway.adapters.http import (
     KNOWN_ROUTES,
+    PUSH_PATH,
     CorsPolicy,
     HttpEdge,
     ProxyCall,
     SameOrigin,
     SendLimits,
+    gateway_errors,
     health,
-    index,
+    index_route,
     metrics,
     push_route,
     readiness,
@@ -81,8 +85,13 @@ class GatewayApp:
         self._tasks: list[asyncio.Task[None]] = []
         send_limits = SendLimits(settings.ws_send_buffer_bytes, settings.ws_send_timeout_ms / 1000)
         origins = SameOrigin(settings.trusted_proxies)
+        routes = {"api": "/api/{path}"} if settings.backend_mode == "http" else {}
+        if settings.push_api_key:
+            routes["push"] = PUSH_PATH
+        if settings.playground_enabled:
+            routes["playground"] = PAGE_PATH
         handlers = [
-            index,
+            index_route(routes),
             health,
             readiness,
             stats,
@@ -106,10 +115,12 @@ class GatewayApp:
                 "service": Provide(self.provide_service, sync_to_thread=False),
                 "prometheus": Provide(self.provide_metrics, sync_to_thread=False),
                 "cluster": Provide(self.provide_cluster_mode, sync_to_thread=False),
+                "stub": Provide(self.provide_stub_mode, sync_to_thread=False),
             },
             on_startup=[self._startup],
             after_exception=[_log_exception],
             on_shutdown=[self._shutdown],
+            exception_handlers={HTTPException: gateway_errors, Exception: gateway_errors},
             openapi_config=openapi_config(),
             logging_config=None,
         )
@@ -124,6 +135,7 @@ class GatewayApp:
             self.metrics.http_request,
             (*KNOWN_ROUTES, *PLAYGROUND_ROUTES),
             same_origin_only=(PAGE_PATH,),
+            schema=(SCHEMA_PREFIX, SCHEMA_PATH),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -166,6 +178,9 @@ class GatewayApp:
 
     def provide_cluster_mode(self) -> bool:
         return bool(self.settings.redis_url)
+
+    def provide_stub_mode(self) -> bool:
+        return self.settings.backend_mode == "stub"
 
     def provide_metrics(self) -> PrometheusMetrics:
         return self.metrics
@@ -226,16 +241,22 @@ STUB_MODE_API_ERROR = "No backend: BACKEND_MODE=stub does not proxy /api"
 
 async def no_api_in_stub_mode(scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
     """``/api`` with ``BACKEND_MODE=stub``: answered at once, nothing forwarded anywhere."""
-    await send_json_error(send, 404, STUB_MODE_API_ERROR)
+    await send_json_error(send, 404, STUB_MODE_API_ERROR, code=API_NOT_SERVED)
+
+
+SCHEMA_PREFIX: Final = "/schema"
+SCHEMA_PATH: Final = "/schema/openapi.json"
 
 
 def openapi_config() -> OpenAPIConfig:
-    """The schema at /schema/openapi.json (the push API is documented there)."""
+    """The schema at /schema/openapi.json (the push API is documented there), and nothing
+    else under /schema: Litestar's Swagger UI, ReDoc and the rest load their scripts from a
+    CDN, and a gateway must not make an operator's browser fetch code from a third party."""
     return OpenAPIConfig(
         title="Kalami Gateway",
         version=__version__,
-        path="/schema",
-        render_plugins=[],
+        path=SCHEMA_PREFIX,
+        render_plugins=[JsonRenderPlugin()],
         description="The gateway's own HTTP routes. /ws and /api/* are described in the README.",
     )
 

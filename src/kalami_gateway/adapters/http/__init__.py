@@ -7,8 +7,10 @@ from kalami_gateway.adapters.http.checks import TrustedPeers, climbs_out, valid_
 from kalami_gateway.adapters.http.edge import CorsPolicy, HttpEdge, ProxyCall
 from kalami_gateway.adapters.http.routes import (
     KNOWN_ROUTES,
+    PUSH_PATH,
+    gateway_errors,
     health,
-    index,
+    index_route,
     metrics,
     push_route,
     readiness,
@@ -18,6 +20,7 @@ from kalami_gateway.adapters.http.websocket import SameOrigin, SendLimits, ws_ro
 
 __all__ = [
     "KNOWN_ROUTES",
+    "PUSH_PATH",
     "CorsPolicy",
     "HttpEdge",
     "ProxyCall",
@@ -25,8 +28,9 @@ __all__ = [
     "SendLimits",
     "TrustedPeers",
     "climbs_out",
+    "gateway_errors",
     "health",
-    "index",
+    "index_route",
     "metrics",
     "push_route",
     "readiness",

@@ -21,6 +21,7 @@ from typing import Final
 import structlog
 
 from kalami_gateway.adapters.asgi import ASGIApp, Message, Receive, Scope, Send, send_json_error
+from kalami_gateway.adapters.errors import INVALID_HOST
 from kalami_gateway.adapters.http.checks import valid_host
 
 ProxyCall = Callable[[Scope, Receive, Send, str], Awaitable[None]]
@@ -72,6 +73,11 @@ class CorsPolicy:
         return headers
 
 
+def _unserved_schema_page(path: str, prefix: str, served: str) -> bool:
+    routed = "/" + "/".join(segment for segment in path.split("/") if segment)
+    return (routed == prefix or routed.startswith(prefix + "/")) and routed != served
+
+
 class HttpEdge:
     """Wraps the Litestar app and the ``/api`` proxy into the ASGI app uvicorn serves."""
 
@@ -83,15 +89,19 @@ class HttpEdge:
         record_request: RecordRequest,
         known_routes: Iterable[str],
         same_origin_only: Iterable[str] = (),
+        schema: tuple[str, str] | None = None,
     ) -> None:
         """``same_origin_only``: path prefixes (``/playground``: it and all below it) never
-        answered with CORS headers."""
+        answered with CORS headers. ``schema``: (prefix, the one path served under it): every
+        other path under the prefix is answered 404 here, in the gateway's error shape (the
+        Litestar schema router answers them with an HTML page of its own)."""
         self._app = app
         self._proxy = proxy
         self._cors = cors
         self._record = record_request
         self._known_routes = frozenset(known_routes)
         self._same_origin_only = tuple(same_origin_only)
+        self._schema = schema
         # Made here, after logging is configured: structlog caches a logger's level and output
         # on first use, so a module-level one would keep the first configuration it met.
         self._log = structlog.get_logger("kalami_gateway.http")
@@ -155,7 +165,7 @@ class HttpEdge:
         try:
             host_problem = _host_problem(hosts, scope.get("http_version", "1.1"))
             if host_problem is not None:
-                await send_json_error(send_with_headers, 400, host_problem)
+                await send_json_error(send_with_headers, 400, host_problem, code=INVALID_HOST)
             elif (
                 scope["method"] == "OPTIONS" and origin is not None and requested_method is not None
             ):
@@ -164,6 +174,8 @@ class HttpEdge:
                 )
             elif is_api:
                 await self._proxy(scope, receive_watching, send_with_headers, request_id)
+            elif self._schema is not None and _unserved_schema_page(path, *self._schema):
+                await send_json_error(send_with_headers, 404, "Not Found")
             else:
                 await self._app(scope, receive_watching, send_with_headers)
         finally:

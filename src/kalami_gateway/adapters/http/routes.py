@@ -25,6 +25,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import SkipValidation
 
 from kalami_gateway import __version__
+from kalami_gateway.adapters.errors import PUSH_UNAVAILABLE, HttpError, code_for
 from kalami_gateway.adapters.metrics import CONTENT_TYPE, PrometheusMetrics
 from kalami_gateway.application.service import GatewayService
 from kalami_gateway.domain.ports import (
@@ -55,20 +56,34 @@ KNOWN_ROUTES: Final = (
 # SkipValidation (Litestar cannot isinstance-check a Protocol, and need not check our objects).
 
 
-@get("/", sync_to_thread=False)
-def index() -> dict[str, Any]:
-    return {
-        "name": SERVICE,
-        "version": __version__,
-        "endpoints": {
+class ServiceInfo(msgspec.Struct, frozen=True):
+    name: str
+    version: str
+    endpoints: dict[str, str]  # what each route is for -> its path, as this gateway serves
+
+
+def index_route(extra: dict[str, str]) -> HTTPRouteHandler:
+    """``GET /``: every route the running configuration serves (``extra``: those a setting
+    turns on, the playground and the push API; ``api`` only where ``/api`` is proxied)."""
+    info = ServiceInfo(
+        SERVICE,
+        __version__,
+        {
             "health": "/health",
             "readiness": "/health/ready",
             "stats": "/stats",
             "metrics": "/metrics",
             "websocket": "/ws?token=<JWT>",
-            "api": "/api/{path}",
+            "schema": "/schema/openapi.json",
+            **extra,
         },
-    }
+    )
+
+    @get("/", sync_to_thread=False)
+    def index() -> ServiceInfo:
+        return info
+
+    return index
 
 
 @get("/health", sync_to_thread=False)
@@ -81,10 +96,14 @@ async def readiness(
     service: SkipValidation[GatewayService],
     directory: SkipValidation[ConnectionDirectory],
     cluster: SkipValidation[bool],
+    stub: SkipValidation[bool],
 ) -> Response[dict[str, str]]:
     verdict = await service.backend_health()
     body = {"status": "ready", "backend": "connected"}
-    if verdict is BackendHealth.UNHEALTHY:
+    if stub:
+        # Sessions and turns go to the in-process stub; nothing is proxied (/api is 404).
+        body = {"status": "ready", "backend": "stub", "api": "not served"}
+    elif verdict is BackendHealth.UNHEALTHY:
         body = {"status": "degraded", "backend": "unhealthy"}
     elif verdict is BackendHealth.UNREACHABLE:
         body = {"status": "not ready", "backend": "unreachable"}
@@ -214,12 +233,14 @@ def parse_push(body: bytes) -> PushRequest:
     return push
 
 
-def _error(status: int, message: str) -> Response[dict[str, str]]:
-    return Response({"error": message}, status_code=status)
+def _error(status: int, message: str, code: str | None = None) -> Response[HttpError]:
+    return Response(HttpError(message, code or code_for(status)), status_code=status)
 
 
-def _push_errors(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
-    """The push route's guards (404, 401) and body limit (413), in the gateway's shape."""
+def gateway_errors(_: Request[Any, Any, Any], exc: Exception) -> Response[HttpError]:
+    """Litestar's own refusals (an unknown route's 404, a wrong method's 405, the push
+    route's guards and body limit) and anything unexpected (500), in the gateway's one error
+    shape instead of Litestar's ``{"status_code", "detail"}``."""
     if isinstance(exc, HTTPException):
         return _error(exc.status_code, exc.detail)
     return _error(500, "Internal error")
@@ -291,7 +312,7 @@ def push_route(api_key: str, provide_bus: Callable[[], PushBus]) -> HTTPRouteHan
         guards=[require_exact_path, require_key],
         status_code=202,
         request_max_body_size=MAX_PUSH_BYTES,
-        exception_handlers={HTTPException: _push_errors},
+        exception_handlers={HTTPException: gateway_errors},
         operation_class=_PushOperation,
         responses=_push_responses(),
         summary="Push a message to every open connection of a user, on every instance",
@@ -304,7 +325,7 @@ def push_route(api_key: str, provide_bus: Callable[[], PushBus]) -> HTTPRouteHan
     )
     async def push(
         request: Request[Any, Any, Any],
-    ) -> Response[PushAccepted] | Response[dict[str, str]]:
+    ) -> Response[PushAccepted] | Response[HttpError]:
         try:
             data = parse_push(await request.body())  # 413 past MAX_PUSH_BYTES
         except InvalidPush as exc:
@@ -312,7 +333,7 @@ def push_route(api_key: str, provide_bus: Callable[[], PushBus]) -> HTTPRouteHan
         try:
             count = await provide_bus().publish(data.userId, msgspec.json.encode(data.payload))
         except PushUnavailable as exc:
-            return _error(503, f"Push unavailable: {exc}")
+            return _error(503, f"Push unavailable: {exc}", PUSH_UNAVAILABLE)
         return Response(PushAccepted(data.userId, count), status_code=202)
 
     return push

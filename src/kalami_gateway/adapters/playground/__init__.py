@@ -22,6 +22,7 @@ from litestar import MediaType, Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 
 from kalami_gateway.adapters.asgi import Scope
+from kalami_gateway.adapters.errors import error_body
 
 PAGE_PATH: Final = "/playground"
 TOKEN_PATH: Final = "/playground/token"  # noqa: S105  # a route, not a secret
@@ -73,7 +74,7 @@ def _asset_route(name: str, media_type: str) -> HTTPRouteHandler:
 
 def _refusal(status: int, error: str) -> Response[bytes]:
     return Response(
-        msgspec.json.encode({"error": error}),
+        error_body(status, error),
         status_code=status,
         media_type=MediaType.JSON,
         headers=_TOKEN_HEADERS,

@@ -32,6 +32,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from kalami_gateway.adapters.asgi import Receive, Scope, Send, send_json_error
+from kalami_gateway.adapters.errors import BACKEND_BUSY, NOT_READY
 from kalami_gateway.adapters.http.checks import TrustedPeers, climbs_out
 from kalami_gateway.adapters.proxy.client_body import (
     ClientGone,
@@ -138,7 +139,7 @@ class ApiProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         pool = self._pool
         if pool is None:
-            await send_json_error(send, 503, "Gateway is starting or stopping")
+            await send_json_error(send, 503, "Gateway is starting or stopping", code=NOT_READY)
             return
         try:
             head, body_length, chunked, client = self._request_head(scope, request_id)
@@ -150,7 +151,9 @@ class ApiProxy:
             held = self._in_flight.get(client, 0)
             if held >= per_client:
                 log.warning("proxy_client_over_limit", extra={"client": client.decode("latin-1")})
-                await send_json_error(send, 503, "Backend busy: too many requests from this client")
+                await send_json_error(
+                    send, 503, "Backend busy: too many requests from this client", code=BACKEND_BUSY
+                )
                 return
             self._in_flight[client] = held + 1
         method: str = scope["method"]
@@ -200,7 +203,9 @@ class ApiProxy:
             except PoolExhausted:
                 self._record_error(BackendErrorKind.UNREACHABLE)
                 log.warning("proxy_pool_exhausted")
-                await send_json_error(send, 503, "Backend busy: no connection free")
+                await send_json_error(
+                    send, 503, "Backend busy: no connection free", code=BACKEND_BUSY
+                )
                 return
             except UpstreamTimeout:
                 self._record_error(BackendErrorKind.TIMEOUT)

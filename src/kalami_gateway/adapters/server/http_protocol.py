@@ -41,6 +41,8 @@ from typing import Any, Final, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from kalami_gateway.adapters.errors import error_body
+
 MAX_REQUEST_LINE: Final = 16 * 1024
 # The WebSocket handshake is parsed again by websockets, which fails (and uvicorn then hangs)
 # past 16 KiB in one header line or 128 headers: refused here first, with a status.
@@ -55,9 +57,9 @@ MAX_PIPELINED: Final = 4
 # (so its last answer is not destroyed by a reset), then closed.
 LINGER_SECONDS: Final = 2.0
 _REASONS: Final = {
-    408: (b"Request Timeout", b'{"error":"Request headers timed out"}'),
-    414: (b"URI Too Long", b'{"error":"Request line too long"}'),
-    431: (b"Request Header Fields Too Large", b'{"error":"Request headers too large"}'),
+    408: (b"Request Timeout", error_body(408, "Request headers timed out")),
+    414: (b"URI Too Long", error_body(414, "Request line too long")),
+    431: (b"Request Header Fields Too Large", error_body(431, "Request headers too large")),
 }
 
 
@@ -231,7 +233,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.cycle is not None and self.cycle.response_started:
             self.transport.close()
             return
-        self._answer(408, b'{"error":"Request body timed out"}')
+        self._answer(408, error_body(408, "Request body timed out"))
 
     def _arm(self) -> None:
         if self._header_timer is None:
