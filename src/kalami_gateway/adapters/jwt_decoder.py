@@ -19,19 +19,34 @@ class PyJwtDecoder(TokenDecoder):
 
     Expiry is left to the auth policy, which reads time from the Clock port; pyjwt is only
     asked to insist that ``exp`` and ``sub`` are present.
+
+    During a rotation (``previous``: JWT_PREVIOUS_SECRET) a token whose signature does not
+    match JWT_SECRET is tried with the former secret too; nothing else about it differs.
     """
 
-    def __init__(self, secret: str) -> None:
-        self._secret = secret
+    def __init__(self, secret: str, previous: str = "") -> None:
+        self._secrets = (secret, previous) if previous else (secret,)
 
     def decode(self, token: str) -> Mapping[str, object]:
+        for secret in self._secrets[:-1]:
+            try:
+                return self._decode(token, secret)
+            except InvalidTokenError as exc:
+                if not isinstance(exc.__cause__, jwt.InvalidSignatureError):
+                    raise
+        return self._decode(token, self._secrets[-1])
+
+    @staticmethod
+    def _decode(token: str, secret: str) -> Mapping[str, object]:
         try:
             claims: dict[str, object] = jwt.decode(
                 token,
-                self._secret,
+                secret,
                 algorithms=[ALGORITHM],
                 options={"require": ["exp", "sub"], "verify_exp": False, "verify_sub": False},
             )
+        except jwt.InvalidSignatureError as exc:
+            raise InvalidTokenError(f"{type(exc).__name__}: {exc}") from exc
         except jwt.InvalidTokenError as exc:
             raise InvalidTokenError(f"{type(exc).__name__}: {exc}") from None
         return claims

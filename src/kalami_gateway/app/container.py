@@ -79,7 +79,11 @@ class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
 
     clock = providers.Singleton(SystemClock)
-    token_decoder = providers.Singleton(PyJwtDecoder, secret=settings.provided.jwt_secret)
+    token_decoder = providers.Singleton(
+        PyJwtDecoder,
+        secret=settings.provided.jwt_secret,
+        previous=settings.provided.jwt_previous_secret,
+    )
     auth = providers.Singleton(
         AuthPolicy,
         decoder=token_decoder,

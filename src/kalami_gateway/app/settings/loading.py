@@ -10,9 +10,10 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from kalami_gateway.app.settings.table import TABLE, Settings
+from kalami_gateway.app.settings.variable import Variable
 
 
 class SettingsError(Exception):
@@ -50,6 +51,7 @@ def load_settings(
         env.update(read_env_file(env_file))
     env.update(os.environ if environ is None else environ)
     problems: list[str] = []
+    read_secret_files(env, problems)
     terminal = sys.stderr.isatty() if stderr_is_tty is None else stderr_is_tty
     values: dict[str, Any] = {
         row.field: row.read(env, problems, terminal=terminal) for row in TABLE
@@ -59,6 +61,41 @@ def load_settings(
     if problems:
         raise SettingsError("; ".join(problems))
     return settings
+
+
+FILE_SUFFIX: Final = "_FILE"
+
+
+def read_secret_files(env: dict[str, str], problems: list[str]) -> None:
+    """``NAME_FILE=<path>`` for a secret of the table (JWT_SECRET, JWT_PREVIOUS_SECRET,
+    PUSH_API_KEY, REDIS_URL): the file is read once, now, and its text (one trailing newline
+    taken off, as ``echo`` and editors leave one) is the value, as if ``NAME`` held it. So
+    the secret lives in a file a secret store mounts, never in the process environment or a
+    unit file. Setting both ``NAME`` and ``NAME_FILE`` is refused: which one wins would be a
+    guess."""
+    for row in TABLE:
+        if not row.variable.from_file:
+            continue
+        path = env.get(row.name + FILE_SUFFIX, "").strip()
+        if not path:
+            continue
+        if env.get(row.name, "").strip():
+            problems.append(f"{row.name} and {row.name}{FILE_SUFFIX} are both set: keep one")
+            continue
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{row.name}{FILE_SUFFIX}: cannot read {path}: {_reason(exc)}")
+            continue
+        env[row.name] = text.removesuffix("\n").removesuffix("\r")
+        if not env[row.name] and isinstance(row.variable, Variable):  # a Secret says it itself
+            problems.append(f"{row.name}{FILE_SUFFIX}: {path} is empty")
+
+
+def _reason(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return "not UTF-8 text"
 
 
 def cluster_problems(settings: Settings) -> list[str]:

@@ -99,6 +99,17 @@ def key_prefix(raw: str) -> str:
     return raw
 
 
+def secret_of(min_length: int) -> Callable[[str], str]:
+    """A secret of at least ``min_length`` characters, taken as written."""
+
+    def secret(raw: str) -> str:
+        if len(raw) < min_length:
+            raise ValueError(f"expected at least {min_length} characters")
+        return raw
+
+    return secret
+
+
 def push_key(raw: str) -> str:
     if len(raw) < MIN_PUSH_KEY_LENGTH:
         raise ValueError(f"expected at least {MIN_PUSH_KEY_LENGTH} characters")

@@ -46,6 +46,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             JWT_SETUP_HINT,
         ),
     ]
+    jwt_previous_secret: Annotated[
+        str,
+        Variable(
+            "JWT_PREVIOUS_SECRET",
+            parse.secret_of(MIN_SECRET_LENGTH),
+            "a former JWT_SECRET, still accepted on tokens during a rotation (32+ characters)",
+            default_text="empty: none",
+            shown=parse.length_only,
+            from_file=True,
+        ),
+    ] = ""  # empty: only JWT_SECRET verifies
     gateway_host: Annotated[str, Variable("GATEWAY_HOST", parse.host, "address to listen on")] = (
         "0.0.0.0"  # noqa: S104  # a gateway listens on every interface by default
     )
@@ -217,6 +228,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "Redis for the cluster (empty: one process)",
             default_text="empty",
             shown=parse.without_password,
+            from_file=True,
         ),
     ] = ""  # empty: one process, the in-memory directory
     redis_key_prefix: Annotated[
@@ -239,6 +251,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "enables POST /internal/push (16+ characters)",
             default_text="empty: disabled",
             shown=parse.length_only,
+            from_file=True,
         ),
     ] = ""  # empty: POST /internal/push is disabled (404)
     workers: Annotated[
@@ -358,7 +371,12 @@ ENVIRONMENT: Final = tuple((row.name, row.variable.help, row.default_text) for r
 def environment_help() -> str:
     """Every variable, what it means and its default: `kalami-gateway serve --help` prints it."""
     width = max(len(name) for name, _, _ in ENVIRONMENT)
-    lines = ["environment variables:"]
+    secrets = ", ".join(row.name for row in TABLE if row.variable.from_file)
+    lines = [
+        f"secrets ({secrets}): or NAME_FILE=<path>, the value read from that file at start",
+        "",
+        "environment variables:",
+    ]
     lines += [
         f"  {name:<{width}}  {meaning} (default: {default})"
         for name, meaning, default in ENVIRONMENT

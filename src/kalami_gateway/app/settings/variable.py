@@ -28,6 +28,7 @@ class Variable(Generic[T]):
     default_text: str | None = None  # the default in words, when the value does not say it
     on_terminal: T | None = None  # the default instead when stderr is a terminal
     shown: Callable[[str], str] = repr  # a bad value as the message repeats it
+    from_file: bool = False  # a secret: NAME_FILE may name a file holding it instead
 
     def read(self, env: Mapping[str, str], default: T, problems: list[str]) -> T:
         """Its value in ``env``, else ``default``; a bad one is added to ``problems``."""
@@ -50,6 +51,7 @@ class Secret:
     help: str
     min_length: int
     setup_hint: str
+    from_file: bool = True  # JWT_SECRET_FILE may name a file holding it instead
 
     @property
     def default_text(self) -> str | None:
