@@ -58,7 +58,7 @@ def emitted() -> dict[str, tuple[set[str], set[str]]]:
                 if keyword.arg == "extra":
                     assert isinstance(keyword.value, ast.Dict), f"{path}:{node.lineno}"
                     fields.update(
-                        k.value for k in keyword.value.keys if isinstance(k, ast.Constant)
+                        str(k.value) for k in keyword.value.keys if isinstance(k, ast.Constant)
                     )
                 elif keyword.arg not in ("exc_info", "stack_info"):
                     assert keyword.arg is not None, f"{path}:{node.lineno}"
