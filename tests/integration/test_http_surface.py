@@ -90,6 +90,8 @@ async def test_the_gateways_own_refusals_have_one_shape(
         await client.post(token, content=b"sub=me", headers=plain), 415, "unsupported_media_type"
     )
     assert_error(await client.post(token, json={"sub": ""}, headers=own), 400, "bad_request")
+    preflight = {"origin": "https://elsewhere.example", "access-control-request-method": "POST"}
+    assert_error(await client.options(token, headers=preflight), 403, "forbidden")
 
 
 async def test_refusals_written_by_the_server_protocol_have_the_same_shape(

@@ -19,6 +19,7 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components
 
 from kalami_gateway import __version__
 from kalami_gateway.adapters.asgi import ASGIApp, Receive, Scope, Send, send_json_error
@@ -38,6 +39,7 @@ from kalami_gateway.adapters.http import (
     metrics,
     push_route,
     readiness,
+    security_schemes,
     stats,
     ws_route,
 )
@@ -251,13 +253,27 @@ SCHEMA_PATH: Final = "/schema/openapi.json"
 def openapi_config() -> OpenAPIConfig:
     """The schema at /schema/openapi.json (the push API is documented there), and nothing
     else under /schema: Litestar's Swagger UI, ReDoc and the rest load their scripts from a
-    CDN, and a gateway must not make an operator's browser fetch code from a third party."""
+    CDN, and a gateway must not make an operator's browser fetch code from a third party.
+
+    Each route declares every status it answers, typed (tests/integration/test_openapi.py
+    drives each into each); what any path may be answered, whatever its route, is said once,
+    in the description."""
     return OpenAPIConfig(
         title="Kalami Gateway",
         version=__version__,
         path=SCHEMA_PREFIX,
         render_plugins=[JsonRenderPlugin()],
-        description="The gateway's own HTTP routes. /ws and /api/* are described in the README.",
+        description=(
+            "The gateway's own HTTP routes. Every error the gateway answers itself has one "
+            'body, HttpError: {"error": "<for a person>", "code": "<for a program>"} (the '
+            'codes: README, "Errors"). Each route declares its own answers; besides them, '
+            "any request may be answered 400 invalid_host (Host missing, repeated or "
+            "malformed), 404 not_found (no such route), 405 method_not_allowed, or, before it "
+            "is read, 408, 414 or 431, each with that body. /ws (a WebSocket, opened with a "
+            "learner's JWT: OpenAPI describes no WebSocket) and /api/* (relayed to the "
+            "backend, its answers its own) are described in the README."
+        ),
+        components=Components(security_schemes=dict(security_schemes())),
     )
 
 

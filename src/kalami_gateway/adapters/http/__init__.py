@@ -14,6 +14,7 @@ from kalami_gateway.adapters.http.routes import (
     metrics,
     push_route,
     readiness,
+    security_schemes,
     stats,
 )
 from kalami_gateway.adapters.http.websocket import SameOrigin, SendLimits, ws_route
@@ -34,6 +35,7 @@ __all__ = [
     "metrics",
     "push_route",
     "readiness",
+    "security_schemes",
     "stats",
     "valid_host",
     "ws_route",

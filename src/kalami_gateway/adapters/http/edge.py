@@ -21,7 +21,7 @@ from typing import Final
 import structlog
 
 from kalami_gateway.adapters.asgi import ASGIApp, Message, Receive, Scope, Send, send_json_error
-from kalami_gateway.adapters.errors import INVALID_HOST
+from kalami_gateway.adapters.errors import INVALID_HOST, error_body
 from kalami_gateway.adapters.http.checks import valid_host
 
 ProxyCall = Callable[[Scope, Receive, Send, str], Awaitable[None]]
@@ -71,6 +71,9 @@ class CorsPolicy:
         if requested_headers:
             headers.append((b"access-control-allow-headers", requested_headers))
         return headers
+
+
+_ORIGIN_REFUSED: Final = error_body(403, "Origin not allowed")
 
 
 def _unserved_schema_page(path: str, prefix: str, served: str) -> bool:
@@ -209,7 +212,7 @@ class HttpEdge:
         allowed: bool = True,
     ) -> int:
         if not allowed or not self._cors.allows(origin):
-            body = b'{"error":"Origin not allowed"}'
+            body = _ORIGIN_REFUSED
             status = 403
             headers = [(b"content-type", b"application/json")]
         else:

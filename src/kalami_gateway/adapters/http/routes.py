@@ -1,5 +1,11 @@
 """The gateway's own HTTP routes (Litestar): service info, health, readiness, stats, metrics,
-and the push API."""
+and the push API.
+
+Each route's schema entry (/schema/openapi.json) declares every status it answers, each with
+its body's type: the Structs of ``bodies``, and ``HttpError`` for every error the gateway
+answers itself. Litestar's own answers that belong to no route (an unknown path's 404, a wrong
+method's 405) are in that shape too (``gateway_errors``).
+"""
 
 from __future__ import annotations
 
@@ -9,23 +15,40 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Annotated, Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import (
-    HTTPException,
-    NotAuthorizedException,
-    NotFoundException,
-)
+from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+    SecurityScheme,
+)
 from litestar.params import SkipValidation
 
 from kalami_gateway import __version__
 from kalami_gateway.adapters.errors import PUSH_UNAVAILABLE, HttpError, code_for
+from kalami_gateway.adapters.http.bodies import (
+    BackendState,
+    ClusterStats,
+    ConnectionStats,
+    Health,
+    PushAccepted,
+    PushRequest,
+    Readiness,
+    ReadyStatus,
+    RedisState,
+    ServiceInfo,
+    SessionStats,
+    Stats,
+)
 from kalami_gateway.adapters.metrics import CONTENT_TYPE, PrometheusMetrics
 from kalami_gateway.application.service import GatewayService
 from kalami_gateway.domain.ports import (
@@ -56,12 +79,6 @@ KNOWN_ROUTES: Final = (
 # SkipValidation (Litestar cannot isinstance-check a Protocol, and need not check our objects).
 
 
-class ServiceInfo(msgspec.Struct, frozen=True):
-    name: str
-    version: str
-    endpoints: dict[str, str]  # what each route is for -> its path, as this gateway serves
-
-
 def index_route(extra: dict[str, str]) -> HTTPRouteHandler:
     """``GET /``: every route the running configuration serves (``extra``: those a setting
     turns on, the playground and the push API; ``api`` only where ``/api`` is proxied)."""
@@ -79,88 +96,104 @@ def index_route(extra: dict[str, str]) -> HTTPRouteHandler:
         },
     )
 
-    @get("/", sync_to_thread=False)
+    @get(
+        "/",
+        sync_to_thread=False,
+        operation_id="index",
+        summary="What this gateway is and the routes it serves",
+        response_description="The service, its version, and each route's path",
+    )
     def index() -> ServiceInfo:
         return info
 
     return index
 
 
-@get("/health", sync_to_thread=False)
-def health() -> dict[str, str]:
-    return {"status": "healthy", "service": SERVICE, "version": __version__}
+@get(
+    "/health",
+    sync_to_thread=False,
+    operation_id="health",
+    summary="Liveness: the process answers",
+    response_description="Always healthy while the process answers",
+)
+def health() -> Health:
+    return Health("healthy", SERVICE, __version__)
 
 
-@get("/health/ready")
+@get(
+    "/health/ready",
+    operation_id="readiness",
+    summary="Readiness: the backend (and Redis, when configured) can be reached",
+    response_description="Ready: the backend answers its health check (and Redis is connected)",
+    responses={
+        503: ResponseSpec(
+            Readiness,
+            description=(
+                "Not ready: the backend unhealthy (degraded) or unreachable (not ready), "
+                "or Redis unreachable (degraded)"
+            ),
+            generate_examples=False,
+        )
+    },
+)
 async def readiness(
     service: SkipValidation[GatewayService],
     directory: SkipValidation[ConnectionDirectory],
     cluster: SkipValidation[bool],
     stub: SkipValidation[bool],
-) -> Response[dict[str, str]]:
+) -> Response[Readiness]:
     verdict = await service.backend_health()
-    body = {"status": "ready", "backend": "connected"}
+    status: ReadyStatus = "ready"
+    backend: BackendState = "connected"
+    api: Literal["not served"] | msgspec.UnsetType = msgspec.UNSET
     if stub:
         # Sessions and turns go to the in-process stub; nothing is proxied (/api is 404).
-        body = {"status": "ready", "backend": "stub", "api": "not served"}
+        backend, api = "stub", "not served"
     elif verdict is BackendHealth.UNHEALTHY:
-        body = {"status": "degraded", "backend": "unhealthy"}
+        status, backend = "degraded", "unhealthy"
     elif verdict is BackendHealth.UNREACHABLE:
-        body = {"status": "not ready", "backend": "unreachable"}
+        status, backend = "not ready", "unreachable"
+    redis: RedisState | msgspec.UnsetType = msgspec.UNSET
     if cluster:
         await directory.counts()  # asks Redis, unless an outage is being waited out
         redis_up = directory.reachable()
-        body["redis"] = "connected" if redis_up else "unreachable"
-        if not redis_up and body["status"] == "ready":
-            body["status"] = "degraded"
-    return Response(body, status_code=200 if body["status"] == "ready" else 503)
+        redis = "connected" if redis_up else "unreachable"
+        if not redis_up and status == "ready":
+            status = "degraded"
+    body = Readiness(status, backend, api, redis)
+    return Response(body, status_code=200 if status == "ready" else 503)
 
 
-@get("/stats")
+@get(
+    "/stats",
+    operation_id="stats",
+    summary="Connection counts: this instance's, the cluster's, parked sessions",
+    response_description="The counts",
+)
 async def stats(
     service: SkipValidation[GatewayService], directory: SkipValidation[ConnectionDirectory]
-) -> dict[str, Any]:
+) -> Stats:
     mine = service.instance_stats()
     cluster = await directory.counts()
-    return {
-        "websocket": {
-            "connections": mine.connections,
-            "users": mine.users,
-            "acceptedTotal": mine.accepted_total,
-            "peakConnections": mine.peak_connections,
-        },
-        "cluster": {
-            "instances": cluster.instances,
-            "connections": cluster.connections,
-            "users": cluster.users,
-        },
-        # Waiting for their client to resume (cluster-wide on Redis; null while it is away).
-        "sessions": {"parked": await service.parked_sessions()},
-    }
+    return Stats(
+        ConnectionStats(mine.connections, mine.users, mine.accepted_total, mine.peak_connections),
+        ClusterStats(cluster.instances, cluster.connections, cluster.users),
+        SessionStats(await service.parked_sessions()),
+    )
 
 
-@get("/metrics", media_type=MediaType.TEXT)
+@get(
+    "/metrics",
+    media_type=MediaType.TEXT,
+    operation_id="metrics",
+    summary="Prometheus metrics",
+    response_description="The Prometheus text exposition format",
+)
 async def metrics(
     prometheus: SkipValidation[PrometheusMetrics], directory: SkipValidation[ConnectionDirectory]
 ) -> Response[bytes]:
     prometheus.cluster(await directory.counts())
     return Response(prometheus.render(), media_type=CONTENT_TYPE)
-
-
-class PushRequest(msgspec.Struct, frozen=True):
-    """What the backend sends to reach a learner's devices."""
-
-    userId: Annotated[str, msgspec.Meta(min_length=1, description="The learner (a token's sub)")]
-    payload: Annotated[dict[str, Any], msgspec.Meta(description="Any JSON object")]
-
-
-class PushAccepted(msgspec.Struct, frozen=True):
-    userId: str
-    connections: int  # the user's open connections in the directory when it was published
-
-
-class PushError(msgspec.Struct, frozen=True):
-    error: str
 
 
 class InvalidPush(Exception):
@@ -271,15 +304,36 @@ class _PushOperation(Operation):
         )
 
 
-def _push_responses() -> dict[int, ResponseSpec]:
+# The push route's security scheme, by the name its schema entry gives it.
+PUSH_AUTH: Final = "pushApiKey"
+
+
+def security_schemes() -> dict[str, SecurityScheme]:
+    """The security schemes the routes name, for the schema's ``components``. The push API
+    key is a bearer token: a shared secret, compared as sent, not a JWT. (/ws, opened with a
+    learner's JWT, has no entry to name a scheme from: OpenAPI describes no WebSocket.)"""
     return {
-        status: ResponseSpec(PushError, description=description, generate_examples=False)
-        for status, description in (
-            (401, "Missing or wrong push API key"),
-            (413, "Body over 64 KiB"),
-            (422, "Not JSON, wrong shape, a repeated key, or nested too deep"),
-            (503, "Redis unreachable"),
+        PUSH_AUTH: SecurityScheme(
+            type="http",
+            scheme="bearer",
+            description="The PUSH_API_KEY setting: Authorization: Bearer <PUSH_API_KEY>",
         )
+    }
+
+
+def _push_responses() -> dict[int, ResponseSpec]:
+    accepted = "Published to every instance; connections: the user's open connections"
+    return {
+        202: ResponseSpec(PushAccepted, description=accepted, generate_examples=False),
+        **{
+            status: ResponseSpec(HttpError, description=description, generate_examples=False)
+            for status, description in (
+                (401, "Missing or wrong push API key (unauthorized)"),
+                (413, "Body over 64 KiB (payload_too_large)"),
+                (422, "Not JSON, wrong shape, a repeated key or too deep (invalid_payload)"),
+                (503, "Redis unreachable (push_unavailable)"),
+            )
+        },
     }
 
 
@@ -315,6 +369,8 @@ def push_route(api_key: str, provide_bus: Callable[[], PushBus]) -> HTTPRouteHan
         exception_handlers={HTTPException: gateway_errors},
         operation_class=_PushOperation,
         responses=_push_responses(),
+        security=[{PUSH_AUTH: []}],
+        operation_id="push",
         summary="Push a message to every open connection of a user, on every instance",
         description=(
             "Authorization: Bearer <PUSH_API_KEY>. Every open connection of the user receives "

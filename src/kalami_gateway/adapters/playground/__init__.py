@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any, Final, cast
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 
 from kalami_gateway.adapters.asgi import Scope
-from kalami_gateway.adapters.errors import error_body
+from kalami_gateway.adapters.errors import HttpError, error_body
 
 PAGE_PATH: Final = "/playground"
 TOKEN_PATH: Final = "/playground/token"  # noqa: S105  # a route, not a secret
@@ -42,9 +45,15 @@ _HEADERS: Final = {
 }
 
 
+MAX_SUB_CHARS: Final = 256
+MIN_TTL: Final = 10  # seconds
+MAX_TTL: Final = 86_400
+DEFAULT_TTL: Final = 3600
+
+
 class TokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    sub: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-    ttl: Annotated[int, msgspec.Meta(ge=10, le=86_400)] = 3600  # seconds
+    sub: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SUB_CHARS)]
+    ttl: Annotated[int, msgspec.Meta(ge=MIN_TTL, le=MAX_TTL)] = DEFAULT_TTL  # seconds
 
 
 class TokenIssued(msgspec.Struct, frozen=True):
@@ -56,6 +65,53 @@ Mint = Callable[[str, float], str]  # (sub, expires_at) -> a token the gateway a
 JudgeOrigin = Callable[[Scope], tuple[str | None, bool]]
 _TOKEN_HEADERS: Final = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _TOKEN_REQUEST: Final = msgspec.json.Decoder(TokenRequest)
+
+
+@dataclass
+class _TokenOperation(Operation):
+    """The token route's schema entry: the handler reads its body itself (after the Origin
+    and Content-Type checks), so Litestar cannot see the body's shape and is told it here."""
+
+    def __post_init__(self) -> None:
+        body = Schema(
+            type=OpenAPIType.OBJECT,
+            required=["sub"],
+            properties={
+                "sub": Schema(
+                    type=OpenAPIType.STRING,
+                    min_length=1,
+                    max_length=MAX_SUB_CHARS,
+                    description="The learner the token is for",
+                ),
+                "ttl": Schema(
+                    type=OpenAPIType.INTEGER,
+                    minimum=MIN_TTL,
+                    maximum=MAX_TTL,
+                    default=DEFAULT_TTL,
+                    description="Seconds until the token expires",
+                ),
+            },
+            additional_properties=False,
+        )
+        self.request_body = RequestBody(
+            content={"application/json": OpenAPIMediaType(schema=body)}, required=True
+        )
+
+
+def _token_responses() -> dict[int, ResponseSpec]:
+    issued = "A token for sub, expiring in ttl seconds, that this gateway accepts"
+    return {
+        200: ResponseSpec(TokenIssued, description=issued, generate_examples=False),
+        **{
+            status: ResponseSpec(HttpError, description=description, generate_examples=False)
+            for status, description in (
+                (400, "Not JSON, or not {sub, ttl} within their limits (bad_request)"),
+                (403, "No Origin, or not the gateway's own site (forbidden)"),
+                (413, f"Body over {MAX_TOKEN_REQUEST_BYTES // 1024} KiB (payload_too_large)"),
+                (415, "Not Content-Type: application/json (unsupported_media_type)"),
+            )
+        },
+    }
 
 
 def _asset(name: str) -> str:
@@ -99,7 +155,14 @@ def playground_routes(
     own page)."""
     page = _asset("index.html").replace("{{MODE}}", "stub" if stub_mode else "http")
 
-    @get(PAGE_PATH, media_type=MediaType.HTML, sync_to_thread=False, include_in_schema=False)
+    @get(
+        PAGE_PATH,
+        media_type=MediaType.HTML,
+        sync_to_thread=False,
+        operation_id="playgroundPage",
+        summary="The browser playground",
+        response_description="The page (its script and stylesheet are under /playground/)",
+    )
     def playground_page() -> Response[str]:
         return Response(page, media_type=MediaType.HTML, headers=_HEADERS)
 
@@ -113,7 +176,15 @@ def playground_routes(
             TOKEN_PATH,
             status_code=200,
             request_max_body_size=MAX_TOKEN_REQUEST_BYTES,
-            include_in_schema=False,
+            operation_class=_TokenOperation,
+            responses=_token_responses(),
+            operation_id="playgroundToken",
+            summary="A development token, for the playground page only (BACKEND_MODE=stub only)",
+            description=(
+                "Only the playground page itself may ask: a request needs an Origin naming "
+                "the gateway's own site and a JSON body, and is never answered with CORS "
+                "headers."
+            ),
         )
         async def playground_token(request: Request[Any, Any, Any]) -> Response[bytes]:
             scope = cast("Scope", request.scope)
