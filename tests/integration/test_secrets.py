@@ -55,3 +55,20 @@ async def test_during_a_rotation_tokens_of_both_secrets_connect_and_no_other(
                 assert (await recv_json(ws))["type"] == "connected"
         async with connect(url + token("another-secret-" + "0" * 32, "forged")) as ws:
             assert await closed_with(ws) == (4002, "Invalid token")
+
+
+async def test_during_a_push_key_rotation_both_keys_push_and_no_other() -> None:
+    old, new = "former-push-key-0123", "current-push-key-4567"
+    statuses = []
+    async with (
+        serving(PUSH_API_KEY=new, PUSH_PREVIOUS_API_KEY=old) as served,
+        httpx.AsyncClient() as client,
+    ):
+        for key in (new, old, "another-push-key-890", f"{new}{old}"):
+            pushed = await client.post(
+                f"{served.http}/internal/push",
+                headers={"authorization": f"Bearer {key}"},
+                json={"userId": "nobody", "payload": {}},
+            )
+            statuses.append(pushed.status_code)
+    assert statuses == [202, 202, 401, 401]

@@ -101,7 +101,11 @@ class GatewayApp:
             ws_route(self.provide_service, send_limits, origins),
         ]
         if settings.push_api_key:
-            handlers.append(push_route(settings.push_api_key, self.provide_push_bus))
+            handlers.append(
+                push_route(
+                    settings.push_api_key, self.provide_push_bus, settings.push_previous_api_key
+                )
+            )
         if settings.playground_enabled:
             secret = settings.jwt_secret
             handlers += playground_routes(

@@ -81,3 +81,8 @@ def test_other_settings_have_no_file_form(tmp_path: Path) -> None:
     path.write_text("4000", encoding="utf-8")
     settings = load_settings({"JWT_SECRET": SECRET, "GATEWAY_PORT_FILE": str(path)}, None)
     assert settings.gateway_port == 3000
+
+
+def test_a_previous_push_key_needs_a_current_one() -> None:
+    with pytest.raises(SettingsError, match="PUSH_PREVIOUS_API_KEY needs PUSH_API_KEY"):
+        load({"JWT_SECRET": SECRET, "PUSH_PREVIOUS_API_KEY": "k" * 20})

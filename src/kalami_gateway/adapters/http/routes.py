@@ -337,15 +337,20 @@ def _push_responses() -> dict[int, ResponseSpec]:
     }
 
 
-def push_route(api_key: str, provide_bus: Callable[[], PushBus]) -> HTTPRouteHandler:
+def push_route(
+    api_key: str, provide_bus: Callable[[], PushBus], previous_key: str = ""
+) -> HTTPRouteHandler:
     """``POST /internal/push``: exists only when PUSH_API_KEY is set (otherwise 404).
 
     Only the raw path ``/internal/push`` reaches it. Litestar routes on the decoded,
     normalised path, so ``/%69nternal/push``, ``/internal%2Fpush``, ``//internal/push`` and
     ``/internal/push/`` would all arrive here, past a load balancer's rule on the raw
     prefix ``/internal/``; they get 404 instead, before the key is looked at (the route does
-    not exist there)."""
-    expected = f"Bearer {api_key}".encode()
+    not exist there).
+
+    ``previous_key`` (PUSH_PREVIOUS_API_KEY): during a rotation, the former key is accepted
+    too. Both are compared, always, in constant time."""
+    keys = [f"Bearer {key}".encode() for key in (api_key, previous_key) if key]
     exact_path = PUSH_PATH.encode()
 
     def require_exact_path(
@@ -358,7 +363,9 @@ def push_route(api_key: str, provide_bus: Callable[[], PushBus]) -> HTTPRouteHan
 
     def require_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         given = connection.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):  # constant time
+        # Every key is compared (no early exit): the time taken says nothing about which.
+        matches = [hmac.compare_digest(given, key) for key in keys]
+        if not any(matches):
             raise NotAuthorizedException("Missing or wrong push API key")
 
     @post(

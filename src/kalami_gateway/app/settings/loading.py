@@ -100,9 +100,15 @@ def _reason(exc: OSError | UnicodeDecodeError) -> str:
 
 def cluster_problems(settings: Settings) -> list[str]:
     """What is wrong with the settings as a whole (each value may be fine on its own)."""
+    problems = []
     if settings.workers > 1 and not settings.redis_url:
-        return [
+        problems.append(
             f"WORKERS={settings.workers} needs REDIS_URL: every worker is an instance of the "
             "cluster, and the instances share their connection directory through Redis"
-        ]
-    return []
+        )
+    if settings.push_previous_api_key and not settings.push_api_key:
+        problems.append(
+            "PUSH_PREVIOUS_API_KEY needs PUSH_API_KEY: the former key is accepted beside the "
+            "current one, never alone"
+        )
+    return problems

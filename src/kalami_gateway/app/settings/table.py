@@ -254,6 +254,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             from_file=True,
         ),
     ] = ""  # empty: POST /internal/push is disabled (404)
+    push_previous_api_key: Annotated[
+        str,
+        Variable(
+            "PUSH_PREVIOUS_API_KEY",
+            parse.push_key,
+            "during a rotation, the former PUSH_API_KEY, still accepted (16+ characters)",
+            default_text="empty: none",
+            shown=parse.length_only,
+            from_file=True,
+        ),
+    ] = ""  # empty: only PUSH_API_KEY opens the push route
     workers: Annotated[
         int,
         Variable(
