@@ -2,9 +2,10 @@
 
 JSON lines in production, pretty console output in development. Secrets never reach a log
 line, at any level or format: the last processor before rendering masks ``token=...`` and
-``resume=...`` (uvicorn logs WebSocket paths; a resume token carries a session on) and the
+``resume=...`` (uvicorn logs WebSocket paths; a resume token carries a session on), the
 values of ``Authorization``, ``Proxy-Authorization``, ``Cookie`` and ``Set-Cookie`` (at debug,
-uvicorn logs every handshake header) in every string of the event, tracebacks included.
+uvicorn logs every handshake header) and ``bearer.<token>`` entries (a browser's token, in
+``Sec-WebSocket-Protocol``) in every string of the event, tracebacks included.
 Tracebacks are rendered as plain text, never with local variables (the console renderer's
 default would print a request's headers).
 """
@@ -26,6 +27,8 @@ _SECRET_HEADER_IN_TEXT: Final = re.compile(
     r"((?:proxy-)?authorization|set-cookie|cookie)(\s*[:=]\s*|['\"]\s*[:,]\s*b?['\"])[^\r\n'\"]*",
     re.IGNORECASE,
 )
+# "< Sec-WebSocket-Protocol: kalami.v1, bearer.x", "['kalami.v1', 'bearer.x']"
+_BEARER_ENTRY_IN_TEXT: Final = re.compile(r"(bearer\.)[^\s,;'\"\]]+", re.IGNORECASE)
 _SECRET_KEYS: Final = frozenset({"token", "resume_token", "authorization", "cookie", "set-cookie"})
 _LEVELS: Final = {
     "debug": logging.DEBUG,
@@ -42,6 +45,8 @@ def redact(text: str) -> str:
         text = _TOKEN_IN_TEXT.sub(r"\1[redacted]", text)
     if "authorization" in lower or "cookie" in lower:
         text = _SECRET_HEADER_IN_TEXT.sub(r"\1\2[redacted]", text)
+    if "bearer." in lower:
+        text = _BEARER_ENTRY_IN_TEXT.sub(r"\1[redacted]", text)
     return text
 
 

@@ -1,9 +1,10 @@
 """``kalami-gateway talk``: one voice turn from an audio file, the way a phone would do it.
 
-Connects, starts a session, streams the file in ~100 ms frames, stops recording, prints every
-server message readably, saves the tutor's audio, and ends the session. If the socket drops
-while the turn is being processed, it reconnects once with the connection's resume token
-(to ``--resume-url``, another instance, if given) and takes the turn's replies there.
+Connects (the token in an ``Authorization`` header, never in the URL), starts a session,
+streams the file in ~100 ms frames, stops recording, prints every server message readably,
+saves the tutor's audio, and ends the session. If the socket drops while the turn is being
+processed, it reconnects once with the connection's resume token (to ``--resume-url``,
+another instance, if given) and takes the turn's replies there.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.typing import Subprotocol
 
 from kalami_gateway.adapters.jwt_decoder import mint_token
 from kalami_gateway.app.logs import redact
 from kalami_gateway.app.settings import SettingsError, load_settings
+from kalami_gateway.domain.auth import PROTOCOL_VERSION
 from kalami_gateway.domain.protocol import AUDIO_FORMATS
 
 # 100 ms of compressed speech (opus/aac/mp3 at up to 128 kbit/s) when the file says no rate.
@@ -97,14 +100,21 @@ async def _talk(args: argparse.Namespace, audio: bytes, audio_format: str, chunk
     except ConnectionClosed as exc:
         raise TalkError(f"the gateway closed the connection: {_closed(exc)}") from None
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-        # websockets' message repeats the whole URI, token included: never print that.
+        # websockets' message repeats the whole URI, a resume token included: never print that.
         raise TalkError(f"cannot reach the gateway at {url}: {redact(str(exc))}") from None
     return 0
 
 
 def _connect(url: str, token: str, resume: str | None = None) -> connect:
-    query = f"?token={token}" + (f"&resume={resume}" if resume else "")
-    return connect(url + query, max_size=None, open_timeout=10)
+    """The token goes in an ``Authorization`` header, not the URL (a URL ends up in proxy and
+    load-balancer access logs); ``kalami.v1`` is offered, the protocol version talk speaks."""
+    return connect(
+        url + (f"?resume={resume}" if resume else ""),
+        additional_headers={"Authorization": f"Bearer {token}"},
+        subprotocols=[Subprotocol(PROTOCOL_VERSION)],
+        max_size=None,
+        open_timeout=10,
+    )
 
 
 def _closed(exc: ConnectionClosed) -> str:

@@ -22,9 +22,10 @@ from kalami_gateway.domain.rate import TokenBucket, bucket
 log = logging.getLogger(__name__)
 
 TOO_MANY_REASON: Final = "Too many connections"
-TOO_MANY_STARTS: Final = (
+TOO_MANY_STARTS: Final = p.Problem(
     "Too many sessions started in the last minute; wait a few seconds, then send "
-    "start_session again."
+    "start_session again.",
+    p.ErrorCode.RATE_LIMITED,
 )
 
 

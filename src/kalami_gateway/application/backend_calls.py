@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Mapping
+from typing import Final, TypeVar
 
 from kalami_gateway.application.limits import ServiceLimits
+from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain.ports import (
     Backend,
     BackendError,
@@ -20,6 +21,23 @@ from kalami_gateway.domain.ports import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# The code a failed call's error carries, by the way it failed (the same words as the HTTP
+# side's 502 and 504 where the meaning is the same).
+BACKEND_ERROR_CODES: Final[Mapping[BackendErrorKind, p.ErrorCode]] = {
+    BackendErrorKind.UNREACHABLE: p.ErrorCode.BACKEND_UNAVAILABLE,
+    BackendErrorKind.TIMEOUT: p.ErrorCode.BACKEND_TIMEOUT,
+    BackendErrorKind.REJECTED: p.ErrorCode.BACKEND_REJECTED,
+    BackendErrorKind.INVALID_REPLY: p.ErrorCode.BACKEND_INVALID_REPLY,
+}
+
+
+def backend_problem(exc: BackendError, message: str) -> p.Problem:
+    """What the client is told of a failed backend call: ``message`` (which names the call and
+    carries ``exc.detail``), the code of the way it failed, and the backend's status when it
+    rejected the call."""
+    status = exc.status if exc.kind is BackendErrorKind.REJECTED else None
+    return p.Problem(message, BACKEND_ERROR_CODES[exc.kind], status=status)
 
 
 class BackendCalls:

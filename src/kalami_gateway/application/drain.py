@@ -16,9 +16,8 @@ from kalami_gateway.application.cleanup import SessionCleanup
 from kalami_gateway.application.connections import Connection, Connections
 from kalami_gateway.application.limits import ServiceLimits
 from kalami_gateway.application.parked import ParkedSessions
-from kalami_gateway.application.resume import LOST_REPLY
+from kalami_gateway.application.resume import TURN_LOST
 from kalami_gateway.application.tasks import Sleep, wait_within
-from kalami_gateway.domain import session as s
 from kalami_gateway.domain.auth import CloseCode
 
 SHUTDOWN_REASON: Final = "Server shutting down"
@@ -81,4 +80,4 @@ class Drain:
             with contextlib.suppress(asyncio.CancelledError):
                 await turn
             if self.restarts:
-                await self._parked.keep_outcome(conn, s.TurnFailed(LOST_REPLY))
+                await self._parked.keep_outcome(conn, TURN_LOST)

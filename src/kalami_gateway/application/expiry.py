@@ -59,9 +59,9 @@ class TokenExpiry:
 
     async def refresh(self, conn: Connection, token: str) -> None:
         verdict = self._auth.refresh(conn.principal.user_id, token, self._clock.now())
-        if isinstance(verdict, str):
+        if isinstance(verdict, p.Problem):
             log.info("ws_refresh_refused", extra={"connection_id": conn.id})
-            await conn.channel.send(p.error(verdict))
+            await conn.channel.send(p.error(verdict, "refresh"))
             return
         conn.principal = verdict
         conn.token = token  # the bearer of every later backend call

@@ -27,6 +27,9 @@ RESUMED_ELSEWHERE_REASON: Final = "Session resumed elsewhere"
 LOST_REPLY: Final = (
     "The reply to your last utterance was lost while the session moved; please say it again."
 )
+# A lost turn's error answers no message of the connection that hears it (the turn was asked
+# for on an earlier one).
+TURN_LOST: Final = s.TurnFailed(p.Problem(LOST_REPLY, p.ErrorCode.TURN_LOST))
 # While the old connection lets go of the session, the claim is tried again this often
 # (for up to pk.TAKEOVER_SECONDS).
 TAKEOVER_POLL_SECONDS: Final = 0.02
@@ -61,7 +64,7 @@ class Resumption:
         """Carry on the session ``resume_token`` names: ``session_resumed``, then what was kept
         for it, then (through ``forwarded``) the rest of a turn still running elsewhere."""
         if self._parking is None:
-            await conn.channel.send(p.error(pk.refusal_message(pk.Refusal.DISABLED)))
+            await conn.channel.send(p.error(pk.refusal_problem(pk.Refusal.DISABLED)))
             return
         self._connections.begin_resume(conn)  # forwarded messages wait for the kept ones
         try:
@@ -72,7 +75,7 @@ class Resumption:
             self._connections.end_resume(conn)
             why = claim.refusal if isinstance(claim, pk.ResumeRefused) else pk.Refusal.STILL_HELD
             log.info("ws_resume_refused", extra={"connection_id": conn.id, "why": why.name})
-            await conn.channel.send(p.error(pk.refusal_message(why)))
+            await conn.channel.send(p.error(pk.refusal_problem(why)))
             return
         record = claim.record
         conn.session_key = record.key
@@ -94,7 +97,7 @@ class Resumption:
             )
         )
         if claim.dropped:
-            await conn.channel.send(p.error(pk.dropped_message(claim.dropped)))
+            await conn.channel.send(p.error(pk.dropped_problem(claim.dropped)))
         await self._send_kept(conn, claim.kept)
         if conn.state.phase is s.Phase.PROCESSING:
             self._watch_remote_turn(conn)
@@ -177,6 +180,6 @@ class Resumption:
         async def watch() -> None:
             await self._sleep(self._remote_turn_deadline)
             conn.watchdog = None
-            await self._apply(conn, s.TurnFailed(LOST_REPLY))
+            await self._apply(conn, TURN_LOST)
 
         conn.watchdog = asyncio.create_task(watch())

@@ -144,7 +144,7 @@ class GatewayService(ParkingEvents):
         message = p.decode_client_message(frame)
         if isinstance(message, p.ProtocolError):
             self._metrics.message_received("invalid")
-            await conn.channel.send(p.error(message.message))
+            await conn.channel.send(p.error(message.problem, message.in_reply_to))
             return
         self._metrics.message_received(p.message_type(message))
         if isinstance(message, p.Refresh):
@@ -155,7 +155,7 @@ class GatewayService(ParkingEvents):
             and conn.state.phase is s.Phase.IDLE
             and not self._admission.may_start(conn.principal.user_id)
         ):
-            await conn.channel.send(p.error(TOO_MANY_STARTS))
+            await conn.channel.send(p.error(TOO_MANY_STARTS, "start_session"))
             return
         await self._turns.apply(conn, message)
 

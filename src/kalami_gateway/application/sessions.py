@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
-from kalami_gateway.application.backend_calls import BackendCalls
+from kalami_gateway.application.backend_calls import BackendCalls, backend_problem
 from kalami_gateway.application.cleanup import SessionCleanup
 from kalami_gateway.application.connections import Connection
 from kalami_gateway.application.parked import ParkedSessions
@@ -62,7 +62,9 @@ class BackendSessions:
                 raise
         except BackendError as exc:
             self._calls.failed("backend_create_session_failed", conn.id, exc)
-            return s.SessionCreateFailed(f"Could not start the session: {exc.detail}")
+            return s.SessionCreateFailed(
+                backend_problem(exc, f"Could not start the session: {exc.detail}")
+            )
         if conn.closed:
             # The client left while the backend was creating the session: do not leak it.
             await self.end(conn, created.id)

@@ -16,13 +16,15 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kalami_gateway.application.backend_calls import BackendCalls
+from kalami_gateway.application.backend_calls import BackendCalls, backend_problem
 from kalami_gateway.application.connections import RUNS_ON, Connection, Connections
 from kalami_gateway.application.expiry import TokenExpiry
 from kalami_gateway.application.limits import ServiceLimits
 from kalami_gateway.application.parked import ParkedSessions
 from kalami_gateway.application.sessions import BackendSessions
+from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain import session as s
+from kalami_gateway.domain import session_errors
 from kalami_gateway.domain.ports import (
     Backend,
     BackendError,
@@ -130,7 +132,7 @@ class Turns:
     ) -> None:
         upload, conn.upload = conn.upload, None
         if upload is not None:
-            conn.turn = asyncio.create_task(self._run_turn(conn, upload.finish))
+            conn.turn = asyncio.create_task(self._run_turn(conn, upload.finish, effect.answers))
             # However the turn ends (a reply, a deadline, end_session, a cancel before
             # it ran), the upload is over: aborting a finished one changes nothing.
             conn.turn.add_done_callback(lambda _: upload.abort())
@@ -143,6 +145,7 @@ class Turns:
                 self._run_turn(
                     conn,
                     lambda: self._backend.submit_utterance(token, session_id, utterance),
+                    effect.answers,
                 )
             )
 
@@ -175,8 +178,11 @@ class Turns:
             await self.apply(
                 conn,
                 s.UploadFailed(
-                    f"Could not send the utterance to the backend: {exc.detail} The rest of "
-                    "this recording is ignored; send stop_recording, then record again."
+                    backend_problem(
+                        exc,
+                        f"Could not send the utterance to the backend: {exc.detail} The rest of "
+                        "this recording is ignored; send stop_recording, then record again.",
+                    )
                 ),
             )
 
@@ -188,7 +194,7 @@ class Turns:
                 "too_large",
                 0.0,
                 s.TurnFailed(
-                    f"The utterance is larger than the {self._max_audio_bytes}-byte limit."
+                    session_errors.audio_message_too_large(self._max_audio_bytes), effect.answers
                 ),
             )
             return
@@ -196,9 +202,17 @@ class Turns:
         await self._run_turn(
             conn,
             lambda: self._backend.submit_utterance(conn.token, effect.session_id, utterance),
+            effect.answers,
         )
 
-    async def _run_turn(self, conn: Connection, call: Callable[[], Awaitable[TurnReply]]) -> None:
+    async def _run_turn(
+        self,
+        conn: Connection,
+        call: Callable[[], Awaitable[TurnReply]],
+        answers: p.ClientMessageType,
+    ) -> None:
+        """Run a turn to its outcome; ``answers``: the message that asked for it (its error
+        answers that message)."""
         started = self._clock.monotonic()
         event: s.TurnSucceeded | s.TurnFailed
         try:
@@ -206,7 +220,12 @@ class Turns:
         except BackendError as exc:
             self._calls.failed("voice_turn_failed", conn.id, exc)
             outcome = f"backend_{exc.kind.value}"
-            event = s.TurnFailed(f"Could not process the utterance: {exc.detail} Please try again.")
+            event = s.TurnFailed(
+                backend_problem(
+                    exc, f"Could not process the utterance: {exc.detail} Please try again."
+                ),
+                answers,
+            )
         else:
             outcome = "ok"
             event = s.TurnSucceeded(

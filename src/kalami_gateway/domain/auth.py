@@ -1,13 +1,16 @@
-"""The auth policy: what makes a WebSocket token acceptable, and which close code a failure gets."""
+"""The auth policy: what makes a WebSocket token acceptable, and which close code a failure gets;
+where a handshake's token may come from, and the protocol version it is answered with."""
 
 from __future__ import annotations
 
 import enum
 import math
-from typing import Final
+from collections.abc import Iterable
+from typing import Final, Literal
 
 import msgspec
 
+from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain.ports import InvalidTokenError, TokenDecoder
 
 MAX_TOKEN_LENGTH: Final = 8192
@@ -18,6 +21,11 @@ MAX_NUMERIC_DATE: Final = 253_402_300_799
 # The site a scheme names: a WebSocket opened from http://h:p goes to ws://h:p, the same site.
 _SITE_SCHEMES: Final = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# The protocol version the gateway speaks, as a WebSocket subprotocol (docs/protocol.md §1).
+PROTOCOL_VERSION: Final = "kalami.v1"
+# A browser can set no header on a WebSocket but Sec-WebSocket-Protocol, so its token comes
+# as an entry of that list, ``bearer.<token>``, beside PROTOCOL_VERSION; never answered back.
+BEARER_SUBPROTOCOL: Final = "bearer."
 
 
 class CloseCode(enum.IntEnum):
@@ -30,6 +38,10 @@ class CloseCode(enum.IntEnum):
     TOO_MANY_CONNECTIONS = 4004
     RESUMED_ELSEWHERE = 4007
     ORIGIN_NOT_ALLOWED = 4008
+
+
+# Why a refresh was refused: its error's ``reason`` (docs/protocol.md, §4).
+RefreshRefusal = Literal["invalid_token", "other_user"]
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -117,6 +129,52 @@ def _site(scheme: str, authority: str) -> tuple[str, str, int] | None:
     return site_scheme, name.lower(), int(port)
 
 
+def answered_subprotocol(offered: Iterable[str]) -> str | None:
+    """The subprotocol a handshake is answered with: PROTOCOL_VERSION if the client offered
+    it, else none (a client that offers nothing, or only versions the gateway does not
+    speak, is answered as it always was: without the header).
+
+    Never a ``bearer.`` entry, even offered alone: answering with it would echo the token
+    into the response (and every log of it). A browser that offers subprotocols fails a
+    handshake answered with none, so browsers must offer PROTOCOL_VERSION beside the token.
+    """
+    return PROTOCOL_VERSION if PROTOCOL_VERSION in offered else None
+
+
+def bearer_credentials(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value (the scheme in any case); None
+    for another scheme: a proxy's own ``Basic`` credentials are not the gateway's to judge,
+    and must not break ``?token=``."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+def handshake_token(
+    query: str | None, authorization: Iterable[str], subprotocols: Iterable[str]
+) -> str | None:
+    """The token a WebSocket handshake carries: the first of ``?token=`` (``query``), an
+    ``Authorization: Bearer`` value (in the order given) and a ``bearer.<token>`` entry of
+    ``Sec-WebSocket-Protocol`` (in the order offered); the others are not looked at. None
+    without one; an empty one is none.
+
+    A fixed precedence, not a refusal of a token sent two ways, and ``?token=`` first: a
+    request that connected before the header ways existed connects as it did, whatever else
+    it carries (an HTTP library or a proxy that adds an ``Authorization: Bearer`` of its own
+    to every request; tests/integration/test_websocket.py sends one beside ``?token=``).
+    Nothing is gained by refusing: a client holding two tokens may use either anyway.
+    """
+    if query:
+        return query
+    for value in authorization:
+        token = bearer_credentials(value)
+        if token:
+            return token
+    for entry in subprotocols:
+        if entry.startswith(BEARER_SUBPROTOCOL) and len(entry) > len(BEARER_SUBPROTOCOL):
+            return entry[len(BEARER_SUBPROTOCOL) :]
+    return None
+
+
 class AuthPolicy:
     """Turns a token into a Principal or an AuthFailure. Signature checks are the decoder's."""
 
@@ -162,19 +220,21 @@ class AuthPolicy:
         """
         return origin is None or self._origins is None or origin in self._origins
 
-    def refresh(self, user_id: str, token: str, now: float) -> Principal | str:
+    def refresh(self, user_id: str, token: str, now: float) -> Principal | p.Problem:
         """The principal a refresh token gives a connection of ``user_id``, or what to tell
-        the client when it does not (the old token then stays in force)."""
+        the client when it does not (``refresh_refused``; the old token then stays in force)."""
         verdict = self.authenticate(token, now)
         if isinstance(verdict, AuthFailure):
-            return (
+            return _refresh_refused(
                 f"The refresh token is not valid ({verdict.why}); the current token stays in "
-                "force: send a valid token of the same user."
+                "force: send a valid token of the same user.",
+                "invalid_token",
             )
         if verdict.user_id != user_id:
-            return (
+            return _refresh_refused(
                 "The refresh token belongs to another user; a connection keeps its user. "
-                "The current token stays in force."
+                "The current token stays in force.",
+                "other_user",
             )
         return verdict
 
@@ -184,3 +244,7 @@ class AuthPolicy:
     def expiry_due(self, expires_at: float) -> float:
         """The moment from which ``has_expired`` says yes (give or take a tick)."""
         return expires_at + self._leeway
+
+
+def _refresh_refused(message: str, reason: RefreshRefusal) -> p.Problem:
+    return p.Problem(message, p.ErrorCode.REFRESH_REFUSED, reason=reason)

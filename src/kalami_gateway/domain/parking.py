@@ -13,10 +13,12 @@ the stores that apply them (in memory, on Redis) are adapters implementing
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Final, Literal
 
 import msgspec
 
+from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain.session import Phase, SessionState
 
 ParkedPhase = Literal["active", "processing"]
@@ -101,7 +103,8 @@ class Holder(msgspec.Struct, frozen=True):
 
 
 class Refusal(enum.Enum):
-    """Why a resume cannot be honoured; the value is what the client is told."""
+    """Why a resume cannot be honoured; the value is what the client is told (its machine
+    value, the error's ``reason``, is ``REFUSAL_REASONS``')."""
 
     UNKNOWN = "the resume token is unknown (or its connection had no session open)"
     USED = "the resume token was already used"
@@ -136,9 +139,30 @@ class HeldElsewhere(msgspec.Struct, frozen=True):
 Claim = Resumed | ResumeRefused | HeldElsewhere
 
 
+# A refused resume's ``reason`` (docs/protocol.md, §4): stable words a client may branch on
+# (the Redis store's tombstones name the first five the same way).
+REFUSAL_REASONS: Final[Mapping[Refusal, str]] = {
+    Refusal.UNKNOWN: "unknown",
+    Refusal.USED: "used",
+    Refusal.LAPSED: "lapsed",
+    Refusal.ENDED: "ended",
+    Refusal.OTHER_USER: "other_user",
+    Refusal.STILL_HELD: "still_held",
+    Refusal.DISABLED: "disabled",
+    Refusal.UNAVAILABLE: "unavailable",
+}
+
+
 def refusal_message(refusal: Refusal) -> str:
     return (
         f"The session could not be resumed: {refusal.value}. Send start_session to start a new one."
+    )
+
+
+def refusal_problem(refusal: Refusal) -> p.Problem:
+    """The error a refused resume gets: ``resume_refused``, with the refusal's reason."""
+    return p.Problem(
+        refusal_message(refusal), p.ErrorCode.RESUME_REFUSED, reason=REFUSAL_REASONS[refusal]
     )
 
 
@@ -147,3 +171,7 @@ def dropped_message(dropped: int) -> str:
         f"While you were away {dropped} of the oldest messages of this session were dropped "
         "(too many, or too large, to keep); the newest follow."
     )
+
+
+def dropped_problem(dropped: int) -> p.Problem:
+    return p.Problem(dropped_message(dropped), p.ErrorCode.MESSAGES_DROPPED)

@@ -10,16 +10,20 @@ state of its own, so every transition is a plain function call in the tests.
 The app's dialect: an ``audio`` message naming a session it opened over REST runs one turn on
 that session from idle or active (idle --audio{session_id}--> processing --> idle). The
 connection's own session, if any, is unchanged; the named one is never ended here.
+
+What it says when it refuses a message (each text with its ``error`` code) is
+``session_errors``'; an error answers the client message that caused it (``inReplyTo``).
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import ClassVar, Final
 
 import msgspec
 
 from kalami_gateway.domain import protocol as p
+from kalami_gateway.domain import session_errors as e
 
 
 class Phase(enum.Enum):
@@ -64,7 +68,7 @@ class SessionCreated(msgspec.Struct, frozen=True):
 
 
 class SessionCreateFailed(msgspec.Struct, frozen=True):
-    message: str
+    problem: p.Problem  # its error answers start_session
 
 
 class TurnSucceeded(msgspec.Struct, frozen=True):
@@ -76,13 +80,17 @@ class TurnSucceeded(msgspec.Struct, frozen=True):
 
 
 class TurnFailed(msgspec.Struct, frozen=True):
-    message: str
+    problem: p.Problem
+    # The message that started the turn (``Submit*.answers``); None if the client is not to
+    # hear of one (the turn ran on another connection before a resume).
+    in_reply_to: p.ClientMessageType | None = None
 
 
 class UploadFailed(msgspec.Struct, frozen=True):
-    """The backend failed (or timed out) while the utterance was being streamed to it."""
+    """The backend failed (or timed out) while the utterance was being streamed to it (no
+    client message is answered: the learner is still speaking)."""
 
-    message: str
+    problem: p.Problem
 
 
 class TurnRelayed(msgspec.Struct, frozen=True):
@@ -138,6 +146,7 @@ class SubmitUtterance(msgspec.Struct, frozen=True):
 
     session_id: str
     audio_format: p.AudioFormat
+    answers: ClassVar[p.ClientMessageType] = "stop_recording"  # what the turn's error answers
 
 
 class SubmitEncodedAudio(msgspec.Struct, frozen=True):
@@ -147,6 +156,7 @@ class SubmitEncodedAudio(msgspec.Struct, frozen=True):
     session_id: str
     audio_format: p.AudioFormat
     audio: bytes
+    answers: ClassVar[p.ClientMessageType] = "audio"
 
 
 class CancelTurn(msgspec.Struct, frozen=True):
@@ -188,7 +198,7 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             return Decision(state)  # the token is the service's business, not the session's
         case AudioFrame(size=size):
             if phase is not Phase.RECORDING:
-                return _refuse(state, _AUDIO_FRAME_REFUSALS[phase])
+                return _refuse(state, _AUDIO_FRAME_REFUSALS[phase], None)  # answers no message
             total = state.buffered_bytes + size
             if state.upload_failed:  # acknowledged, and ignored until stop_recording
                 return Decision(
@@ -198,14 +208,7 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             if total > limits.max_audio_bytes:
                 return Decision(
                     msgspec.structs.replace(state, phase=Phase.ACTIVE, buffered_bytes=0),
-                    (
-                        DropUtterance(),
-                        _error(
-                            f"The utterance passed the {limits.max_audio_bytes}-byte limit and "
-                            "was dropped; recording stopped. Send start_recording to try a "
-                            "shorter one."
-                        ),
-                    ),
+                    (DropUtterance(), _error(e.recording_too_large(limits.max_audio_bytes))),
                 )
             return Decision(
                 msgspec.structs.replace(state, buffered_bytes=total),
@@ -213,13 +216,9 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             )
         case p.StartSession(payload=payload):
             if phase is Phase.PROCESSING and state.session_id is None:
-                return _refuse(state, _BUSY)  # a turn on a session named by the app
+                return _refuse(state, e.BUSY, event)  # a turn on a session named by the app
             if phase is not Phase.IDLE:
-                return _refuse(
-                    state,
-                    f"A session is already open (id {state.session_id}); send end_session "
-                    "before starting another.",
-                )
+                return _refuse(state, e.session_already_open(state.session_id), event)
             return Decision(state, (CreateSession(payload.profile_id, payload.topic),))
         case SessionCreated(session_id=session_id, profile_id=profile_id, topic=topic):
             if phase is not Phase.IDLE:
@@ -228,11 +227,11 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
                 SessionState(Phase.ACTIVE, session_id, profile_id, topic),
                 (Send(p.SessionStarted(p.SessionStartedPayload(session_id, profile_id, topic))),),
             )
-        case SessionCreateFailed(message=message):
-            return Decision(IDLE, (_error(message),))
+        case SessionCreateFailed(problem=problem):
+            return Decision(IDLE, (_error(problem, "start_session"),))
         case p.StartRecording(payload=payload):
             if phase is not Phase.ACTIVE:
-                return _refuse(state, _START_RECORDING_REFUSALS[phase])
+                return _refuse(state, _START_RECORDING_REFUSALS[phase], event)
             return Decision(
                 msgspec.structs.replace(
                     state,
@@ -248,7 +247,7 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             )
         case p.StopRecording():
             if phase is not Phase.RECORDING:
-                return _refuse(state, _STOP_RECORDING_REFUSALS[phase])
+                return _refuse(state, _STOP_RECORDING_REFUSALS[phase], event)
             assert state.session_id is not None  # noqa: S101  # recording implies a session
             if state.upload_failed:  # its one error was sent when the upload broke
                 return Decision(
@@ -259,13 +258,7 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             if state.buffered_bytes == 0:
                 return Decision(
                     msgspec.structs.replace(state, phase=Phase.ACTIVE),
-                    (
-                        DropUtterance(),
-                        _error(
-                            "The utterance was empty: send binary audio frames between "
-                            "start_recording and stop_recording."
-                        ),
-                    ),
+                    (DropUtterance(), _error(e.EMPTY_RECORDING, "stop_recording")),
                 )
             return Decision(
                 msgspec.structs.replace(state, phase=Phase.PROCESSING, buffered_bytes=0),
@@ -277,11 +270,11 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
         case p.AudioMessage(payload=payload):
             named = None if payload.session_id is None else str(payload.session_id)
             if phase is not Phase.ACTIVE and not (named is not None and phase is Phase.IDLE):
-                return _refuse(state, _AUDIO_MESSAGE_REFUSALS[phase])
+                return _refuse(state, _AUDIO_MESSAGE_REFUSALS[phase], event)
             target = named if named is not None else state.session_id
             assert target is not None  # noqa: S101  # active implies a session
             if not payload.audio_base64:
-                return _refuse(state, "The audio message was empty: audio_base64 has no data.")
+                return _refuse(state, e.EMPTY_AUDIO_MESSAGE, event)
             return Decision(
                 msgspec.structs.replace(state, phase=Phase.PROCESSING, audio_format=payload.format),
                 (
@@ -303,16 +296,16 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
             if event.audio_base64:
                 replies.append(Send(p.AudioReply(p.AudioReplyPayload(event.audio_base64))))
             return Decision(_turn_over(state), tuple(replies))
-        case TurnFailed(message=message):
+        case TurnFailed(problem=problem, in_reply_to=in_reply_to):
             if phase is not Phase.PROCESSING:
                 return Decision(state)
-            return Decision(_turn_over(state), (_error(message),))
-        case UploadFailed(message=message):
+            return Decision(_turn_over(state), (_error(problem, in_reply_to),))
+        case UploadFailed(problem=problem):
             if phase is not Phase.RECORDING or state.upload_failed:
                 return Decision(state)
             return Decision(
                 msgspec.structs.replace(state, upload_failed=True),
-                (DropUtterance(), _error(message)),
+                (DropUtterance(), _error(problem)),
             )
         case TurnRelayed():
             if phase is not Phase.PROCESSING:
@@ -321,7 +314,7 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
         case p.EndSession():
             if phase is Phase.IDLE or state.session_id is None:
                 # A session the app opened over REST is ended over REST, never here.
-                return _refuse(state, "No session is open, so there is nothing to end.")
+                return _refuse(state, e.NOTHING_TO_END, event)
             effects: list[Effect] = []
             if phase is Phase.PROCESSING:
                 effects.append(CancelTurn())
@@ -355,40 +348,35 @@ def on_disconnect(state: SessionState) -> tuple[Effect, ...]:
 _TRANSCRIBING: Final = p.Processing(p.ProcessingPayload("transcribing"))
 
 
-def _error(message: str) -> Send:
-    return Send(p.error(message))
+def _error(problem: p.Problem, in_reply_to: p.ClientMessageType | None = None) -> Send:
+    return Send(p.error(problem, in_reply_to))
 
 
-def _refuse(state: SessionState, message: str) -> Decision:
-    return Decision(state, (_error(message),))
+def _refuse(state: SessionState, problem: p.Problem, answering: p.ClientMessage | None) -> Decision:
+    """Refuse ``answering`` (None: a binary frame, which has no type) and change nothing."""
+    in_reply_to = None if answering is None else p.message_type(answering)
+    return Decision(state, (_error(problem, in_reply_to),))
 
 
-_NO_SESSION: Final = "No session is open; send start_session first."
-_BUSY: Final = (
-    "The previous utterance is still being processed; wait for its response (or send end_session)."
-)
-
+# What each message is told in each phase it is not allowed in (texts and codes:
+# session_errors).
 _AUDIO_FRAME_REFUSALS: Final = {
-    Phase.IDLE: "Binary audio frames are accepted only while recording; send start_session, "
-    "then start_recording, first.",
-    Phase.ACTIVE: "Binary audio frames are accepted only while recording; send "
-    "start_recording first.",
-    Phase.PROCESSING: "Binary audio frames are accepted only while recording. " + _BUSY,
+    Phase.IDLE: e.FRAME_BEFORE_SESSION,
+    Phase.ACTIVE: e.FRAME_BEFORE_RECORDING,
+    Phase.PROCESSING: e.FRAME_WHILE_BUSY,
 }
 _START_RECORDING_REFUSALS: Final = {
-    Phase.IDLE: _NO_SESSION,
-    Phase.RECORDING: "Already recording; send stop_recording to finish this utterance first.",
-    Phase.PROCESSING: _BUSY,
+    Phase.IDLE: e.NO_SESSION,
+    Phase.RECORDING: e.ALREADY_RECORDING,
+    Phase.PROCESSING: e.BUSY,
 }
 _STOP_RECORDING_REFUSALS: Final = {
-    Phase.IDLE: _NO_SESSION,
-    Phase.ACTIVE: "Not recording; send start_recording, then audio frames, first.",
-    Phase.PROCESSING: "Not recording. " + _BUSY,
+    Phase.IDLE: e.NO_SESSION,
+    Phase.ACTIVE: e.NOT_RECORDING,
+    Phase.PROCESSING: e.STOP_WHILE_BUSY,
 }
 _AUDIO_MESSAGE_REFUSALS: Final = {
-    Phase.IDLE: "No session is open: name one with session_id (a session started over REST), "
-    "or send start_session first.",
-    Phase.RECORDING: "A recording is in progress; finish it with stop_recording before "
-    "sending a base64 audio message.",
-    Phase.PROCESSING: _BUSY,
+    Phase.IDLE: e.AUDIO_WITHOUT_SESSION,
+    Phase.RECORDING: e.AUDIO_WHILE_RECORDING,
+    Phase.PROCESSING: e.BUSY,
 }

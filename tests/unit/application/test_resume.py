@@ -31,6 +31,14 @@ START_REC = json.dumps({"type": "start_recording", "payload": {"format": "wav"}}
 STOP_REC = '{"type":"stop_recording"}'
 END = '{"type":"end_session"}'
 GRACE = 30.0
+# A lost turn's error: answering no message of the connection that hears it.
+TURN_LOST = p.Error(p.ErrorPayload(LOST_REPLY, "turn_lost"))
+
+
+def refused(refusal: pk.Refusal, reason: str) -> p.Error:
+    """A refused resume as the client hears it: the message it always had, its code, and the
+    refusal's reason (answering no message: the resume came with the handshake)."""
+    return p.Error(p.ErrorPayload(pk.refusal_message(refusal), "resume_refused", reason=reason))
 
 
 @dataclass
@@ -205,7 +213,7 @@ async def test_a_token_resumes_once(world: World) -> None:
     await world.connect(resume=conn.resume_token)
     second, channel = await world.connect(resume=conn.resume_token)
     assert channel.types() == ["connected", "error"]
-    assert channel.sent[1] == p.error(pk.refusal_message(pk.Refusal.USED))
+    assert channel.sent[1] == refused(pk.Refusal.USED, "used")
     assert second.state.phase is Phase.IDLE
 
 
@@ -213,7 +221,7 @@ async def test_another_users_token_is_refused_and_changes_nothing(world: World) 
     conn, _ = await world.in_session("alice")
     await world.service.disconnect(conn)
     mallory, channel = await world.connect("mallory", resume=conn.resume_token)
-    assert channel.sent[1] == p.error(pk.refusal_message(pk.Refusal.OTHER_USER))
+    assert channel.sent[1] == refused(pk.Refusal.OTHER_USER, "other_user")
     assert mallory.state.phase is Phase.IDLE
     assert await world.service.parked_sessions() == 1
     _, owner = await world.connect("alice", resume=conn.resume_token)
@@ -223,7 +231,7 @@ async def test_another_users_token_is_refused_and_changes_nothing(world: World) 
 @pytest.mark.parametrize("resume", ["never-issued", ""])
 async def test_an_unknown_token_is_refused(world: World, resume: str) -> None:
     conn, channel = await world.connect(resume=resume)
-    assert channel.sent[1] == p.error(pk.refusal_message(pk.Refusal.UNKNOWN))
+    assert channel.sent[1] == refused(pk.Refusal.UNKNOWN, "unknown")
     assert conn.state.phase is Phase.IDLE
 
 
@@ -231,7 +239,7 @@ async def test_a_connection_without_a_session_has_nothing_to_resume(world: World
     conn, _ = await world.connect()
     await world.service.disconnect(conn)
     _, channel = await world.connect(resume=conn.resume_token)
-    assert channel.sent[1] == p.error(pk.refusal_message(pk.Refusal.UNKNOWN))
+    assert channel.sent[1] == refused(pk.Refusal.UNKNOWN, "unknown")
 
 
 async def test_an_ended_session_cannot_be_resumed(world: World) -> None:
@@ -239,7 +247,7 @@ async def test_an_ended_session_cannot_be_resumed(world: World) -> None:
     await world.service.handle_text(conn, END)
     await world.service.disconnect(conn)
     _, channel = await world.connect(resume=conn.resume_token)
-    assert channel.sent[1] == p.error(pk.refusal_message(pk.Refusal.ENDED))
+    assert channel.sent[1] == refused(pk.Refusal.ENDED, "ended")
     assert len(world.ends()) == 1
 
 
@@ -255,7 +263,7 @@ async def test_the_grace_lapses_and_the_session_is_ended_once(world: World) -> N
     assert world.ends() == [("end", "bearer[claims(tok-alice)]@1000030", "s1")]
     assert world.metrics.parking == ["parked", "expired"]
     _, channel = await world.connect(resume=conn.resume_token)
-    assert channel.sent[1] == p.error(pk.refusal_message(pk.Refusal.LAPSED))
+    assert channel.sent[1] == refused(pk.Refusal.LAPSED, "lapsed")
 
 
 async def test_a_half_open_connection_is_taken_over_with_4007(world: World) -> None:
@@ -286,13 +294,13 @@ async def test_a_takeover_mid_turn_moves_the_turn_to_the_new_connection(world: W
 async def test_the_oldest_kept_messages_are_dropped_and_the_client_told(world: World) -> None:
     conn, _ = await world.in_session()
     await world.service.disconnect(conn)
-    big = p.encode_kept(p.error("x" * 400))
+    big = p.encode_kept(p.error(p.Problem("x" * 400, p.ErrorCode.WRONG_STATE)))
     assert conn.session_key is not None
     for _ in range(3):  # 3 x ~430 bytes past the 1000-byte bound: the first is dropped
         await world.parking.keep(conn.session_key, [big], True)
     _, channel = await world.connect(resume=conn.resume_token)
     assert channel.types() == ["connected", "session_resumed", "error", "error", "error"]
-    assert channel.sent[2] == p.error(pk.dropped_message(1))
+    assert channel.sent[2] == p.Error(p.ErrorPayload(pk.dropped_message(1), "messages_dropped"))
 
 
 async def test_a_lost_remote_turn_is_reported_after_the_backend_timeout() -> None:
@@ -309,7 +317,7 @@ async def test_a_lost_remote_turn_is_reported_after_the_backend_timeout() -> Non
     assert channel.types() == ["connected", "session_resumed"]  # not before the timeout
     w.sleep.advance(0.01)  # the backend timeout passes (no slack)
     await new.watchdog
-    assert channel.sent[-1] == p.error(LOST_REPLY)
+    assert channel.sent[-1] == TURN_LOST
     assert phase_of(new) is Phase.ACTIVE
 
 
@@ -319,7 +327,7 @@ async def test_without_a_grace_a_drop_ends_the_session() -> None:
     await w.service.disconnect(conn)
     assert w.ends() == [("end", "tok-alice", "s1")]
     _, channel = await w.connect(resume=conn.resume_token)
-    assert channel.sent[1] == p.error(pk.refusal_message(pk.Refusal.DISABLED))
+    assert channel.sent[1] == refused(pk.Refusal.DISABLED, "disabled")
 
 
 async def test_a_shutdown_without_restart_parking_ends_every_session(world: World) -> None:
@@ -360,7 +368,7 @@ async def test_a_restart_turn_past_the_wait_is_reported_lost() -> None:
     assert w.sleep.asked == [1.0]
     _, resumed = await make_world_on(w).connect(resume=conn.resume_token)
     assert resumed.types() == ["connected", "session_resumed", "error"]
-    assert resumed.sent[2] == p.error(LOST_REPLY)
+    assert resumed.sent[2] == TURN_LOST
     assert w.ends() == []
 
 

@@ -9,6 +9,7 @@ import jwt
 import pytest
 
 from kalami_gateway.adapters.jwt_decoder import PyJwtDecoder, mint_token
+from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain.auth import (
     MAX_TOKEN_LENGTH,
     AuthFailure,
@@ -233,9 +234,11 @@ def test_a_refresh_of_the_same_user_gives_the_new_expiry(policy: AuthPolicy) -> 
 
 def test_a_refresh_of_another_user_or_an_invalid_token_is_refused(policy: AuthPolicy) -> None:
     other = policy.refresh("u", mint_token(SECRET, "someone-else", NOW + 7200), NOW)
-    assert isinstance(other, str)
-    assert "another user" in other
+    assert isinstance(other, p.Problem)
+    assert "another user" in other.message
+    assert (other.code, other.reason) == ("refresh_refused", "other_user")
     for bad in ("garbage", mint_token(SECRET, "u", NOW - 600), hs512()):
         refused = policy.refresh("u", bad, NOW)
-        assert isinstance(refused, str)
-        assert "not valid" in refused
+        assert isinstance(refused, p.Problem)
+        assert "not valid" in refused.message
+        assert (refused.code, refused.reason) == ("refresh_refused", "invalid_token")

@@ -27,6 +27,7 @@ STOP_REC = p.StopRecording()
 AUDIO_MSG = p.AudioMessage(p.AudioPayload(b"\0\0\0", "mp3"))
 END = p.EndSession()
 FRAME = s.AudioFrame(10)
+FAILURE = p.Problem("no", p.ErrorCode.BACKEND_TIMEOUT)
 
 
 def sends(decision: s.Decision) -> list[p.ServerMessage]:
@@ -100,7 +101,8 @@ def test_start_session_asks_the_backend_then_goes_active_on_success() -> None:
 
 
 def test_a_failed_session_start_stays_idle_with_an_error() -> None:
-    failed = s.decide(IDLE, s.SessionCreateFailed("Could not start the session."), LIMITS)
+    problem = p.Problem("Could not start the session.", p.ErrorCode.BACKEND_TIMEOUT)
+    failed = s.decide(IDLE, s.SessionCreateFailed(problem), LIMITS)
     assert failed.state == IDLE
     assert error_text(failed) == "Could not start the session."
 
@@ -176,14 +178,15 @@ def test_a_turn_without_audio_sends_no_audio_message() -> None:
 
 
 def test_a_failed_turn_is_one_error_and_back_to_active() -> None:
-    failed = s.decide(PROCESSING, s.TurnFailed("Could not process."), LIMITS)
+    problem = p.Problem("Could not process.", p.ErrorCode.BACKEND_UNAVAILABLE)
+    failed = s.decide(PROCESSING, s.TurnFailed(problem, "stop_recording"), LIMITS)
     assert failed.state.phase is s.Phase.ACTIVE
     assert error_text(failed) == "Could not process."
 
 
 @pytest.mark.parametrize("state", [IDLE, ACTIVE, RECORDING], ids=["idle", "active", "recording"])
 def test_late_turn_outcomes_outside_processing_are_ignored(state: s.SessionState) -> None:
-    for event in (s.TurnFailed("x"), s.TurnSucceeded("a", "b", [], [], None)):
+    for event in (s.TurnFailed(FAILURE), s.TurnSucceeded("a", "b", [], [], None)):
         assert s.decide(state, event, LIMITS) == s.Decision(state)
 
 
@@ -222,7 +225,12 @@ def test_disconnect_ends_an_open_session(
 
 # --- a streamed upload that breaks mid-recording ------------------------------------------
 
-UPLOAD_BROKE = s.UploadFailed("Could not send the utterance: the backend is unavailable.")
+UPLOAD_BROKE = s.UploadFailed(
+    p.Problem(
+        "Could not send the utterance: the backend is unavailable.",
+        p.ErrorCode.BACKEND_UNAVAILABLE,
+    )
+)
 
 
 def test_a_broken_upload_gives_one_error_and_drops_the_utterance() -> None:
@@ -230,7 +238,7 @@ def test_a_broken_upload_gives_one_error_and_drops_the_utterance() -> None:
     assert decision.state.phase is s.Phase.RECORDING  # until the client's stop_recording
     assert decision.state.upload_failed
     assert decision.effects[0] == s.DropUtterance()
-    assert error_text(decision) == UPLOAD_BROKE.message
+    assert error_text(decision) == UPLOAD_BROKE.problem.message
     again = s.decide(decision.state, UPLOAD_BROKE, LIMITS)
     assert (again.state, again.effects) == (decision.state, ())  # one error, not two
 
@@ -280,7 +288,7 @@ def test_the_apps_audio_is_a_turn_on_the_named_session_and_leaves_its_own(
     assert asked.state.phase is s.Phase.PROCESSING
     assert asked.state.session_id == own.session_id
     assert s.SubmitEncodedAudio("rest-9", "m4a", b"\0\0\0") in asked.effects
-    for outcome in (TURN_OK, s.TurnFailed("no"), s.TurnRelayed()):
+    for outcome in (TURN_OK, s.TurnFailed(FAILURE, "audio"), s.TurnRelayed()):
         after = s.decide(asked.state, outcome, LIMITS).state
         assert (after.phase, after.session_id) == (own.phase, own.session_id)
 
@@ -296,3 +304,80 @@ def test_nothing_is_ended_after_a_turn_on_a_named_session() -> None:
 
 def test_audio_without_a_session_says_how_to_name_one() -> None:
     assert "session_id" in error_text(s.decide(IDLE, AUDIO_MSG, LIMITS))
+
+
+# --- error codes: what each refusal is, and which message it answers ----------------------
+
+
+def error_of(decision: s.Decision) -> p.ErrorPayload:
+    [message] = sends(decision)
+    assert isinstance(message, p.Error)
+    return message.payload
+
+
+# The refusals that only have to wait for the turn being processed; every other is wrong_state.
+TURN_WAITS = {
+    ("processing", "start_recording"),
+    ("processing", "stop_recording"),
+    ("processing", "audio"),
+    ("processing", "audio_frame"),
+}
+
+
+@pytest.mark.parametrize(("phase", "event"), ILLEGAL)
+def test_illegal_messages_carry_their_code_and_the_message_they_answer(
+    phase: str, event: str
+) -> None:
+    error = error_of(s.decide(ALL_STATES[phase], EVENTS[event], LIMITS))
+    assert error.code == ("turn_in_progress" if (phase, event) in TURN_WAITS else "wrong_state")
+    # A binary frame has no type: its error answers no message.
+    assert error.in_reply_to == (None if event == "audio_frame" else event)
+    assert (error.status, error.reason) == (None, None)
+
+
+def test_a_turn_on_a_named_session_makes_a_start_wait() -> None:
+    busy = s.decide(IDLE, APP_AUDIO, LIMITS).state
+    for event, answers in ((START, "start_session"), (APP_AUDIO, "audio")):
+        error = error_of(s.decide(busy, event, LIMITS))
+        assert (error.code, error.in_reply_to) == ("turn_in_progress", answers)
+    ended = error_of(s.decide(busy, END, LIMITS))
+    assert (ended.code, ended.in_reply_to) == ("wrong_state", "end_session")
+
+
+def test_an_utterance_past_the_limit_is_audio_too_large_answering_no_message() -> None:
+    error = error_of(s.decide(RECORDING_WITH_AUDIO, s.AudioFrame(41), LIMITS))
+    assert (error.code, error.in_reply_to) == ("audio_too_large", None)
+
+
+def test_empty_utterances_are_empty_audio_answering_their_message() -> None:
+    stopped = error_of(s.decide(RECORDING, STOP_REC, LIMITS))
+    assert (stopped.code, stopped.in_reply_to) == ("empty_audio", "stop_recording")
+    empty = p.AudioMessage(p.AudioPayload(b"", "mp3"))
+    sent = error_of(s.decide(ACTIVE, empty, LIMITS))
+    assert (sent.code, sent.in_reply_to) == ("empty_audio", "audio")
+
+
+def test_a_failed_start_answers_start_session_with_the_backends_code_and_status() -> None:
+    problem = p.Problem("Could not start the session.", p.ErrorCode.BACKEND_REJECTED, status=404)
+    error = error_of(s.decide(IDLE, s.SessionCreateFailed(problem), LIMITS))
+    assert error == p.ErrorPayload(
+        "Could not start the session.", "backend_rejected", "start_session", 404
+    )
+
+
+@pytest.mark.parametrize("answers", ["stop_recording", "audio", None])
+def test_a_failed_turn_answers_the_message_that_asked_for_it(
+    answers: p.ClientMessageType | None,
+) -> None:
+    failed = s.decide(PROCESSING, s.TurnFailed(FAILURE, answers), LIMITS)
+    assert error_of(failed) == p.ErrorPayload("no", "backend_timeout", answers)
+
+
+def test_a_broken_upload_answers_no_message() -> None:
+    error = error_of(s.decide(RECORDING_WITH_AUDIO, UPLOAD_BROKE, LIMITS))
+    assert (error.code, error.in_reply_to) == ("backend_unavailable", None)
+
+
+def test_each_kind_of_turn_names_the_message_its_error_answers() -> None:
+    assert s.SubmitUtterance("s1", "wav").answers == "stop_recording"
+    assert s.SubmitEncodedAudio("s1", "mp3", b"\0").answers == "audio"

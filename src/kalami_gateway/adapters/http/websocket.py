@@ -18,7 +18,7 @@ from litestar.handlers import WebsocketRouteHandler
 from kalami_gateway.adapters.asgi import SOCKET_CONTROL, Receive, Scope, Send, SocketControl
 from kalami_gateway.adapters.http.checks import TrustedPeers
 from kalami_gateway.application.service import GatewayService
-from kalami_gateway.domain.auth import same_origin
+from kalami_gateway.domain.auth import answered_subprotocol, handshake_token, same_origin
 from kalami_gateway.domain.ports import ClientChannel
 from kalami_gateway.domain.protocol import ServerMessage, encode_server_message
 
@@ -116,6 +116,24 @@ def query_values(query_string: bytes) -> tuple[str | None, str | None]:
     return token, resume
 
 
+def handshake_values(scope: Scope) -> tuple[str | None, str | None, str | None]:
+    """The token, the resume token and the subprotocol to answer with, of a handshake.
+
+    The token may come as ``?token=``, as ``Authorization: Bearer`` (native clients: a URL
+    ends up in proxy and load-balancer access logs and crash reports, a header does not) or
+    as a ``bearer.<token>`` entry of ``Sec-WebSocket-Protocol`` (browsers can set no other
+    header); of more than one, the first in that order (``handshake_token``). Only
+    ``kalami.v1`` is ever answered, never the bearer entry (``answered_subprotocol``).
+    """
+    query_token, resume = query_values(scope["query_string"])
+    offered: list[str] = scope.get("subprotocols") or []
+    authorization = [
+        value.decode("latin-1") for name, value in scope["headers"] if name == b"authorization"
+    ]
+    token = handshake_token(query_token, authorization, offered)
+    return token, resume, answered_subprotocol(offered)
+
+
 class SameOrigin:
     """Tells a browser's request from a page of the gateway's own (the playground) apart from
     another site's: its ``Origin`` has the scheme, host and port the request was sent to.
@@ -196,21 +214,23 @@ def ws_route(
             service = provide_service()
             # The token is read here, not declared as a parameter: a missing required parameter
             # makes Litestar refuse before accept, and the client would see HTTP 403, not 4001.
-            token, resume = query_values(socket.scope["query_string"])
+            # Whichever way it came, it is judged once, by the service, after the accept.
+            token, resume, subprotocol = handshake_values(cast("Scope", socket.scope))
             # A page of the gateway's own (the playground) opens its socket whatever
             # CORS_ORIGINS says, as Centrifugo allows same-origin: the service is told of no
             # Origin to judge. Another site's page is judged by CORS_ORIGINS (else 4008).
             origin, own = own_site.judge(cast("Scope", socket.scope))
             if own:
                 origin = None
-            await socket.accept()
+            await socket.accept(subprotocols=subprotocol)
             control = cast(
                 "SocketControl | None", (socket.scope.get("extensions") or {}).get(SOCKET_CONTROL)
             )
             receive: Receive
             send: Send
             if control is not None:
-                receive, send = control.accepted()  # the scope's headers and query are emptied
+                # The scope's headers, query and subprotocols (tokens, all three) are emptied.
+                receive, send = control.accepted()
             else:  # not served by the gateway's server: through Litestar's socket
                 receive, send = socket.receive, socket.send  # type: ignore[assignment]
             channel = SocketChannel(send, control, send_limits)

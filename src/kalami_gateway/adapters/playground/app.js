@@ -6,6 +6,8 @@ const el = (id) => document.getElementById(id);
 const LOG_LINES = 300;
 // Close codes after which reconnecting cannot help (docs/protocol.md, section 1).
 const FINAL_CLOSES = new Set([4001, 4002, 4004, 4007, 4008]);
+// The protocol version the page speaks, offered as a WebSocket subprotocol.
+const PROTOCOL_VERSION = "kalami.v1";
 
 const state = {
   ws: null,
@@ -115,9 +117,24 @@ async function connect() {
 
 function open(resume) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  let url = `${scheme}://${location.host}/ws?token=${encodeURIComponent(state.token)}`;
-  if (resume) url += `&resume=${encodeURIComponent(resume)}`;
-  const ws = new WebSocket(url);
+  let url = `${scheme}://${location.host}/ws`;
+  if (resume) url += `?resume=${encodeURIComponent(resume)}`;
+  // The token goes in Sec-WebSocket-Protocol, never in the URL (URLs end up in proxy and
+  // load-balancer access logs): a browser can set no other header on a WebSocket. The
+  // gateway answers "kalami.v1", never the bearer entry, and a browser fails a handshake
+  // answered with none of the protocols it offered: so both are offered (docs/protocol.md §1).
+  let ws;
+  try {
+    ws = new WebSocket(url, [PROTOCOL_VERSION, `bearer.${state.token}`]);
+  } catch (error) {
+    // A SyntaxError: characters a subprotocol cannot hold, so no JWT (only letters, digits,
+    // "-", "_" and "." are in one).
+    state.wanted = false;
+    setStatus("disconnected", "disconnected");
+    showError(`That token cannot be sent: it is not a JWT (${error.message}).`);
+    refreshControls();
+    return;
+  }
   ws.binaryType = "arraybuffer";
   state.ws = ws;
   setStatus(resume ? "resuming…" : "connecting…", "connecting");

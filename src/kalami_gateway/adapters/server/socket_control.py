@@ -72,8 +72,9 @@ class SocketControl:
         What only the handshake needed is let go (an idle connection would otherwise keep it
         for its whole life, ~2.5 KB): uvicorn's Request and Response; the headers and the path
         (with the token in its query) of the Request, which websockets' parser generator still
-        holds in its suspended frame; and the scope's header list and query string. The app
-        sees an empty header list and query from then on."""
+        holds in its suspended frame; and the scope's header list, query string and
+        subprotocols (a browser's token comes as one). The app sees an empty header list,
+        query and subprotocol list from then on."""
         protocol = self._protocol
         if not protocol.handshake_complete:
             raise RuntimeError("the WebSocket is not accepted yet")
@@ -85,6 +86,7 @@ class SocketControl:
         scope: dict[str, Any] = protocol.scope  # type: ignore[assignment]
         scope["headers"] = []
         scope["query_string"] = b""
+        scope["subprotocols"] = []
         # uvicorn's own types are narrower TypedDicts; the calls are plain ASGI.
         return cast(Receive, protocol.receive), cast(Send, protocol.send)
 

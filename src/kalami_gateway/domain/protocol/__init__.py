@@ -5,7 +5,8 @@ gateway sends and how it is encoded). Frames are JSON objects ``{"type": ..., "p
 encoding a Struct gives exactly the wire shape. Two dialects share the one protocol: the seed
 protocol (``start_session``, recording frames, ``end_session``) and the Kalami app's (a
 session opened over REST, each utterance one ``audio`` message naming it by ``session_id``;
-docs/protocol.md)."""
+docs/protocol.md). Every ``error`` carries a code from one closed list (``errors``: what each
+means is docs/protocol.md's §4)."""
 
 from kalami_gateway.domain.protocol.client import (
     AUDIO_FORMATS,
@@ -14,6 +15,7 @@ from kalami_gateway.domain.protocol.client import (
     AudioMessage,
     AudioPayload,
     ClientMessage,
+    ClientMessageType,
     EmptyPayload,
     EndSession,
     Heartbeat,
@@ -32,6 +34,7 @@ from kalami_gateway.domain.protocol.client import (
     decode_client_message,
     message_type,
 )
+from kalami_gateway.domain.protocol.errors import ErrorCode, Problem
 from kalami_gateway.domain.protocol.server import (
     AudioReceived,
     AudioReceivedPayload,
@@ -81,11 +84,13 @@ __all__ = [
     "AudioReply",
     "AudioReplyPayload",
     "ClientMessage",
+    "ClientMessageType",
     "Connected",
     "ConnectedPayload",
     "EmptyPayload",
     "EndSession",
     "Error",
+    "ErrorCode",
     "ErrorPayload",
     "ExpiryPayload",
     "GrammarCorrection",
@@ -96,6 +101,7 @@ __all__ = [
     "NonEmptyStr",
     "Ping",
     "Pong",
+    "Problem",
     "Processing",
     "ProcessingPayload",
     "ProtocolError",

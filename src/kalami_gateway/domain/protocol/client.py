@@ -1,9 +1,10 @@
 """The messages a client sends, and how a text frame becomes one of them.
 
 Client frames are decoded in two steps (the envelope, then the payload for its type) so every
-failure gets its own message: malformed JSON, not an object, unknown type, payload of the
-wrong shape. Fields a payload does not know are ignored in every message type (a newer app
-must not break on an older gateway); a known field of the wrong type is an error.
+failure gets its own message and code: malformed JSON, not an object (``malformed``), unknown
+type (``unknown_type``), payload of the wrong shape (``invalid_payload``). Fields a payload
+does not know are ignored in every message type (a newer app must not break on an older
+gateway); a known field of the wrong type is an error.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
+
+from kalami_gateway.domain.protocol.errors import ErrorCode, Problem
 
 AudioFormat = Literal["webm", "wav", "mp3", "m4a", "ogg"]
 AUDIO_FORMATS: Final[tuple[str, ...]] = get_args(AudioFormat)
@@ -114,6 +117,18 @@ ClientMessage = (
     | Refresh
 )
 
+# The wire ``type`` of every client message (an error's ``inReplyTo`` is one of them).
+ClientMessageType = Literal[
+    "start_session",
+    "start_recording",
+    "stop_recording",
+    "audio",
+    "end_session",
+    "ping",
+    "heartbeat",
+    "refresh",
+]
+
 _CLIENT_TYPES: Final[dict[str, type[ClientMessage]]] = {
     "start_session": StartSession,
     "start_recording": StartRecording,
@@ -124,13 +139,14 @@ _CLIENT_TYPES: Final[dict[str, type[ClientMessage]]] = {
     "heartbeat": Heartbeat,
     "refresh": Refresh,
 }
-CLIENT_MESSAGE_TYPES: Final[tuple[str, ...]] = tuple(_CLIENT_TYPES)
-_TYPE_NAMES: Final[dict[type[ClientMessage], str]] = {
-    cls: name for name, cls in _CLIENT_TYPES.items()
+CLIENT_MESSAGE_TYPES: Final[tuple[ClientMessageType, ...]] = get_args(ClientMessageType)
+_KNOWN_TYPES: Final[dict[str, ClientMessageType]] = {name: name for name in CLIENT_MESSAGE_TYPES}
+_TYPE_NAMES: Final[dict[type[ClientMessage], ClientMessageType]] = {
+    _CLIENT_TYPES[name]: name for name in CLIENT_MESSAGE_TYPES
 }
 
 
-def message_type(message: ClientMessage) -> str:
+def message_type(message: ClientMessage) -> ClientMessageType:
     """The wire ``type`` of a client message."""
     return _TYPE_NAMES[type(message)]
 
@@ -154,10 +170,21 @@ class _Envelope(msgspec.Struct, frozen=True):
 
 
 class ProtocolError(msgspec.Struct, frozen=True):
-    """Why a client frame could not be understood; ``message`` goes back to the client."""
+    """Why a client frame could not be understood; ``message`` and ``code`` go back to the
+    client. ``message_type`` is the type the frame named, if it named one (known or not)."""
 
     message: str
+    code: ErrorCode
     message_type: str | None = None
+
+    @property
+    def problem(self) -> Problem:
+        return Problem(self.message, self.code)
+
+    @property
+    def in_reply_to(self) -> ClientMessageType | None:
+        """The type of the message the error answers: the frame's, if the gateway knows it."""
+        return None if self.message_type is None else _KNOWN_TYPES.get(self.message_type)
 
 
 _envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
@@ -198,6 +225,7 @@ def decode_client_message(frame: str | bytes) -> ClientMessage | ProtocolError:
         return ProtocolError(
             f"Invalid payload for {message_type!r}: {_describe(exc)}. "
             f"Expected {_PAYLOAD_HINTS[message_type]}.",
+            ErrorCode.INVALID_PAYLOAD,
             message_type,
         )
     message: ClientMessage = cls(payload)
@@ -209,6 +237,7 @@ def _unknown_type(message_type: str) -> ProtocolError:
         f"Unknown message type {message_type!r}; expected one of: "
         + ", ".join(CLIENT_MESSAGE_TYPES)
         + ".",
+        ErrorCode.UNKNOWN_TYPE,
         message_type,
     )
 
@@ -234,23 +263,33 @@ def _explain_envelope_failure(frame: str | bytes, exc: Exception) -> ProtocolErr
     except msgspec.DecodeError:
         return ProtocolError(
             f"Malformed JSON: {_describe(exc)}. Send one JSON object per text frame, "
-            'like {"type": "ping"}.'
+            'like {"type": "ping"}.',
+            ErrorCode.MALFORMED,
         )
     if not isinstance(value, dict):
         kind = _json_kind(value)
-        return ProtocolError(f'Expected a JSON object like {{"type": "ping"}}, got {kind}.')
+        return ProtocolError(
+            f'Expected a JSON object like {{"type": "ping"}}, got {kind}.', ErrorCode.MALFORMED
+        )
     message_type = value.get("type")
     if "type" not in value:
         return ProtocolError(
-            'Message has no "type" field; expected one of: ' + ", ".join(CLIENT_MESSAGE_TYPES) + "."
+            'Message has no "type" field; expected one of: '
+            + ", ".join(CLIENT_MESSAGE_TYPES)
+            + ".",
+            ErrorCode.MALFORMED,
         )
     if not isinstance(message_type, str):
-        return ProtocolError(f'Message "type" must be a string, got {_json_kind(message_type)}.')
+        return ProtocolError(
+            f'Message "type" must be a string, got {_json_kind(message_type)}.',
+            ErrorCode.MALFORMED,
+        )
     if message_type not in _CLIENT_TYPES:
         return _unknown_type(message_type)
     return ProtocolError(
         f"Invalid payload for {message_type!r}: payload must be a JSON object, got "
         f"{_json_kind(value.get('payload'))}. Expected {_PAYLOAD_HINTS[message_type]}.",
+        ErrorCode.INVALID_PAYLOAD,
         message_type,
     )
 

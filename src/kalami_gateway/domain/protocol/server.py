@@ -7,7 +7,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from kalami_gateway.domain.protocol.client import EmptyPayload
+from kalami_gateway.domain.protocol.client import ClientMessageType, EmptyPayload
+from kalami_gateway.domain.protocol.errors import Problem
 
 
 class ConnectedPayload(msgspec.Struct, frozen=True, rename="camel"):
@@ -75,8 +76,25 @@ class HeartbeatReplyPayload(msgspec.Struct, frozen=True):
     pong: bool = True
 
 
-class ErrorPayload(msgspec.Struct, frozen=True):
+class ErrorPayload(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    """``message`` for a person (worded as it always was); ``code`` for a program (errors.py's
+    closed list); ``inReplyTo``, the type of the client message it answers (absent when none
+    did: a binary frame, a backend failure mid-recording, a resume, a lost turn); ``status``,
+    the backend's HTTP status of a ``backend_rejected``; ``reason``, why a resume or refresh
+    was refused. A field with nothing to say is left out, so an older client sees only new keys
+    beside ``message``.
+
+    ``code`` and ``inReplyTo`` are plain strings here, not the closed types ``error`` takes: a
+    kept message read back (``decode_kept``) may come from another version of the gateway
+    during a rolling upgrade, and a code or type this one does not know must not make it drop
+    the message. For the same reason ``code`` may be absent (kept by a gateway before codes).
+    """
+
     message: str
+    code: str | None = None
+    in_reply_to: str | None = None
+    status: int | None = None
+    reason: str | None = None
 
 
 class _ServerMessage(msgspec.Struct, frozen=True, tag_field="type"):
@@ -170,9 +188,12 @@ ServerMessage = (
 )
 
 
-def error(message: str) -> Error:
-    """An ``error`` message for the client."""
-    return Error(ErrorPayload(message))
+def error(problem: Problem, in_reply_to: ClientMessageType | None = None) -> Error:
+    """An ``error`` message for the client: ``problem``, answering the client message of type
+    ``in_reply_to`` (None: no client message caused it)."""
+    return Error(
+        ErrorPayload(problem.message, problem.code, in_reply_to, problem.status, problem.reason)
+    )
 
 
 _encoder: Final = msgspec.json.Encoder()
