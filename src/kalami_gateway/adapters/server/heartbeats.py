@@ -5,7 +5,8 @@ callback and libuv's timer, ~600 B of an idle connection's heap for the whole in
 (bench/README.md, "What one idle connection costs"), and a heap insertion in the loop's
 timer queue every interval. Here a ping is due at the first tick (``TICK`` seconds) at or
 after its time; one timer runs each tick's callbacks while any are waiting. A ping may so
-go out up to one tick late, never early; delays shorter than ``SHORTEST`` keep a timer of
+go out up to one tick late, never early (beyond 10 ns of float slack); delays shorter than
+``SHORTEST`` keep a timer of
 their own.
 """
 
