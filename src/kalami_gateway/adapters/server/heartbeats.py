@@ -6,8 +6,7 @@ callback and libuv's timer, ~600 B of an idle connection's heap for the whole in
 timer queue every interval. Here a ping is due at the first tick (``TICK`` seconds) at or
 after its time; one timer runs each tick's callbacks while any are waiting. A ping may so
 go out up to one tick late, never early (beyond 10 ns of float slack); delays shorter than
-``SHORTEST`` keep a timer of
-their own.
+``SHORTEST`` keep a timer of their own.
 """
 
 from __future__ import annotations
