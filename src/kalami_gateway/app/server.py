@@ -60,6 +60,7 @@ class GatewayServer(uvicorn.Server):
         self._gateway = app
         self._drain_timeout = drain_timeout
         self._signals = signals
+        self._metrics_flush: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -82,12 +83,22 @@ class GatewayServer(uvicorn.Server):
         await super().startup(sockets)
         if self._tune_gc:
             collect_less()
+        metrics = self._gateway.metrics
+        if metrics.shared_dir is not None:
+            # A worker of serve --workers: its tallies and connection figures reach the
+            # group's scrapes through the shared directory, at most FLUSH_SECONDS late.
+            self._metrics_flush = asyncio.create_task(metrics.keep_flushed())
 
     async def shutdown(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         try:
             await asyncio.wait_for(self._gateway.drain(), self._drain_timeout)
         except TimeoutError:
             log.warning("ws_drain_timed_out", extra={"timeout_s": self._drain_timeout})
+        if self._metrics_flush is not None:
+            self._metrics_flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics_flush
+            self._gateway.metrics.flush()  # its last tallies, and no connections, before it exits
         await super().shutdown(sockets)  # type: ignore[arg-type]
 
 

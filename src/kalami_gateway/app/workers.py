@@ -15,6 +15,13 @@ only the parent holds, for as long as the worker runs: it reads end-of-file the 
 parent is gone, for any reason, and at once if it already was, so there is no race with a
 parent that dies while the worker starts). It then drains as on SIGTERM, for at most
 ``ORPHAN_GRACE_SECONDS``, and exits.
+
+Metrics mean the same whichever worker answers a scrape: the supervisor makes a private
+directory the workers keep their metrics in (``PROMETHEUS_MULTIPROC_DIR``, set before the first
+is spawned), each worker in the files of its slot (0 to N-1, which its replacement takes over:
+the counts go on, the directory does not grow), keeps the live workers' pids there, tells it of
+every worker that dies (its connections leave the gauges at once) and removes it when it stops
+(adapters/metrics/).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Final
 
+from kalami_gateway.adapters.metrics import SharedMetricsDir, shared_metrics_dir, use_worker_slot
 from kalami_gateway.app.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -72,8 +80,10 @@ def listen(settings: Settings) -> socket.socket:
     return sock
 
 
-def _worker(sock: socket.socket) -> None:
-    """One worker process: the gateway as a single process would run it, on ``sock``."""
+def _worker(sock: socket.socket, slot: int) -> None:
+    """One worker process: the gateway as a single process would run it, on ``sock``; its
+    metrics in ``slot``'s files of the shared directory."""
+    use_worker_slot(slot)  # before the app makes its first metric
     # Imported here: the spawned child starts from a clean interpreter.
     from kalami_gateway.app.factory import create_app
     from kalami_gateway.app.server import GatewayServer, uvicorn_config
@@ -124,34 +134,48 @@ class Supervisor:
     def run(self, sock: socket.socket) -> int:
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self._workers = [self._start(sock) for _ in range(self._count)]
-            log.info(
-                "workers_started",
-                extra={"workers": self._count, "pids": [w.pid for w in self._workers]},
-            )
-            while not self._stopping:
-                time.sleep(_POLL_SECONDS)
-                self._replace_dead(sock)
-            return self._drain()
+            with contextlib.ExitStack() as stack:
+                try:
+                    metrics = stack.enter_context(shared_metrics_dir())
+                except OSError as exc:  # made under TMPDIR: a read-only root needs a /tmp
+                    raise SettingsError(
+                        f"TMPDIR: cannot make the workers' metrics directory ({exc.strerror})"
+                    ) from None
+                self._workers = [self._start(sock, slot) for slot in range(self._count)]
+                metrics.workers_are(self._live_pids())
+                log.info(
+                    "workers_started",
+                    extra={"workers": self._count, "pids": [w.pid for w in self._workers]},
+                )
+                while not self._stopping:
+                    time.sleep(_POLL_SECONDS)
+                    self._replace_dead(sock, metrics)
+                return self._drain()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             sock.close()
 
-    def _start(self, sock: socket.socket) -> BaseProcess:
-        process = self._context.Process(target=_worker, args=(sock,), daemon=False)
+    def _start(self, sock: socket.socket, slot: int) -> BaseProcess:
+        process = self._context.Process(target=_worker, args=(sock, slot), daemon=False)
         process.start()
         return process
 
-    def _replace_dead(self, sock: socket.socket) -> None:
-        for index, worker in enumerate(self._workers):
+    def _live_pids(self) -> list[int]:
+        return [w.pid for w in self._workers if w.pid is not None and w.is_alive()]
+
+    def _replace_dead(self, sock: socket.socket, metrics: SharedMetricsDir) -> None:
+        for slot, worker in enumerate(self._workers):
             if worker.is_alive() or self._stopping:
                 continue
             log.warning("worker_died", extra={"pid": worker.pid, "exitcode": worker.exitcode})
+            metrics.worker_gone(slot)  # before its replacement opens the slot's files
+            metrics.workers_are(self._live_pids())
             time.sleep(_RESTART_PAUSE_SECONDS if worker.exitcode not in (0, None) else 0)
             if not self._stopping:
-                self._workers[index] = self._start(sock)
-                log.info("worker_replaced", extra={"pid": self._workers[index].pid})
+                self._workers[slot] = self._start(sock, slot)
+                metrics.workers_are(self._live_pids())
+                log.info("worker_replaced", extra={"pid": self._workers[slot].pid})
 
     def _stop(self, signum: int, _: FrameType | None) -> None:
         if self._stopping:

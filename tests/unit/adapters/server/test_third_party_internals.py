@@ -223,7 +223,8 @@ SERVER: Final = Subclass(
     overrides={
         "__init__": "the app to drain and the signals to catch",
         "capture_signals": "no re-raise of SIGTERM/SIGINT after a graceful drain",
-        "startup": "freezes the heap after start-up (collect_less)",
+        "startup": "freezes the heap after start-up (collect_less); starts the workers' "
+        "metrics copy",
         "shutdown": "drains WebSockets with 1001 before uvicorn's 1012",
     },
     uses={"handle_exit": "installed as the SIGINT/SIGTERM handler"},
