@@ -21,6 +21,7 @@ from bench.cases import (
     case_memory,
     case_pings,
     case_proxy,
+    case_reply_audio,
     case_stop_to_transcription,
     case_turn_burst,
     case_turns,
@@ -118,6 +119,7 @@ def measure(sizes: Sizes) -> tuple[list[Row], dict[str, list[Row]]]:
             rows += uvloop.run(case_stop_to_transcription(mode, sizes))
         for mode in ("stream", "buffer"):
             rows += uvloop.run(case_upload_memory(mode, sizes))
+        rows += uvloop.run(case_reply_audio(sizes))
         stub.stop()
         gateway.stop()
         rows += uvloop.run(case_cluster(nginx, rows, sizes))

@@ -57,6 +57,10 @@ class WsClient(asyncio.Protocol):
         self.close_code: int | None = None
         # When set, text messages go straight to this callback (no queue, no task switch).
         self.on_text: Callable[[bytes], None] | None = None
+        # When set, binary messages go to this callback; else they are dropped (the gateway
+        # sends some only to a session that asked for binary reply audio).
+        self.on_binary: Callable[[bytes], None] | None = None
+        self.wire_bytes = 0  # every frame received since the upgrade, headers included
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -112,12 +116,16 @@ class WsClient(asyncio.Protocol):
                 return
             payload = bytes(buf[offset : offset + size])
             del buf[: offset + size]
+            self.wire_bytes += offset + size
             if opcode == TEXT:
                 if self.on_text is not None:
                     self.on_text(payload)
                     continue
                 self._messages.append(payload)
                 self._wake()
+            elif opcode == BINARY:
+                if self.on_binary is not None:
+                    self.on_binary(payload)
             elif opcode == PING and self.transport is not None:
                 self.transport.write(client_frame(PONG, payload))
             elif opcode == CLOSE:

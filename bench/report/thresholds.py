@@ -23,6 +23,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "burst_warm_cpu_ms": ("<=", 500),
     "black_hole_late_ms": ("<=", 100),
     "flood_p99_ratio": ("<=", 2),
+    # Issue 26: binary reply audio costs no more than the audio itself (base64: 4/3 of it).
+    "reply_audio_wire_ratio": ("<=", 0.76),
 }
 
 

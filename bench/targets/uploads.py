@@ -16,6 +16,7 @@ class UploadBackend(LocalServer):
     """``bench/upload_backend.py`` in a process of its own: reads bodies to their end."""
 
     delay: float
+    reply_audio_bytes: int = 0  # the turn's reply audio (0: the usual 3 bytes)
 
     @property
     def url(self) -> str:
@@ -31,6 +32,8 @@ class UploadBackend(LocalServer):
                 str(self.port),
                 "--delay",
                 str(self.delay),
+                "--reply-audio-bytes",
+                str(self.reply_audio_bytes),
             ],
             cwd=BENCH_DIR.parent,
         )

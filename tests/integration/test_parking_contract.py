@@ -9,6 +9,7 @@ import itertools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
@@ -113,6 +114,35 @@ async def test_a_parked_session_is_claimed_with_its_state(sites: Sites) -> None:
         "processing",
     )
     assert await site.store.parked() == 0
+
+
+async def test_a_session_resumes_with_the_reply_audio_form_it_was_started_with(
+    sites: Sites,
+) -> None:
+    site = await sites.new()
+    rec = msgspec.structs.replace(record(), reply_audio="binary")
+    await parked(site, rec)
+    claim = await site.store.claim("t1", "alice", "t2", "conn-2")
+    assert isinstance(claim, pk.Resumed)
+    assert claim.record.reply_audio == "binary"
+    assert await site.store.park(rec.key, "conn-2", "active", None)  # parked again, and again
+    claim = await site.store.claim("t2", "alice", "t3", "conn-3")
+    assert isinstance(claim, pk.Resumed)
+    assert claim.record == msgspec.structs.replace(rec, claims="bearer-2")
+
+
+async def test_a_record_written_before_the_reply_audio_form_resumes_as_json(
+    redis_sites: Sites, redis: Redis, prefix: str
+) -> None:
+    site = await redis_sites.new()
+    rec = msgspec.structs.replace(record(), reply_audio="binary")
+    await parked(site, rec)
+    # As a gateway before the option wrote it (rolling upgrade): four items, no form.
+    meta = msgspec.json.encode(["alice", rec.session_id, "prof", "food"])
+    await redis.hset(f"{prefix}rs:{rec.key}", "meta", meta)
+    claim = await site.store.claim("t1", "alice", "t2", "conn-2")
+    assert isinstance(claim, pk.Resumed)
+    assert claim.record.reply_audio == "json"
 
 
 async def test_what_a_parked_session_is_sent_is_kept_in_order_and_bounded(sites: Sites) -> None:

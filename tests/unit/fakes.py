@@ -23,7 +23,8 @@ from kalami_gateway.domain.ports import (
 )
 from kalami_gateway.domain.protocol import (
     AudioFormat,
-    ServerMessage,
+    AudioFrames,
+    Outbound,
     encode_server_message,
 )
 
@@ -56,10 +57,10 @@ class FakeCredentials(SessionCredentials):
 
 class FakeChannel(ClientChannel):
     def __init__(self) -> None:
-        self.sent: list[ServerMessage] = []
+        self.sent: list[Outbound] = []
         self.closed_with: tuple[int, str] | None = None
 
-    async def send(self, message: ServerMessage) -> None:
+    async def send(self, message: Outbound) -> None:
         if self.closed_with is None:
             self.sent.append(message)
 
@@ -68,8 +69,10 @@ class FakeChannel(ClientChannel):
             self.closed_with = (code, reason)
 
     def wire(self) -> list[str]:
-        """What the client saw, as text frames."""
-        return [encode_server_message(m) for m in self.sent]
+        """What the client saw as text frames (of reply audio in binary, its ``audio_start``)."""
+        return [
+            encode_server_message(m.start() if isinstance(m, AudioFrames) else m) for m in self.sent
+        ]
 
     def types(self) -> list[str]:
         return [type(m).__struct_config__.tag for m in self.sent]  # type: ignore[misc]
@@ -92,6 +95,7 @@ class FakeBackend(Backend):
         self.uploads: list[FakeUpload] = []
         self.upload_fail_at: int | None = None  # uploads fail from this write on
         self.upload_room: asyncio.Event | None = None  # writes wait for it when set
+        self.reply_audio_base64: str | None = "AAAA"  # each turn's reply audio
         self._next = 0
 
     def _maybe_fail(self) -> None:
@@ -129,7 +133,7 @@ class FakeBackend(Backend):
         return TurnReply(
             user_text=f"heard {len(audio)} bytes",
             assistant_text="Nice!",
-            assistant_audio_base64="AAAA",
+            assistant_audio_base64=self.reply_audio_base64,
             corrections=[{"original": "a", "corrected": "b", "explanation": "c"}],
             vocabulary_introduced=["word"],
         )

@@ -163,6 +163,7 @@ class Container(containers.DeclarativeContainer):
             ServiceLimits,
             max_message_bytes=settings.provided.max_message_bytes,
             max_audio_bytes=settings.provided.max_audio_bytes,
+            max_reply_audio_bytes=settings.provided.reply_audio_max_bytes,
             max_connections_per_user=settings.provided.max_connections_per_user,
             backend_timeout=settings.provided.backend_timeout,
             end_retry_window=settings.provided.end_retry_window,

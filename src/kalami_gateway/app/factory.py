@@ -26,6 +26,7 @@ from kalami_gateway.adapters.asgi import ASGIApp, Receive, Scope, Send, send_jso
 from kalami_gateway.adapters.clock import run_every
 from kalami_gateway.adapters.errors import API_NOT_SERVED
 from kalami_gateway.adapters.http import (
+    ASYNCAPI_PATH,
     KNOWN_ROUTES,
     PUSH_PATH,
     CorsPolicy,
@@ -33,6 +34,7 @@ from kalami_gateway.adapters.http import (
     ProxyCall,
     SameOrigin,
     SendLimits,
+    asyncapi_route,
     gateway_errors,
     health,
     index_route,
@@ -98,6 +100,7 @@ class GatewayApp:
             readiness,
             stats,
             metrics,
+            asyncapi_route(),
             ws_route(self.provide_service, send_limits, origins),
         ]
         if settings.push_api_key:
@@ -141,7 +144,7 @@ class GatewayApp:
             self.metrics.http_request,
             (*KNOWN_ROUTES, *PLAYGROUND_ROUTES),
             same_origin_only=(PAGE_PATH,),
-            schema=(SCHEMA_PREFIX, SCHEMA_PATH),
+            schema=(SCHEMA_PREFIX, SCHEMA_PATHS),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -252,11 +255,14 @@ async def no_api_in_stub_mode(scope: Scope, receive: Receive, send: Send, reques
 
 SCHEMA_PREFIX: Final = "/schema"
 SCHEMA_PATH: Final = "/schema/openapi.json"
+# Everything served under /schema: the OpenAPI schema and the WebSocket's AsyncAPI document.
+SCHEMA_PATHS: Final = (SCHEMA_PATH, ASYNCAPI_PATH)
 
 
 def openapi_config() -> OpenAPIConfig:
     """The schema at /schema/openapi.json (the push API is documented there), and nothing
-    else under /schema: Litestar's Swagger UI, ReDoc and the rest load their scripts from a
+    else of Litestar's under /schema (the AsyncAPI document beside it is a route of the
+    gateway's own): Litestar's Swagger UI, ReDoc and the rest load their scripts from a
     CDN, and a gateway must not make an operator's browser fetch code from a third party.
 
     Each route declares every status it answers, typed (tests/integration/test_openapi.py
@@ -274,8 +280,9 @@ def openapi_config() -> OpenAPIConfig:
             "any request may be answered 400 invalid_host (Host missing, repeated or "
             "malformed), 404 not_found (no such route), 405 method_not_allowed, or, before it "
             "is read, 408, 414 or 431, each with that body. /ws (a WebSocket, opened with a "
-            "learner's JWT: OpenAPI describes no WebSocket) and /api/* (relayed to the "
-            "backend, its answers its own) are described in the README."
+            "learner's JWT: OpenAPI describes no WebSocket) is described by the AsyncAPI "
+            "document at /schema/asyncapi.json, and /api/* (relayed to the backend, its "
+            "answers its own) in the README."
         ),
         components=Components(security_schemes=dict(security_schemes())),
     )

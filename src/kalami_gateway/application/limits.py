@@ -10,6 +10,9 @@ from typing import Final
 
 import msgspec
 
+from kalami_gateway.domain import session as s
+from kalami_gateway.domain.reply_audio import DEFAULT_MAX_REPLY_AUDIO_BYTES
+
 # The readiness check answers within the lower of this and BACKEND_TIMEOUT.
 READINESS_SECONDS: Final = 5.0
 
@@ -31,6 +34,13 @@ class ServiceLimits(msgspec.Struct, frozen=True):
     # past BACKEND_TIMEOUT, they were lost (their instance died) and the client is told so.
     remote_turn_slack: float = 5.0
     stream_uploads: bool = False  # stream each utterance to the backend while it is recorded
+    # The largest reply audio sent to a client, either form (REPLY_AUDIO_MAX_BYTES).
+    max_reply_audio_bytes: int = DEFAULT_MAX_REPLY_AUDIO_BYTES
+
+    @property
+    def session_limits(self) -> s.Limits:
+        """What the state machine is told of the limits."""
+        return s.Limits(self.max_audio_bytes, self.max_reply_audio_bytes)
 
     @property
     def backend_call_deadline(self) -> float:

@@ -42,7 +42,7 @@ class ParkedSessions:
         # Resumable sessions need a store and a grace; without either, a drop ends the session.
         self.store = parking if limits.resume_grace > 0 else None
         self._restart_parks = limits.restart_parks
-        self._session_limits = s.Limits(max_audio_bytes=limits.max_audio_bytes)
+        self._session_limits = limits.session_limits
         self._connections = connections
         self._cleanup = cleanup
         self._credentials = credentials
@@ -57,8 +57,15 @@ class ParkedSessions:
             and (not draining or self._restart_parks)
         )
 
-    async def hold(self, conn: Connection, created: CreatedSession, profile_id: str) -> None:
-        """Make the new session resumable with this connection's resume token."""
+    async def hold(
+        self,
+        conn: Connection,
+        created: CreatedSession,
+        profile_id: str,
+        reply_audio: p.ReplyAudio,
+    ) -> None:
+        """Make the new session resumable with this connection's resume token (with how its
+        client takes reply audio, so a resumed session goes on as it began)."""
         if self.store is None:
             return
         record = pk.SessionRecord(
@@ -68,6 +75,7 @@ class ParkedSessions:
             profile_id,
             created.topic,
             self._credentials.claims_of(conn.token),
+            reply_audio,
         )
         try:
             await self.store.hold(conn.resume_token, record, conn.id)

@@ -46,10 +46,11 @@ class BackendSessions:
         self._parked = parked
 
     async def start(
-        self, conn: Connection, profile_id: str, topic: str | None
+        self, conn: Connection, profile_id: str, topic: str | None, reply_audio: p.ReplyAudio
     ) -> s.SessionCreated | s.SessionCreateFailed | None:
         """Create the session at the backend; what the state machine is to hear of it (None:
-        nothing, the client left meanwhile)."""
+        nothing, the client left meanwhile). ``reply_audio``, how the client takes the reply
+        audio, is not the backend's business: it goes with the session's record."""
         started = self._clock.monotonic()
         call = asyncio.ensure_future(self._backend.create_session(conn.token, profile_id, topic))
         try:
@@ -70,8 +71,8 @@ class BackendSessions:
             await self.end(conn, created.id)
             return None
         if conn.state.phase is s.Phase.IDLE:
-            await self._parked.hold(conn, created, profile_id)
-        return s.SessionCreated(created.id, profile_id, created.topic)
+            await self._parked.hold(conn, created, profile_id, reply_audio)
+        return s.SessionCreated(created.id, profile_id, created.topic, reply_audio)
 
     async def end(self, conn: Connection, session_id: str) -> None:
         """End the session at the backend (a failed call is retried in the background), then

@@ -63,7 +63,7 @@ class Turns:
         self._metrics = metrics
         self._max_audio_bytes = limits.max_audio_bytes
         self._stream_uploads = limits.stream_uploads
-        self._session_limits = s.Limits(max_audio_bytes=limits.max_audio_bytes)
+        self._session_limits = limits.session_limits
         self._handlers: dict[type[s.Effect], _Handler] = {
             s.Send: self._send,
             s.AppendAudio: self._append_audio,
@@ -118,7 +118,9 @@ class Turns:
     async def _create_session(
         self, conn: Connection, effect: s.CreateSession, frame: bytes | None
     ) -> None:
-        event = await self._sessions.start(conn, effect.profile_id, effect.topic)
+        event = await self._sessions.start(
+            conn, effect.profile_id, effect.topic, effect.reply_audio
+        )
         if event is not None:
             await self.apply(conn, event)
 

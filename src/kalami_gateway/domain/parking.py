@@ -76,6 +76,7 @@ def resumed_state(record: SessionRecord, phase: ParkedPhase) -> SessionState:
         record.session_id,
         record.profile_id,
         record.topic,
+        reply_audio=record.reply_audio,
     )
 
 
@@ -93,6 +94,7 @@ class SessionRecord(msgspec.Struct, frozen=True):
     profile_id: str
     topic: str | None
     claims: str
+    reply_audio: p.ReplyAudio = "json"  # how its client takes reply audio (start_session's)
 
 
 class Holder(msgspec.Struct, frozen=True):

@@ -12,7 +12,7 @@ from typing import Protocol
 import msgspec
 
 from kalami_gateway.domain.parking import Claim, Holder, ParkedPhase, SessionRecord
-from kalami_gateway.domain.protocol import AudioFormat, GrammarCorrection, ServerMessage
+from kalami_gateway.domain.protocol import AudioFormat, GrammarCorrection, Outbound
 
 
 class BackendHealth(enum.Enum):
@@ -115,8 +115,10 @@ class Backend(Protocol):
 class ClientChannel(Protocol):
     """One client's WebSocket, as the domain sees it."""
 
-    async def send(self, message: ServerMessage) -> None:
-        """Send a message; a channel that is gone ignores it."""
+    async def send(self, message: Outbound) -> None:
+        """Send a message; a channel that is gone ignores it. Each goes as one text frame, but
+        ``AudioFrames`` (reply audio in binary): its ``start()`` as a text frame, then each of
+        its ``frames()`` as a binary frame, with no other message between them."""
         ...
 
     async def close(self, code: int, reason: str) -> None:

@@ -13,6 +13,8 @@ connection's own session, if any, is unchanged; the named one is never ended her
 
 What it says when it refuses a message (each text with its ``error`` code) is
 ``session_errors``'; an error answers the client message that caused it (``inReplyTo``).
+The form of a turn's reply audio (``start_session``'s ``replyAudio``, kept in the state while
+the session is open) and its cap are ``reply_audio``'s.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import msgspec
 
 from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain import session_errors as e
+from kalami_gateway.domain.reply_audio import DEFAULT_MAX_REPLY_AUDIO_BYTES, reply_audio
 
 
 class Phase(enum.Enum):
@@ -43,6 +46,9 @@ class SessionState(msgspec.Struct, frozen=True):
     audio_format: p.AudioFormat = "webm"
     buffered_bytes: int = 0
     upload_failed: bool = False  # the streamed upload broke: the rest of the recording is ignored
+    # How its client takes reply audio (``replyAudio``), while the session is open (a resume
+    # too: ``parking.SessionRecord``); the app's turns from idle have the default.
+    reply_audio: p.ReplyAudio = "json"
 
 
 IDLE: Final = SessionState()
@@ -50,6 +56,7 @@ IDLE: Final = SessionState()
 
 class Limits(msgspec.Struct, frozen=True):
     max_audio_bytes: int
+    max_reply_audio_bytes: int = DEFAULT_MAX_REPLY_AUDIO_BYTES  # REPLY_AUDIO_MAX_BYTES
 
 
 # --- events that are not client messages ------------------------------------------------
@@ -65,6 +72,7 @@ class SessionCreated(msgspec.Struct, frozen=True):
     session_id: str
     profile_id: str
     topic: str | None
+    reply_audio: p.ReplyAudio = "json"  # as start_session asked
 
 
 class SessionCreateFailed(msgspec.Struct, frozen=True):
@@ -114,12 +122,13 @@ Event = (
 
 
 class Send(msgspec.Struct, frozen=True):
-    message: p.ServerMessage
+    message: p.Outbound
 
 
 class CreateSession(msgspec.Struct, frozen=True):
     profile_id: str
     topic: str | None
+    reply_audio: p.ReplyAudio = "json"  # handed back in SessionCreated
 
 
 class EndSession(msgspec.Struct, frozen=True):
@@ -219,12 +228,16 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
                 return _refuse(state, e.BUSY, event)  # a turn on a session named by the app
             if phase is not Phase.IDLE:
                 return _refuse(state, e.session_already_open(state.session_id), event)
-            return Decision(state, (CreateSession(payload.profile_id, payload.topic),))
+            return Decision(
+                state, (CreateSession(payload.profile_id, payload.topic, payload.reply_audio),)
+            )
         case SessionCreated(session_id=session_id, profile_id=profile_id, topic=topic):
             if phase is not Phase.IDLE:
                 return Decision(state)
             return Decision(
-                SessionState(Phase.ACTIVE, session_id, profile_id, topic),
+                SessionState(
+                    Phase.ACTIVE, session_id, profile_id, topic, reply_audio=event.reply_audio
+                ),
                 (Send(p.SessionStarted(p.SessionStartedPayload(session_id, profile_id, topic))),),
             )
         case SessionCreateFailed(problem=problem):
@@ -294,7 +307,10 @@ def decide(state: SessionState, event: Event, limits: Limits) -> Decision:
                 ),
             ]
             if event.audio_base64:
-                replies.append(Send(p.AudioReply(p.AudioReplyPayload(event.audio_base64))))
+                audio = reply_audio(
+                    event.audio_base64, state.reply_audio, limits.max_reply_audio_bytes
+                )
+                replies.append(Send(audio))
             return Decision(_turn_over(state), tuple(replies))
         case TurnFailed(problem=problem, in_reply_to=in_reply_to):
             if phase is not Phase.PROCESSING:

@@ -42,7 +42,7 @@ def relayed(body: dict[str, Any]) -> list[dict[str, Any]]:
     )
     decision = s.decide(PROCESSING, event, s.Limits(max_audio_bytes=1))
     return [
-        json.loads(p.encode_server_message(e.message))
+        json.loads(p.encode_kept(e.message))  # a text frame's JSON, as bytes
         for e in decision.effects
         if isinstance(e, s.Send)
     ]

@@ -30,7 +30,7 @@ FRAME = s.AudioFrame(10)
 FAILURE = p.Problem("no", p.ErrorCode.BACKEND_TIMEOUT)
 
 
-def sends(decision: s.Decision) -> list[p.ServerMessage]:
+def sends(decision: s.Decision) -> list[p.Outbound]:
     return [e.message for e in decision.effects if isinstance(e, s.Send)]
 
 

@@ -1,8 +1,10 @@
 """The gateway's HTTP face apart from ``/api``: the edge every request passes (host check,
 request id, CORS, access metrics: ``HttpEdge``), the gateway's own routes (index, health,
-stats, metrics, push), the ``/ws`` handler that hands each accepted socket to the
-application, and the request checks they share (``valid_host``, ``TrustedPeers``)."""
+stats, metrics, push, the AsyncAPI document of the WebSocket protocol), the ``/ws`` handler
+that hands each accepted socket to the application, and the request checks they share
+(``valid_host``, ``TrustedPeers``)."""
 
+from kalami_gateway.adapters.http.asyncapi import ASYNCAPI_PATH, asyncapi_document, asyncapi_route
 from kalami_gateway.adapters.http.checks import TrustedPeers, climbs_out, valid_host
 from kalami_gateway.adapters.http.edge import CorsPolicy, HttpEdge, ProxyCall
 from kalami_gateway.adapters.http.routes import (
@@ -20,6 +22,7 @@ from kalami_gateway.adapters.http.routes import (
 from kalami_gateway.adapters.http.websocket import SameOrigin, SendLimits, ws_route
 
 __all__ = [
+    "ASYNCAPI_PATH",
     "KNOWN_ROUTES",
     "PUSH_PATH",
     "CorsPolicy",
@@ -28,6 +31,8 @@ __all__ = [
     "SameOrigin",
     "SendLimits",
     "TrustedPeers",
+    "asyncapi_document",
+    "asyncapi_route",
     "climbs_out",
     "gateway_errors",
     "health",

@@ -40,12 +40,15 @@ class Readiness(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class ConnectionStats(msgspec.Struct, frozen=True, rename="camel"):
-    """This instance's WebSockets."""
+    """This process's WebSockets (with ``--workers``, the worker that answered: ``pid``; the
+    group's sums are in /metrics)."""
 
     connections: int
     users: int
     accepted_total: int
     peak_connections: int
+    pid: int
+    scope: Literal["process"] = "process"
 
 
 class ClusterStats(msgspec.Struct, frozen=True):

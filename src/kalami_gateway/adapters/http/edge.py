@@ -76,9 +76,9 @@ class CorsPolicy:
 _ORIGIN_REFUSED: Final = error_body(403, "Origin not allowed")
 
 
-def _unserved_schema_page(path: str, prefix: str, served: str) -> bool:
+def _unserved_schema_page(path: str, prefix: str, served: frozenset[str]) -> bool:
     routed = "/" + "/".join(segment for segment in path.split("/") if segment)
-    return (routed == prefix or routed.startswith(prefix + "/")) and routed != served
+    return (routed == prefix or routed.startswith(prefix + "/")) and routed not in served
 
 
 class HttpEdge:
@@ -92,10 +92,10 @@ class HttpEdge:
         record_request: RecordRequest,
         known_routes: Iterable[str],
         same_origin_only: Iterable[str] = (),
-        schema: tuple[str, str] | None = None,
+        schema: tuple[str, Iterable[str]] | None = None,
     ) -> None:
         """``same_origin_only``: path prefixes (``/playground``: it and all below it) never
-        answered with CORS headers. ``schema``: (prefix, the one path served under it): every
+        answered with CORS headers. ``schema``: (prefix, the paths served under it): every
         other path under the prefix is answered 404 here, in the gateway's error shape (the
         Litestar schema router answers them with an HTML page of its own)."""
         self._app = app
@@ -104,7 +104,7 @@ class HttpEdge:
         self._record = record_request
         self._known_routes = frozenset(known_routes)
         self._same_origin_only = tuple(same_origin_only)
-        self._schema = schema
+        self._schema = None if schema is None else (schema[0], frozenset(schema[1]))
         # Made here, after logging is configured: structlog caches a logger's level and output
         # on first use, so a module-level one would keep the first configuration it met.
         self._log = structlog.get_logger("kalami_gateway.http")

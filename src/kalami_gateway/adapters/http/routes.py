@@ -1,5 +1,5 @@
 """The gateway's own HTTP routes (Litestar): service info, health, readiness, stats, metrics,
-and the push API.
+and the push API (the AsyncAPI document's route is with the document: ``asyncapi``).
 
 Each route's schema entry (/schema/openapi.json) declares every status it answers, each with
 its body's type: the Structs of ``bodies``, and ``HttpError`` for every error the gateway
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from litestar.params import SkipValidation
 
 from kalami_gateway import __version__
 from kalami_gateway.adapters.errors import PUSH_UNAVAILABLE, HttpError, code_for
+from kalami_gateway.adapters.http.asyncapi import ASYNCAPI_PATH
 from kalami_gateway.adapters.http.bodies import (
     BackendState,
     ClusterStats,
@@ -72,6 +74,7 @@ KNOWN_ROUTES: Final = (
     "/ws",
     PUSH_PATH,
     "/schema/openapi.json",
+    ASYNCAPI_PATH,
 )
 
 
@@ -92,6 +95,7 @@ def index_route(extra: dict[str, str]) -> HTTPRouteHandler:
             "metrics": "/metrics",
             "websocket": "/ws?token=<JWT>",
             "schema": "/schema/openapi.json",
+            "asyncapi": ASYNCAPI_PATH,
             **extra,
         },
     )
@@ -176,7 +180,9 @@ async def stats(
     mine = service.instance_stats()
     cluster = await directory.counts()
     return Stats(
-        ConnectionStats(mine.connections, mine.users, mine.accepted_total, mine.peak_connections),
+        ConnectionStats(
+            mine.connections, mine.users, mine.accepted_total, mine.peak_connections, os.getpid()
+        ),
         ClusterStats(cluster.instances, cluster.connections, cluster.users),
         SessionStats(await service.parked_sessions()),
     )

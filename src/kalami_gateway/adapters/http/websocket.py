@@ -20,7 +20,7 @@ from kalami_gateway.adapters.http.checks import TrustedPeers
 from kalami_gateway.application.service import GatewayService
 from kalami_gateway.domain.auth import answered_subprotocol, handshake_token, same_origin
 from kalami_gateway.domain.ports import ClientChannel
-from kalami_gateway.domain.protocol import ServerMessage, encode_server_message
+from kalami_gateway.domain.protocol import AudioFrames, Outbound, encode_server_message
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,14 @@ class SendLimits(msgspec.Struct, frozen=True):
 
 class SocketChannel(ClientChannel):
     """One accepted WebSocket as the domain's ClientChannel, sending through the server's
-    ASGI ``send`` (see ``SocketControl.accepted``)."""
+    ASGI ``send`` (see ``SocketControl.accepted``).
 
-    __slots__ = ("_closed", "_control", "_limits", "_pending", "_send", "slow")
+    Every message is a text frame but a reply's audio for a client that asked for it in binary
+    (``AudioFrames``): its ``audio_start`` text frame, then its binary frames. Those are the
+    only binary frames the gateway ever sends, and nothing else is sent between them: a message
+    sent meanwhile (a pong, a push) waits for the last frame."""
+
+    __slots__ = ("_audio_out", "_closed", "_control", "_limits", "_pending", "_send", "slow")
 
     def __init__(
         self, send: Send, control: SocketControl | None, limits: SendLimits | None = None
@@ -52,19 +57,42 @@ class SocketChannel(ClientChannel):
         self._closed = False
         self._limits = limits or SendLimits()
         self._pending = 0  # bytes of messages waiting for their send to complete
+        self._audio_out: asyncio.Event | None = None  # set when a reply's audio frames are out
         self.slow = False
 
-    async def send(self, message: ServerMessage) -> None:
+    async def send(self, message: Outbound) -> None:
         if self._closed:
             return
+        while self._audio_out is not None:  # nothing between an audio_start and its frames
+            await self._audio_out.wait()
+        if isinstance(message, AudioFrames):
+            await self._send_audio(message)
+            return
         text = encode_server_message(message)
+        await self._send_frame({"type": "websocket.send", "text": text}, len(text))
+
+    async def _send_audio(self, message: AudioFrames) -> None:
+        """``audio_start``, then the audio in binary frames (each counted against the send
+        buffer as it goes, as a text message is)."""
+        out = self._audio_out = asyncio.Event()
+        try:
+            start = encode_server_message(message.start())
+            await self._send_frame({"type": "websocket.send", "text": start}, len(start))
+            for frame in message.frames():
+                await self._send_frame({"type": "websocket.send", "bytes": frame}, len(frame))
+        finally:
+            self._audio_out = None
+            out.set()
+
+    async def _send_frame(self, event: dict[str, Any], size: int) -> None:
+        if self._closed:
+            return
         unsent = self._control.unsent_bytes() if self._control is not None else 0
-        if self._pending + len(text) + unsent > self._limits.buffer_bytes:
+        if self._pending + size + unsent > self._limits.buffer_bytes:
             self._release("send buffer full")
             return
-        self._pending += len(text)
+        self._pending += size
         try:
-            event = {"type": "websocket.send", "text": text}
             if unsent == 0 and self._control is not None:
                 # Nothing waits in the socket: uvicorn's send cannot block on flow control, so
                 # no deadline is armed (a timer per message cost ~3 µs of a ~17 µs ping).
@@ -78,7 +106,7 @@ class SocketChannel(ClientChannel):
             # The peer is gone (uvicorn raises ClientDisconnected, an OSError, to a sender).
             self._closed = True
         finally:
-            self._pending -= len(text)
+            self._pending -= size
 
     async def close(self, code: int, reason: str) -> None:
         if self._closed:

@@ -56,6 +56,7 @@ class InMemoryParking(SessionParking):
             entry.record.profile_id,
             entry.record.topic,
             entry.record.claims if claims is None else claims,
+            entry.record.reply_audio,
         )
         entry.deadline = self._clock.monotonic() + self._rules.grace
         entry.kept = pk.Kept()

@@ -70,10 +70,34 @@ class _Meta(msgspec.Struct, frozen=True, array_like=True):
     session_id: str
     profile_id: str
     topic: str | None
+    # Added later, last: a gateway that predates it reads the array without it, and a record
+    # it wrote (four items) reads back with the default.
+    reply_audio: str = "json"
 
 
 _encode_meta: Final = msgspec.json.Encoder().encode
 _decode_meta: Final = msgspec.json.Decoder(_Meta).decode
+
+
+def _meta_of(record: pk.SessionRecord) -> bytes:
+    return _encode_meta(
+        _Meta(
+            record.user_id, record.session_id, record.profile_id, record.topic, record.reply_audio
+        )
+    )
+
+
+def _record_of(key: Any, meta: bytes, claims: Any) -> pk.SessionRecord:
+    m = _decode_meta(meta)
+    return pk.SessionRecord(
+        _text(key),
+        m.user_id,
+        m.session_id,
+        m.profile_id,
+        m.topic,
+        _text(claims),
+        "binary" if m.reply_audio == "binary" else "json",
+    )
 
 
 def token_hash(resume_token: str) -> str:
@@ -136,9 +160,7 @@ class RedisParking(SessionParking):
             raise ParkingUnavailable(f"Redis is unreachable: {type(exc).__name__}") from None
 
     async def hold(self, resume_token: str, record: pk.SessionRecord, connection_id: str) -> None:
-        meta = _encode_meta(
-            _Meta(record.user_id, record.session_id, record.profile_id, record.topic)
-        )
+        meta = _meta_of(record)
         self._mine[record.key] = _Mirror(record, token_hash(resume_token), connection_id)
         await self._call(
             self._hold,
@@ -210,10 +232,7 @@ class RedisParking(SessionParking):
         if verdict == b"held":
             return pk.HeldElsewhere(pk.Holder(_text(reply[1]), _text(reply[2])), _text(reply[3]))
         key, meta, claims, phase, dropped, *kept = reply[1:]
-        m = _decode_meta(meta)
-        record = pk.SessionRecord(
-            _text(key), m.user_id, m.session_id, m.profile_id, m.topic, _text(claims)
-        )
+        record = _record_of(key, meta, claims)
         self._mine[record.key] = _Mirror(record, token_hash(new_resume_token), connection_id)
         return pk.Resumed(
             record,
@@ -240,17 +259,7 @@ class RedisParking(SessionParking):
         records = []
         for i in range(0, len(flat), 3):
             self._mine.pop(_text(flat[i]), None)
-            m = _decode_meta(flat[i + 1])
-            records.append(
-                pk.SessionRecord(
-                    _text(flat[i]),
-                    m.user_id,
-                    m.session_id,
-                    m.profile_id,
-                    m.topic,
-                    _text(flat[i + 2]),
-                )
-            )
+            records.append(_record_of(flat[i], flat[i + 1], flat[i + 2]))
         if not marked:  # after the lapsed ones left the mirror: they are not written back
             with contextlib.suppress(ParkingUnavailable):  # the next sweep tries again
                 await self._write_back()
@@ -271,9 +280,7 @@ class RedisParking(SessionParking):
                 kind, connection, left_ms = "p", "", round(left * 1000)
             else:
                 kind, connection, left_ms = "h", mirror.connection_id, 0
-            meta = _encode_meta(
-                _Meta(record.user_id, record.session_id, record.profile_id, record.topic)
-            )
+            meta = _meta_of(record)
             args += (
                 key,
                 kind,

@@ -14,6 +14,7 @@ import msgspec
 from kalami_gateway.app.settings import parse
 from kalami_gateway.app.settings.variable import Secret, Setting, Variable
 from kalami_gateway.domain.auth import CLOCK_LEEWAY_SECONDS
+from kalami_gateway.domain.reply_audio import DEFAULT_MAX_REPLY_AUDIO_BYTES
 
 MIN_SECRET_LENGTH: Final = 32
 DEFAULT_LEEWAY_MS: Final = round(CLOCK_LEEWAY_SECONDS * 1000)
@@ -117,6 +118,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_audio_bytes: Annotated[
         int, Variable("MAX_AUDIO_BYTES", parse.whole(1, 1 << 31), "largest utterance")
     ] = 10_485_760
+    reply_audio_max_bytes: Annotated[
+        int, Variable("REPLY_AUDIO_MAX_BYTES", parse.whole(1, 1 << 30), "largest reply audio sent")
+    ] = DEFAULT_MAX_REPLY_AUDIO_BYTES  # either form; as JSON 2.7 MiB, under WS_SEND_BUFFER_BYTES
     ws_per_message_deflate: Annotated[
         bool, Variable("WS_PER_MESSAGE_DEFLATE", parse.flag, "negotiate permessage-deflate")
     ] = False

@@ -6,7 +6,9 @@ encoding a Struct gives exactly the wire shape. Two dialects share the one proto
 protocol (``start_session``, recording frames, ``end_session``) and the Kalami app's (a
 session opened over REST, each utterance one ``audio`` message naming it by ``session_id``;
 docs/protocol.md). Every ``error`` carries a code from one closed list (``errors``: what each
-means is docs/protocol.md's §4)."""
+means is docs/protocol.md's §4). The tutor's spoken reply comes as one ``audio`` message (its
+base64 inside), or, for a session started with ``"replyAudio": "binary"``, as ``AudioFrames``:
+an ``audio_start`` message, then the audio in binary frames (``server``)."""
 
 from kalami_gateway.domain.protocol.client import (
     AUDIO_FORMATS,
@@ -25,6 +27,7 @@ from kalami_gateway.domain.protocol.client import (
     ProtocolError,
     Refresh,
     RefreshPayload,
+    ReplyAudio,
     SessionRef,
     StartRecording,
     StartRecordingPayload,
@@ -36,10 +39,15 @@ from kalami_gateway.domain.protocol.client import (
 )
 from kalami_gateway.domain.protocol.errors import ErrorCode, Problem
 from kalami_gateway.domain.protocol.server import (
+    AUDIO_FRAME_BYTES,
+    AudioFrames,
+    AudioFramesPayload,
     AudioReceived,
     AudioReceivedPayload,
     AudioReply,
     AudioReplyPayload,
+    AudioStart,
+    AudioStartPayload,
     Connected,
     ConnectedPayload,
     Error,
@@ -48,6 +56,7 @@ from kalami_gateway.domain.protocol.server import (
     GrammarCorrection,
     HeartbeatReply,
     HeartbeatReplyPayload,
+    Outbound,
     Pong,
     Processing,
     ProcessingPayload,
@@ -75,14 +84,19 @@ from kalami_gateway.domain.protocol.server import (
 
 __all__ = [
     "AUDIO_FORMATS",
+    "AUDIO_FRAME_BYTES",
     "CLIENT_MESSAGE_TYPES",
     "AudioFormat",
+    "AudioFrames",
+    "AudioFramesPayload",
     "AudioMessage",
     "AudioPayload",
     "AudioReceived",
     "AudioReceivedPayload",
     "AudioReply",
     "AudioReplyPayload",
+    "AudioStart",
+    "AudioStartPayload",
     "ClientMessage",
     "ClientMessageType",
     "Connected",
@@ -99,6 +113,7 @@ __all__ = [
     "HeartbeatReply",
     "HeartbeatReplyPayload",
     "NonEmptyStr",
+    "Outbound",
     "Ping",
     "Pong",
     "Problem",
@@ -111,6 +126,7 @@ __all__ = [
     "Refresh",
     "RefreshPayload",
     "Refreshed",
+    "ReplyAudio",
     "Response",
     "ResponsePayload",
     "ServerMessage",

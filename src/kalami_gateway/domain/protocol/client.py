@@ -17,6 +17,11 @@ from kalami_gateway.domain.protocol.errors import ErrorCode, Problem
 
 AudioFormat = Literal["webm", "wav", "mp3", "m4a", "ogg"]
 AUDIO_FORMATS: Final[tuple[str, ...]] = get_args(AudioFormat)
+# How a session's client takes the tutor's spoken reply (``start_session``'s ``replyAudio``):
+# ``json``, one ``audio`` text message with the audio in base64 (the seed protocol's and the
+# app's way, the default); ``binary``, an ``audio_start`` text message announcing it, then
+# the audio itself in binary frames of at most ``AUDIO_FRAME_BYTES`` (server.py).
+ReplyAudio = Literal["json", "binary"]
 
 
 class _Payload(msgspec.Struct, frozen=True, rename="camel"):
@@ -33,6 +38,8 @@ NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 class StartSessionPayload(_Payload, frozen=True):
     profile_id: NonEmptyStr
     topic: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    # Optional, so every client written before it starts its sessions as it did.
+    reply_audio: ReplyAudio = "json"
 
 
 class StartRecordingPayload(_Payload, frozen=True):
@@ -243,6 +250,8 @@ def _unknown_type(message_type: str) -> ProtocolError:
 
 
 _FORMAT_HINT: Final = "|".join(f'"{f}"' for f in AUDIO_FORMATS)
+# start_session's hint leaves the optional "replyAudio" out, so its errors keep the words they
+# always had (a bad replyAudio is named by the error's own description of the field).
 _PAYLOAD_HINTS: Final[dict[str, str]] = {
     "start_session": '{"profileId": string, "topic"?: string}',
     "start_recording": '{"format"?: ' + _FORMAT_HINT + "}",

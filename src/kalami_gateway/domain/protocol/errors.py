@@ -48,6 +48,9 @@ class ErrorCode(enum.StrEnum):
     MESSAGES_DROPPED = "messages_dropped"
     # A ``refresh`` token was not taken (the error's ``reason`` says why); the old one holds.
     REFRESH_REFUSED = "refresh_refused"
+    # The tutor's spoken reply passed REPLY_AUDIO_MAX_BYTES: it was not sent (in either form);
+    # the reply's text came in ``response`` before it.
+    REPLY_AUDIO_TOO_LARGE = "reply_audio_too_large"
 
 
 class Problem(msgspec.Struct, frozen=True):

@@ -1,5 +1,10 @@
 """The messages the gateway sends: encoded as text frames, and kept as bytes for a parked
-session (and forwarded between instances) to be read back as they were produced."""
+session (and forwarded between instances) to be read back as they were produced.
+
+``ServerMessage`` is every text frame. What the gateway sends is ``Outbound``: those, and
+``AudioFrames``, the tutor's spoken reply for a client that asked for it in binary
+(``start_session``'s ``replyAudio``), which a channel sends as an ``audio_start`` text frame
+and then the audio in binary frames of at most ``AUDIO_FRAME_BYTES``."""
 
 from __future__ import annotations
 
@@ -65,6 +70,28 @@ class ResponsePayload(msgspec.Struct, frozen=True):
 
 class AudioReplyPayload(msgspec.Struct, frozen=True):
     audio_base64: str
+    format: str = "mp3"
+
+
+# The largest binary frame of a reply's audio (``replyAudio: binary``): 64 KiB, a sixteenth
+# of the 1 MiB iOS's URLSessionWebSocketTask takes by default (its maximumMessageSize); a
+# 30-second reply (240 KB of 64 kbit/s mp3) is 4 frames. Each frame is one WebSocket message.
+AUDIO_FRAME_BYTES: Final = 64 << 10
+
+
+class AudioStartPayload(msgspec.Struct, frozen=True, rename="camel"):
+    """Announces a reply's audio in binary frames: exactly ``frames`` binary frames follow,
+    nothing else between them, each at most ``max_frame_bytes``; together they are ``bytes``
+    bytes of ``format`` audio."""
+
+    format: str
+    bytes: int
+    frames: int
+    max_frame_bytes: int = AUDIO_FRAME_BYTES
+
+
+class AudioFramesPayload(msgspec.Struct, frozen=True):
+    audio: bytes  # kept (JSON) as base64, msgspec's encoding of bytes
     format: str = "mp3"
 
 
@@ -137,6 +164,38 @@ class AudioReply(_ServerMessage, frozen=True, tag="audio"):
     payload: AudioReplyPayload
 
 
+class AudioStart(_ServerMessage, frozen=True, tag="audio_start"):
+    payload: AudioStartPayload
+
+
+class AudioFrames(msgspec.Struct, frozen=True, tag_field="type", tag="audio_frames"):
+    """The tutor's spoken reply for a client that asked for it in binary: never sent as it
+    is (so not a ``ServerMessage``, every one of which is a text frame). A channel sends
+    ``start()`` (``audio_start``, a text frame), then each of ``frames()`` as a binary frame,
+    with nothing else between them (``ports.ClientChannel``).
+
+    This is its form in the state machine's decisions and as kept for a parked session or
+    forwarded to another instance (``encode_kept``), so a reply kept while its client was away
+    still comes in binary on the resumed connection. A gateway that does not know the tag (an
+    older one, during a rolling upgrade) reads it back as nothing (``decode_kept``): that one
+    reply's audio is lost, never sent in a form the client did not ask for.
+    """
+
+    payload: AudioFramesPayload
+
+    def start(self) -> AudioStart:
+        """The announcement of the frames."""
+        size = len(self.payload.audio)
+        return AudioStart(
+            AudioStartPayload(self.payload.format, size, -(-size // AUDIO_FRAME_BYTES))
+        )
+
+    def frames(self) -> list[bytes]:
+        """The audio cut into binary frames of at most ``AUDIO_FRAME_BYTES``, in order."""
+        audio = self.payload.audio
+        return [audio[i : i + AUDIO_FRAME_BYTES] for i in range(0, len(audio), AUDIO_FRAME_BYTES)]
+
+
 class SessionEnded(_ServerMessage, frozen=True, tag="session_ended"):
     payload: SessionEndedPayload
 
@@ -178,6 +237,7 @@ ServerMessage = (
     | Transcription
     | Response
     | AudioReply
+    | AudioStart
     | SessionEnded
     | Pong
     | HeartbeatReply
@@ -186,6 +246,10 @@ ServerMessage = (
     | Refreshed
     | TokenExpiring
 )
+
+
+# What the gateway sends a client: a text frame, or reply audio in binary frames.
+Outbound = ServerMessage | AudioFrames
 
 
 def error(problem: Problem, in_reply_to: ClientMessageType | None = None) -> Error:
@@ -197,7 +261,7 @@ def error(problem: Problem, in_reply_to: ClientMessageType | None = None) -> Err
 
 
 _encoder: Final = msgspec.json.Encoder()
-_server_decoder: Final = msgspec.json.Decoder(ServerMessage)
+_kept_decoder: Final = msgspec.json.Decoder(Outbound)
 
 
 def encode_server_message(message: ServerMessage) -> str:
@@ -205,15 +269,15 @@ def encode_server_message(message: ServerMessage) -> str:
     return _encoder.encode(message).decode()
 
 
-def encode_kept(message: ServerMessage) -> bytes:
+def encode_kept(message: Outbound) -> bytes:
     """A server message as kept for a parked session (and forwarded between instances)."""
     return _encoder.encode(message)
 
 
-def decode_kept(data: bytes) -> ServerMessage | None:
+def decode_kept(data: bytes) -> Outbound | None:
     """A kept message back as it was produced; None if it is not one (never sent on)."""
     try:
-        message: ServerMessage = _server_decoder.decode(data)
+        message: Outbound = _kept_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
     return message
