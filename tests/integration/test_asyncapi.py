@@ -36,7 +36,8 @@ from tests.integration.conftest import (
     running_gateway,
     token_for,
 )
-from tests.unit.adapters.test_asyncapi import matching_messages, resolve
+from tests.json_schema import resolve
+from tests.unit.adapters.test_asyncapi import matching_messages
 
 Json = Any
 USER: Final = "ada"

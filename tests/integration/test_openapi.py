@@ -13,7 +13,7 @@ exactly when served) is checked alongside.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.raw_client import exchange
 from tests.integration.redis_fixtures import REDIS_URL
+from tests.json_schema import problems, references, resolve
 
 PUSH_KEY = "push-key-for-the-schema-test-0123456789"
 GOOD_PUSH = {"userId": "alice", "payload": {"n": 1}}
@@ -47,81 +48,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-# --- a checker for the JSON Schema the gateway's schema uses (jsonschema is not installed) ---
-
-# Keywords that say nothing about which values are valid.
-_ANNOTATIONS = frozenset({"title", "description", "default", "examples", "deprecated"})
-_TYPES: Mapping[str, Any] = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
-}
-
-
-def resolve(document: Json, ref: str) -> Json:
-    assert ref.startswith("#/"), f"only local references are expected: {ref}"
-    target = document
-    for part in ref[2:].split("/"):
-        assert part in target, f"{ref} points at nothing"
-        target = target[part]
-    return target
-
-
-def problems(document: Json, schema: Json, value: Json, at: str = "$") -> Iterator[str]:
-    """Why ``value`` does not match ``schema`` (none: it does). A keyword the checker does
-    not know fails the check rather than being skipped."""
-    if "$ref" in schema:
-        yield from problems(document, resolve(document, schema["$ref"]), value, at)
-        return
-    for keyword, expected in schema.items():
-        if keyword in _ANNOTATIONS or keyword in ("properties", "required"):
-            continue
-        if keyword == "type":
-            types = expected if isinstance(expected, list) else [expected]
-            if not any(_TYPES[t](value) for t in types):
-                yield f"{at}: {value!r} is not of type {expected}"
-                return
-        elif keyword == "enum":
-            if value not in expected:
-                yield f"{at}: {value!r} is not one of {expected}"
-        elif keyword == "const":
-            if value != expected:
-                yield f"{at}: {value!r} is not {expected!r}"
-        elif keyword == "oneOf":
-            matching = [s for s in expected if not any(problems(document, s, value, at))]
-            if len(matching) != 1:
-                yield f"{at}: {value!r} matches {len(matching)} of oneOf {expected}"
-        elif keyword == "minLength":
-            if isinstance(value, str) and len(value) < expected:
-                yield f"{at}: shorter than {expected}"
-        elif keyword == "maxLength":
-            if isinstance(value, str) and len(value) > expected:
-                yield f"{at}: longer than {expected}"
-        elif keyword == "additionalProperties":
-            if isinstance(value, dict):
-                known = schema.get("properties", {})
-                for name, item in value.items():
-                    if name in known:
-                        continue
-                    if expected is False:
-                        yield f"{at}: {name!r} is not allowed"
-                    elif isinstance(expected, dict):
-                        yield from problems(document, expected, item, f"{at}.{name}")
-        else:
-            raise AssertionError(f"the checker does not know the keyword {keyword!r} at {at}")
-    if isinstance(value, dict):
-        for name in schema.get("required", ()):
-            if name not in value:
-                yield f"{at}: {name!r} is missing"
-        for name, item_schema in schema.get("properties", {}).items():
-            if name in value:
-                yield from problems(document, item_schema, value[name], f"{at}.{name}")
 
 
 def assert_matches(document: Json, schema: Json, value: Json, what: str) -> None:
@@ -364,18 +290,6 @@ async def schema_served(settings: Settings) -> Json:
         response = await client.get(f"{gw.http}/schema/openapi.json")
     assert response.status_code == 200
     return response.json()
-
-
-def references(value: Json) -> Iterator[str]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "$ref":
-                yield item
-            else:
-                yield from references(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from references(item)
 
 
 def schemas_within(value: Json) -> Iterator[Json]:
