@@ -86,6 +86,7 @@ async def test_every_instance_gives_the_same_cluster_figures(
         async with httpx.AsyncClient() as client:
             text = (await client.get(f"{a.http}/metrics")).text
         assert "kalami_cluster_instances 2.0" in text
+        assert "\nkalami_cluster_reachable 1.0\n" in text
         assert "kalami_cluster_connections 3.0" in text
         assert "kalami_websocket_connections 2.0" in text
         for ws in sockets:
@@ -218,8 +219,10 @@ async def test_an_unreachable_redis_is_survived_and_reported(
         assert (await recv_json(ws))["type"] == "pong"
         async with httpx.AsyncClient(timeout=10) as client:
             ready = await client.get(f"{gw.http}/health/ready")
+            metrics = (await client.get(f"{gw.http}/metrics")).text
         assert ready.status_code == 503
         assert ready.json()["redis"] == "unreachable"
+        assert "\nkalami_cluster_reachable 0.0\n" in metrics
         stats = await stats_of(gw)
         assert stats["cluster"] == {"instances": 1, "connections": 1, "users": 1}
         await asyncio.sleep(3.5)  # at least one more failed renewal

@@ -198,7 +198,8 @@ async def stats(
 async def metrics(
     prometheus: SkipValidation[PrometheusMetrics], directory: SkipValidation[ConnectionDirectory]
 ) -> Response[bytes]:
-    prometheus.cluster(await directory.counts())
+    counts = await directory.counts()  # asks Redis, unless an outage is being waited out
+    prometheus.cluster(counts, directory.reachable())
     return Response(prometheus.render(), media_type=CONTENT_TYPE)
 
 

@@ -66,6 +66,11 @@ CLUSTER_CONNECTIONS: Final = Family(
 CLUSTER_USERS: Final = Family(
     "kalami_cluster_users", "Distinct users with an open connection across the cluster."
 )
+CLUSTER_REACHABLE: Final = Family(
+    "kalami_cluster_reachable",
+    "1 while this instance reaches the cluster's store (Redis), 0 while it is away (always 1 "
+    "without Redis).",
+)
 BUILD_INFO: Final = Family(
     "kalami_build_info", "The gateway's version, as a label (the value is always 1).", ("version",)
 )

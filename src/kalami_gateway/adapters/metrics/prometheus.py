@@ -23,6 +23,7 @@ from kalami_gateway.adapters.metrics.families import (
     CLOSED,
     CLUSTER_CONNECTIONS,
     CLUSTER_INSTANCES,
+    CLUSTER_REACHABLE,
     CLUSTER_USERS,
     LATENCY_BUCKETS,
     PARKING,
@@ -79,6 +80,7 @@ class PrometheusMetrics(Metrics):
         self._cluster_instances = _cluster_gauge(CLUSTER_INSTANCES, record_in)
         self._cluster_connections = _cluster_gauge(CLUSTER_CONNECTIONS, record_in)
         self._cluster_users = _cluster_gauge(CLUSTER_USERS, record_in)
+        self._cluster_reachable = _cluster_gauge(CLUSTER_REACHABLE, record_in)
         self._shared: SharedFigures | None = None
         if directory is None:
             own.register(TallyCollector(self._tallies))
@@ -124,8 +126,9 @@ class PrometheusMetrics(Metrics):
     def session_parking(self, event: str) -> None:
         self._parking.labels(event).inc()
 
-    def cluster(self, counts: DirectoryCounts) -> None:
+    def cluster(self, counts: DirectoryCounts, reachable: bool = True) -> None:
         """The cluster figures, read from the directory just before a scrape."""
+        self._cluster_reachable.set(1 if reachable else 0)
         self._cluster_instances.set(counts.instances)
         self._cluster_connections.set(counts.connections)
         self._cluster_users.set(counts.users)
