@@ -102,9 +102,9 @@ def _serve(workers: int | None) -> int:
         problems = cluster_problems(settings)
         if problems:
             raise SettingsError("; ".join(problems))
-    sock = listen(settings)
+    sockets = listen(settings)
     if settings.workers > 1:
         configure_logging(settings.log_level, settings.log_format)
-        return Supervisor(settings, settings.workers).run(sock)
-    serve(create_app(settings), sock)
+        return Supervisor(settings, settings.workers).run(sockets)
+    serve(create_app(settings), sockets)
     return 0

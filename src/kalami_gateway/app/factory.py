@@ -26,6 +26,7 @@ from kalami_gateway.adapters.asgi import ASGIApp, Receive, Scope, Send, send_jso
 from kalami_gateway.adapters.clock import run_every
 from kalami_gateway.adapters.errors import API_NOT_SERVED
 from kalami_gateway.adapters.http import (
+    ADMIN_PATHS,
     ASYNCAPI_PATH,
     KNOWN_ROUTES,
     PUSH_PATH,
@@ -95,7 +96,7 @@ class GatewayApp:
         if settings.playground_enabled:
             routes["playground"] = PAGE_PATH
         handlers = [
-            index_route(routes),
+            index_route(routes, settings.admin_port),
             health,
             readiness,
             stats,
@@ -145,6 +146,7 @@ class GatewayApp:
             (*KNOWN_ROUTES, *PLAYGROUND_ROUTES),
             same_origin_only=(PAGE_PATH,),
             schema=(SCHEMA_PREFIX, SCHEMA_PATHS),
+            admin=(settings.admin_port, ADMIN_PATHS) if settings.admin_port else None,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -131,10 +131,10 @@ def uvicorn_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
     )
 
 
-def serve(app: GatewayApp, sock: socket.socket) -> None:
-    """Serve on ``sock`` (bound by the caller, so a bad address is a settings error)."""
+def serve(app: GatewayApp, sockets: list[socket.socket]) -> None:
+    """Serve on ``sockets`` (bound by the caller, so a bad address is a settings error)."""
     settings = app.settings
     server = GatewayServer(
         uvicorn_config(app, settings), app, settings.shutdown_timeout, tune_gc=True
     )
-    server.run(sockets=[sock])
+    server.run(sockets=sockets)

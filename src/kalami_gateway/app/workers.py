@@ -53,14 +53,24 @@ _RESTART_PAUSE_SECONDS: Final = 1.0
 ORPHAN_GRACE_SECONDS: Final = 0.8
 
 
-def listen(settings: Settings) -> socket.socket:
-    """The listening socket, or a SettingsError naming GATEWAY_HOST/GATEWAY_PORT: an address
-    that does not resolve, is not this machine's, or a port in use is a setting's problem."""
-    where = f"{settings.gateway_host}:{settings.gateway_port}"
+def listen(settings: Settings) -> list[socket.socket]:
+    """The listening sockets (GATEWAY_PORT's, then ADMIN_PORT's when set), or a SettingsError
+    naming the setting: an address that does not resolve, is not this machine's, or a port in
+    use is a setting's problem."""
+    sockets = [_listen(settings, settings.gateway_port, "GATEWAY_HOST/GATEWAY_PORT")]
+    if settings.admin_port:
+        try:
+            sockets.append(_listen(settings, settings.admin_port, "GATEWAY_HOST/ADMIN_PORT"))
+        except SettingsError:
+            sockets[0].close()
+            raise
+    return sockets
+
+
+def _listen(settings: Settings, port: int, names: str) -> socket.socket:
+    where = f"{settings.gateway_host}:{port}"
     try:
-        infos = socket.getaddrinfo(
-            settings.gateway_host, settings.gateway_port, type=socket.SOCK_STREAM
-        )
+        infos = socket.getaddrinfo(settings.gateway_host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise SettingsError(
             f"GATEWAY_HOST: cannot resolve {settings.gateway_host!r} ({exc.strerror})"
@@ -73,15 +83,13 @@ def listen(settings: Settings) -> socket.socket:
         sock.listen(4096)
     except OSError as exc:
         sock.close()
-        raise SettingsError(
-            f"GATEWAY_HOST/GATEWAY_PORT: cannot listen on {where} ({exc.strerror or exc})"
-        ) from None
+        raise SettingsError(f"{names}: cannot listen on {where} ({exc.strerror or exc})") from None
     sock.set_inheritable(True)
     return sock
 
 
-def _worker(sock: socket.socket, slot: int) -> None:
-    """One worker process: the gateway as a single process would run it, on ``sock``; its
+def _worker(sockets: list[socket.socket], slot: int) -> None:
+    """One worker process: the gateway as a single process would run it, on ``sockets``; its
     metrics in ``slot``'s files of the shared directory."""
     use_worker_slot(slot)  # before the app makes its first metric
     # Imported here: the spawned child starts from a clean interpreter.
@@ -100,7 +108,7 @@ def _worker(sock: socket.socket, slot: int) -> None:
         signals=(signal.SIGTERM,),
         tune_gc=True,
     )
-    server.run(sockets=[sock])
+    server.run(sockets=sockets)
 
 
 def exit_with_supervisor() -> None:
@@ -131,7 +139,7 @@ class Supervisor:
         self._workers: list[BaseProcess] = []
         self._stopping = False
 
-    def run(self, sock: socket.socket) -> int:
+    def run(self, sockets: list[socket.socket]) -> int:
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             with contextlib.ExitStack() as stack:
@@ -141,7 +149,7 @@ class Supervisor:
                     raise SettingsError(
                         f"TMPDIR: cannot make the workers' metrics directory ({exc.strerror})"
                     ) from None
-                self._workers = [self._start(sock, slot) for slot in range(self._count)]
+                self._workers = [self._start(sockets, slot) for slot in range(self._count)]
                 metrics.workers_are(self._live_pids())
                 log.info(
                     "workers_started",
@@ -149,22 +157,23 @@ class Supervisor:
                 )
                 while not self._stopping:
                     time.sleep(_POLL_SECONDS)
-                    self._replace_dead(sock, metrics)
+                    self._replace_dead(sockets, metrics)
                 return self._drain()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            sock.close()
+            for sock in sockets:
+                sock.close()
 
-    def _start(self, sock: socket.socket, slot: int) -> BaseProcess:
-        process = self._context.Process(target=_worker, args=(sock, slot), daemon=False)
+    def _start(self, sockets: list[socket.socket], slot: int) -> BaseProcess:
+        process = self._context.Process(target=_worker, args=(sockets, slot), daemon=False)
         process.start()
         return process
 
     def _live_pids(self) -> list[int]:
         return [w.pid for w in self._workers if w.pid is not None and w.is_alive()]
 
-    def _replace_dead(self, sock: socket.socket, metrics: SharedMetricsDir) -> None:
+    def _replace_dead(self, sockets: list[socket.socket], metrics: SharedMetricsDir) -> None:
         for slot, worker in enumerate(self._workers):
             if worker.is_alive() or self._stopping:
                 continue
@@ -173,7 +182,7 @@ class Supervisor:
             metrics.workers_are(self._live_pids())
             time.sleep(_RESTART_PAUSE_SECONDS if worker.exitcode not in (0, None) else 0)
             if not self._stopping:
-                self._workers[slot] = self._start(sock, slot)
+                self._workers[slot] = self._start(sockets, slot)
                 metrics.workers_are(self._live_pids())
                 log.info("worker_replaced", extra={"pid": self._workers[slot].pid})
 

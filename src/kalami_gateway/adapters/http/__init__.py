@@ -8,6 +8,7 @@ from kalami_gateway.adapters.http.asyncapi import ASYNCAPI_PATH, asyncapi_docume
 from kalami_gateway.adapters.http.checks import TrustedPeers, climbs_out, valid_host
 from kalami_gateway.adapters.http.edge import CorsPolicy, HttpEdge, ProxyCall
 from kalami_gateway.adapters.http.routes import (
+    ADMIN_PATHS,
     KNOWN_ROUTES,
     PUSH_PATH,
     gateway_errors,
@@ -22,6 +23,7 @@ from kalami_gateway.adapters.http.routes import (
 from kalami_gateway.adapters.http.websocket import SameOrigin, SendLimits, ws_route
 
 __all__ = [
+    "ADMIN_PATHS",
     "ASYNCAPI_PATH",
     "KNOWN_ROUTES",
     "PUSH_PATH",

@@ -93,11 +93,15 @@ class HttpEdge:
         known_routes: Iterable[str],
         same_origin_only: Iterable[str] = (),
         schema: tuple[str, Iterable[str]] | None = None,
+        admin: tuple[int, Iterable[str]] | None = None,
     ) -> None:
         """``same_origin_only``: path prefixes (``/playground``: it and all below it) never
         answered with CORS headers. ``schema``: (prefix, the paths served under it): every
         other path under the prefix is answered 404 here, in the gateway's error shape (the
-        Litestar schema router answers them with an HTML page of its own)."""
+        Litestar schema router answers them with an HTML page of its own). ``admin``:
+        (ADMIN_PORT, the operators' paths): on that port only those are answered (anything
+        else 404, a WebSocket refused), and on the others those paths that the health probes
+        are not answer 404 (``/metrics`` and ``/stats`` need not be public)."""
         self._app = app
         self._proxy = proxy
         self._cors = cors
@@ -105,12 +109,17 @@ class HttpEdge:
         self._known_routes = frozenset(known_routes)
         self._same_origin_only = tuple(same_origin_only)
         self._schema = None if schema is None else (schema[0], frozenset(schema[1]))
+        self._admin_port = None if admin is None else admin[0]
+        self._admin_paths = frozenset(() if admin is None else admin[1])
         # Made here, after logging is configured: structlog caches a logger's level and output
         # on first use, so a module-level one would keep the first configuration it met.
         self._log = structlog.get_logger("kalami_gateway.http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if self._admin_port is not None and self._on_admin_port(scope):
+                await send({"type": "websocket.close", "code": 1008})  # 403 to the handshake
+                return
             await self._app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -169,6 +178,8 @@ class HttpEdge:
             host_problem = _host_problem(hosts, scope.get("http_version", "1.1"))
             if host_problem is not None:
                 await send_json_error(send_with_headers, 400, host_problem, code=INVALID_HOST)
+            elif self._admin_port is not None and self._not_on_this_port(scope, path):
+                await send_json_error(send_with_headers, 404, "Not Found")
             elif (
                 scope["method"] == "OPTIONS" and origin is not None and requested_method is not None
             ):
@@ -192,6 +203,18 @@ class HttpEdge:
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
+
+    def _on_admin_port(self, scope: Scope) -> bool:
+        server = scope.get("server")
+        return server is not None and server[1] == self._admin_port
+
+    def _not_on_this_port(self, scope: Scope, path: str) -> bool:
+        """ADMIN_PORT is set: whether ``path`` is not answered on the port it came to (as the
+        router sees it: Litestar collapses repeated and trailing slashes)."""
+        routed = "/" + "/".join(segment for segment in path.split("/") if segment)
+        if self._on_admin_port(scope):
+            return routed not in self._admin_paths
+        return routed in self._admin_paths and not routed.startswith("/health")
 
     def _no_cors(self, path: str) -> bool:
         """Whether ``path`` is one of the same-origin-only ones, as the router sees it

@@ -82,17 +82,25 @@ KNOWN_ROUTES: Final = (
 # SkipValidation (Litestar cannot isinstance-check a Protocol, and need not check our objects).
 
 
-def index_route(extra: dict[str, str]) -> HTTPRouteHandler:
+ADMIN_PATHS: Final = ("/metrics", "/stats", "/health", "/health/ready")
+
+
+def index_route(extra: dict[str, str], admin_port: int = 0) -> HTTPRouteHandler:
     """``GET /``: every route the running configuration serves (``extra``: those a setting
-    turns on, the playground and the push API; ``api`` only where ``/api`` is proxied)."""
+    turns on, the playground and the push API; ``api`` only where ``/api`` is proxied; with
+    ADMIN_PORT, ``/stats`` and ``/metrics`` are there, not here)."""
+    operators = (
+        {"admin": f"port {admin_port}: {', '.join(ADMIN_PATHS)}"}
+        if admin_port
+        else {"stats": "/stats", "metrics": "/metrics"}
+    )
     info = ServiceInfo(
         SERVICE,
         __version__,
         {
             "health": "/health",
             "readiness": "/health/ready",
-            "stats": "/stats",
-            "metrics": "/metrics",
+            **operators,
             "websocket": "/ws?token=<JWT>",
             "schema": "/schema/openapi.json",
             "asyncapi": ASYNCAPI_PATH,

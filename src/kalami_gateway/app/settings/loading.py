@@ -106,6 +106,8 @@ def cluster_problems(settings: Settings) -> list[str]:
             f"WORKERS={settings.workers} needs REDIS_URL: every worker is an instance of the "
             "cluster, and the instances share their connection directory through Redis"
         )
+    if settings.admin_port and settings.admin_port == settings.gateway_port:
+        problems.append("ADMIN_PORT must differ from GATEWAY_PORT")
     if settings.push_previous_api_key and not settings.push_api_key:
         problems.append(
             "PUSH_PREVIOUS_API_KEY needs PUSH_API_KEY: the former key is accepted beside the "

@@ -64,6 +64,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_port: Annotated[
         int, Variable("GATEWAY_PORT", parse.whole(0, 65535), "port to listen on")
     ] = 3000
+    admin_port: Annotated[
+        int,
+        Variable(
+            "ADMIN_PORT",
+            parse.whole(0, 65535),
+            "a second port on GATEWAY_HOST for /metrics, /stats and the health probes only; "
+            "then GATEWAY_PORT no longer answers /metrics and /stats (0: off)",
+        ),
+    ] = 0
     backend_url: Annotated[
         str,
         Variable(
