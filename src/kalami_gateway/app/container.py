@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 from dependency_injector import containers, providers
@@ -21,6 +22,7 @@ from kalami_gateway.adapters.redis import (
     new_instance_id,
     redis_client,
 )
+from kalami_gateway.adapters.tracing import OtelTracing, tracer_provider
 from kalami_gateway.app.settings import Settings
 from kalami_gateway.application import GatewayService, ServiceLimits, SessionCleanup
 from kalami_gateway.domain.auth import AuthPolicy
@@ -47,6 +49,20 @@ async def redis_connection(url: str) -> AsyncIterator[Redis | None]:
         yield client
     finally:
         await client.aclose()
+
+
+def tracing_from_environment() -> Iterator[OtelTracing | None]:
+    """Tracing (None: off) as the standard OTEL_* variables say (``adapters/tracing/setup.py``
+    states the rule); at shutdown, what is still batched is exported."""
+    provider = tracer_provider(os.environ)
+    if provider is None:
+        yield None
+        return
+    tracing = OtelTracing(provider)
+    try:
+        yield tracing
+    finally:
+        tracing.shutdown()
 
 
 def cluster_mode(redis_url: str) -> str:
@@ -131,6 +147,7 @@ class Container(containers.DeclarativeContainer):
         ),
     )
 
+    tracing = providers.Resource(tracing_from_environment)
     http_client = providers.Resource(
         backend_client,
         base_url=settings.provided.backend_url,
@@ -138,7 +155,7 @@ class Container(containers.DeclarativeContainer):
     )
     backend = providers.Selector(
         settings.provided.backend_mode,
-        http=providers.Singleton(HttpxBackend, client=http_client),
+        http=providers.Singleton(HttpxBackend, client=http_client, tracing=tracing),
         stub=providers.Singleton(StubBackend),
     )
     credentials = providers.Singleton(ResignedCredentials, secret=settings.provided.jwt_secret)
@@ -182,6 +199,7 @@ class Container(containers.DeclarativeContainer):
         cleanup=cleanup,
         instance=instance,
         parking=parking,
+        tracing=tracing,
     )
     proxy = providers.Singleton(
         ApiProxy,
@@ -193,4 +211,5 @@ class Container(containers.DeclarativeContainer):
         connections_per_client=settings.provided.api_connections_per_client,
         body_min_rate=settings.provided.api_body_min_rate,
         body_rate_grace=settings.provided.api_body_rate_grace,
+        tracing=tracing,
     )

@@ -102,7 +102,7 @@ class GatewayApp:
             stats,
             metrics,
             asyncapi_route(),
-            ws_route(self.provide_service, send_limits, origins),
+            ws_route(self.provide_service, send_limits, origins, container.tracing()),
         ]
         if settings.push_api_key:
             handlers.append(

@@ -56,6 +56,7 @@ from kalami_gateway.domain.ports import (
     ParkingEvents,
     SessionCredentials,
     SessionParking,
+    Tracing,
 )
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class GatewayService(ParkingEvents):
         sleep: Sleep = asyncio.sleep,
         new_id: Callable[[], str] = new_connection_id,
         new_resume_token: Callable[[], str] = new_resume_token,
+        tracing: Tracing | None = None,
     ) -> None:
         self._directory = directory
         self._instance = instance
@@ -93,9 +95,18 @@ class GatewayService(ParkingEvents):
         )
         self._drain = Drain(connections, parked, cleanup, limits, sleep, self.disconnect)
         self._expiry = TokenExpiry(clock, auth, limits, connections, self.disconnect)
-        sessions = BackendSessions(backend, calls, cleanup, credentials, clock, parked)
+        sessions = BackendSessions(backend, calls, cleanup, credentials, clock, parked, tracing)
         self._turns = Turns(
-            backend, calls, sessions, parked, self._expiry, connections, clock, metrics, limits
+            backend,
+            calls,
+            sessions,
+            parked,
+            self._expiry,
+            connections,
+            clock,
+            metrics,
+            limits,
+            tracing,
         )
         self._resumption = Resumption(
             parked.store,

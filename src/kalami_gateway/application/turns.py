@@ -7,6 +7,13 @@ A frame's way: ``apply`` -> the state machine's decision -> each effect's handle
 call the backend and ``apply`` what came of it (a session started, an upload failed). A turn
 ends in ``_finish_turn``: its outcome is applied, or kept in the parking store if the
 connection went meanwhile and the turn ran on detached.
+
+Traced (a ``Tracing`` given), a voice turn is a span, the session's child, from
+``start_recording`` (or the audio message) to its outcome, with three children:
+``turn.upload`` (the learner's audio arriving, from ``start_recording`` to
+``stop_recording``; a streamed upload's backend call runs in it), ``turn.backend`` (waiting
+for the backend's answer: its call carries this span's traceparent) and ``turn.reply`` (the
+outcome delivered). Spans are made once per turn, never per audio frame.
 """
 
 from __future__ import annotations
@@ -14,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from kalami_gateway.application.backend_calls import BackendCalls, backend_problem
 from kalami_gateway.application.connections import RUNS_ON, Connection, Connections
 from kalami_gateway.application.expiry import TokenExpiry
 from kalami_gateway.application.limits import ServiceLimits
 from kalami_gateway.application.parked import ParkedSessions
-from kalami_gateway.application.sessions import BackendSessions
+from kalami_gateway.application.sessions import SESSION_SPAN, BackendSessions
 from kalami_gateway.domain import protocol as p
 from kalami_gateway.domain import session as s
 from kalami_gateway.domain import session_errors
@@ -30,6 +37,8 @@ from kalami_gateway.domain.ports import (
     BackendError,
     Clock,
     Metrics,
+    TraceSpan,
+    Tracing,
     TurnReply,
     Utterance,
     UtteranceUpload,
@@ -38,6 +47,12 @@ from kalami_gateway.domain.ports import (
 # One handler per effect type: (connection, the effect, the binary frame being handled if any).
 # The effect is typed Any here; each handler takes its own type (the table pairs them).
 _Handler = Callable[[Connection, Any, bytes | None], Awaitable[None]]
+# The spans of a turn (TURN_SPAN and UPLOAD_SPAN filed under the connection's id while the
+# learner records).
+TURN_SPAN: Final = "turn"
+UPLOAD_SPAN: Final = "turn.upload"
+BACKEND_SPAN: Final = "turn.backend"
+REPLY_SPAN: Final = "turn.reply"
 
 
 class Turns:
@@ -52,8 +67,10 @@ class Turns:
         clock: Clock,
         metrics: Metrics,
         limits: ServiceLimits,
+        tracing: Tracing | None = None,
     ) -> None:
         self._backend = backend
+        self._tracing = tracing
         self._calls = calls
         self._sessions = sessions
         self._parked = parked
@@ -107,6 +124,22 @@ class Turns:
     ) -> None:
         conn.drop_utterance()
         session_id = conn.state.session_id
+        tracing = self._tracing
+        if tracing is not None:
+            self._drop_turn_spans(tracing, conn)
+            turn = tracing.start(
+                TURN_SPAN,
+                parent=tracing.owned(conn.id, SESSION_SPAN),
+                owner=conn.id,
+                attributes=_ids(conn.id, session_id),
+            )
+            upload = tracing.start(UPLOAD_SPAN, parent=turn, owner=conn.id)
+            if self._stream_uploads and session_id is not None:
+                with tracing.current(upload):  # the upload's request task takes this context
+                    conn.upload = self._backend.open_upload(
+                        conn.token, session_id, conn.state.audio_format
+                    )
+            return
         if self._stream_uploads and session_id is not None:
             conn.upload = self._backend.open_upload(conn.token, session_id, conn.state.audio_format)
 
@@ -114,6 +147,33 @@ class Turns:
         self, conn: Connection, effect: s.DropUtterance, frame: bytes | None
     ) -> None:
         conn.drop_utterance()
+        if self._tracing is not None:
+            self._drop_turn_spans(self._tracing, conn)
+
+    def _drop_turn_spans(self, tracing: Tracing, conn: Connection) -> None:
+        """A recording's spans, ended unsubmitted (dropped, or a new one begun)."""
+        for name in (UPLOAD_SPAN, TURN_SPAN):
+            span = tracing.take(conn.id, name)
+            if span is not None:
+                span.set_attribute("kalami.turn.outcome", "dropped")
+                span.end()
+
+    def _turn_span(self, conn: Connection, session_id: str) -> TraceSpan | None:
+        """The submitted turn's span (its upload's ended); None: tracing is off."""
+        tracing = self._tracing
+        if tracing is None:
+            return None
+        upload = tracing.take(conn.id, UPLOAD_SPAN)
+        if upload is not None:
+            upload.end()
+        turn = tracing.take(conn.id, TURN_SPAN)
+        if turn is None:  # audio in one message: the turn begins now
+            turn = tracing.start(
+                TURN_SPAN,
+                parent=tracing.owned(conn.id, SESSION_SPAN),
+                attributes=_ids(conn.id, session_id),
+            )
+        return turn
 
     async def _create_session(
         self, conn: Connection, effect: s.CreateSession, frame: bytes | None
@@ -133,8 +193,11 @@ class Turns:
         self, conn: Connection, effect: s.SubmitUtterance, frame: bytes | None
     ) -> None:
         upload, conn.upload = conn.upload, None
+        span = self._turn_span(conn, effect.session_id)
         if upload is not None:
-            conn.turn = asyncio.create_task(self._run_turn(conn, upload.finish, effect.answers))
+            conn.turn = asyncio.create_task(
+                self._run_turn(conn, upload.finish, effect.answers, span)
+            )
             # However the turn ends (a reply, a deadline, end_session, a cancel before
             # it ran), the upload is over: aborting a finished one changes nothing.
             conn.turn.add_done_callback(lambda _: upload.abort())
@@ -148,13 +211,15 @@ class Turns:
                     conn,
                     lambda: self._backend.submit_utterance(token, session_id, utterance),
                     effect.answers,
+                    span,
                 )
             )
 
     async def _submit_encoded_audio(
         self, conn: Connection, effect: s.SubmitEncodedAudio, frame: bytes | None
     ) -> None:
-        conn.turn = asyncio.create_task(self._run_encoded_turn(conn, effect))
+        span = self._turn_span(conn, effect.session_id)
+        conn.turn = asyncio.create_task(self._run_encoded_turn(conn, effect, span))
 
     async def _cancel_turn(
         self, conn: Connection, effect: s.CancelTurn, frame: bytes | None
@@ -188,7 +253,9 @@ class Turns:
                 ),
             )
 
-    async def _run_encoded_turn(self, conn: Connection, effect: s.SubmitEncodedAudio) -> None:
+    async def _run_encoded_turn(
+        self, conn: Connection, effect: s.SubmitEncodedAudio, span: TraceSpan | None
+    ) -> None:
         audio = effect.audio
         if len(audio) > self._max_audio_bytes:
             await self._finish_turn(
@@ -198,6 +265,7 @@ class Turns:
                 s.TurnFailed(
                     session_errors.audio_message_too_large(self._max_audio_bytes), effect.answers
                 ),
+                span,
             )
             return
         utterance = Utterance((audio,), effect.audio_format)
@@ -205,6 +273,7 @@ class Turns:
             conn,
             lambda: self._backend.submit_utterance(conn.token, effect.session_id, utterance),
             effect.answers,
+            span,
         )
 
     async def _run_turn(
@@ -212,13 +281,14 @@ class Turns:
         conn: Connection,
         call: Callable[[], Awaitable[TurnReply]],
         answers: p.ClientMessageType,
+        span: TraceSpan | None = None,
     ) -> None:
         """Run a turn to its outcome; ``answers``: the message that asked for it (its error
-        answers that message)."""
+        answers that message); ``span``: the turn's (None: not traced)."""
         started = self._clock.monotonic()
         event: s.TurnSucceeded | s.TurnFailed
         try:
-            reply = await self._calls.on_time(call())
+            reply = await self._wait(call, span)
         except BackendError as exc:
             self._calls.failed("voice_turn_failed", conn.id, exc)
             outcome = f"backend_{exc.kind.value}"
@@ -237,17 +307,67 @@ class Turns:
                 vocabulary=reply.vocabulary_introduced,
                 audio_base64=reply.assistant_audio_base64,
             )
-        await self._finish_turn(conn, outcome, self._clock.monotonic() - started, event)
+        await self._finish_turn(conn, outcome, self._clock.monotonic() - started, event, span)
+
+    async def _wait(
+        self, call: Callable[[], Awaitable[TurnReply]], span: TraceSpan | None
+    ) -> TurnReply:
+        """The backend's answer, within the deadline; traced, as the turn's ``turn.backend``
+        span, current while the call runs (so that the call carries its traceparent)."""
+        tracing = self._tracing
+        if tracing is None or span is None:
+            return await self._calls.on_time(call())
+        waiting = tracing.start(BACKEND_SPAN, parent=span)
+        try:
+            with tracing.current(waiting):
+                return await self._calls.on_time(call())
+        except BaseException as exc:
+            waiting.fail(type(exc).__name__)
+            if not isinstance(exc, BackendError):  # cancelled: end_session, a cancel, a drain
+                span.set_attribute("kalami.turn.outcome", "cancelled")
+                span.end()
+            raise
+        finally:
+            waiting.end()
 
     async def _finish_turn(
-        self, conn: Connection, outcome: str, seconds: float, event: s.TurnSucceeded | s.TurnFailed
+        self,
+        conn: Connection,
+        outcome: str,
+        seconds: float,
+        event: s.TurnSucceeded | s.TurnFailed,
+        span: TraceSpan | None = None,
     ) -> None:
         self._metrics.turn_finished(outcome, seconds)
         if conn.turn is asyncio.current_task():
             conn.turn = None
+        tracing = self._tracing
+        if tracing is None or span is None:
+            await self._deliver(conn, event)
+            return
+        span.set_attribute("kalami.turn.outcome", outcome)
+        if outcome != "ok":
+            span.fail(outcome)
+        delivery = tracing.start(REPLY_SPAN, parent=span)
+        try:
+            await self._deliver(conn, event)
+        finally:
+            delivery.end()
+            span.end()
+
+    async def _deliver(self, conn: Connection, event: s.TurnSucceeded | s.TurnFailed) -> None:
+        """The turn's outcome to its connection, or to the parking store if it went."""
         if conn.stage in RUNS_ON:
             self._connections.turn_over(conn)
             await self._parked.keep_outcome(conn, event)
             return
         await self.apply(conn, event)
         await self._expiry.after_turn(conn)
+
+
+def _ids(connection_id: str, session_id: str | None) -> dict[str, str | int | bool]:
+    """A turn span's attributes."""
+    ids: dict[str, str | int | bool] = {"kalami.connection_id": connection_id}
+    if session_id is not None:
+        ids["kalami.session_id"] = session_id
+    return ids

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import msgspec
@@ -340,4 +341,58 @@ class SessionParking(Protocol):
     async def run(self, events: ParkingEvents) -> None:
         """Hand forwarded messages and release requests for this instance's connections to
         ``events``, until cancelled."""
+        ...
+
+
+TraceValue = str | int | bool
+
+
+class TraceSpan(Protocol):
+    """One span of a trace, as the application sees it (``Tracing.start`` makes them)."""
+
+    def set_attribute(self, key: str, value: TraceValue) -> None: ...
+
+    def fail(self, description: str) -> None:
+        """Mark the span's work as failed (its status ERROR), saying why."""
+        ...
+
+    def end(self) -> None:
+        """End the span now (a second call changes nothing)."""
+        ...
+
+
+class Tracing(Protocol):
+    """Traces (OpenTelemetry's, in ``adapters/tracing``). The application holds a
+    ``Tracing | None``: None when tracing is off, so that nothing is made or called on a hot
+    path; it asks once per session and per turn, never per frame."""
+
+    def now(self) -> int:
+        """A timestamp to start a span at later (``start_time``), in ns since the epoch."""
+        ...
+
+    def start(
+        self,
+        name: str,
+        *,
+        parent: TraceSpan | None = None,
+        owner: str | None = None,
+        start_time: int | None = None,
+        attributes: Mapping[str, TraceValue] | None = None,
+    ) -> TraceSpan:
+        """A new span, child of ``parent`` (None: of whatever span is current, else a new
+        trace). ``owner`` (a connection id) files it to be found by ``owned`` while it is
+        open, and ended with its owner if still open then."""
+        ...
+
+    def owned(self, owner: str, name: str) -> TraceSpan | None:
+        """The open span named ``name`` filed under ``owner``, if any."""
+        ...
+
+    def take(self, owner: str, name: str) -> TraceSpan | None:
+        """The same, taken out of ``owner``'s file (still open: the taker ends it)."""
+        ...
+
+    def current(self, span: TraceSpan) -> AbstractContextManager[None]:
+        """While entered, ``span`` is the current one: the backend calls made meanwhile are
+        its children and carry its traceparent."""
         ...

@@ -1,4 +1,7 @@
-"""The Kalami FastAPI backend over HTTP, with one shared httpx.AsyncClient."""
+"""The Kalami FastAPI backend over HTTP, with one shared httpx.AsyncClient.
+
+Traced (``tracing`` given), every call is a client span, child of whatever span is current
+(a session's, a turn's), and carries its traceparent: the backend's spans join the trace."""
 
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ import aiohttp
 import httpx
 import msgspec
 from httpx_aiohttp import AiohttpTransport
+from opentelemetry.trace import Status, StatusCode
 
 from kalami_gateway.adapters.backend.deadlines import BackendDeadlines
 from kalami_gateway.adapters.backend.replies import read_turn_reply
+from kalami_gateway.adapters.tracing import OtelTracing, traceparent_of
 from kalami_gateway.domain.ports import (
     Backend,
     BackendError,
@@ -100,8 +105,9 @@ def build_client(base_url: str, timeout_seconds: float) -> httpx.AsyncClient:
 class HttpxBackend(Backend):
     """Calls the backend as the learner: every call carries the client's own bearer token."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, tracing: OtelTracing | None = None) -> None:
         self._client = client
+        self._tracing = tracing
 
     async def create_session(
         self, token: str, profile_id: str, topic: str | None
@@ -161,6 +167,47 @@ class HttpxBackend(Backend):
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         all_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+        if self._tracing is not None:
+            return await self._traced(method, path, json, content, all_headers, self._tracing)
+        return await self._call(method, path, json, content, all_headers)
+
+    async def _traced(
+        self,
+        method: str,
+        path: str,
+        json: object,
+        content: bytes | AsyncIterator[bytes] | None,
+        headers: dict[str, str],
+        tracing: OtelTracing,
+    ) -> httpx.Response:
+        span = tracing.client_span(
+            f"backend {method}", {"http.request.method": method, "url.path": path}
+        )
+        headers["traceparent"] = traceparent_of(span).decode()
+        try:
+            response = await self._call(method, path, json, content, headers)
+        except BackendError as exc:
+            if exc.status is not None:
+                span.set_attribute("http.response.status_code", exc.status)
+            span.set_status(Status(StatusCode.ERROR, exc.kind.value))
+            raise
+        except BaseException as exc:  # cancelled (a deadline, the client leaving)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        else:
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
+        finally:
+            span.end()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        json: object,
+        content: bytes | AsyncIterator[bytes] | None,
+        all_headers: dict[str, str],
+    ) -> httpx.Response:
         try:
             response = await self._client.request(
                 method, path, json=json, content=content, headers=all_headers

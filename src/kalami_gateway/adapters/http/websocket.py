@@ -14,9 +14,12 @@ import structlog
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import WebsocketRouteHandler
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from kalami_gateway.adapters.asgi import SOCKET_CONTROL, Receive, Scope, Send, SocketControl
 from kalami_gateway.adapters.http.checks import TrustedPeers
+from kalami_gateway.adapters.tracing import CONNECTION_ID, OtelTracing
 from kalami_gateway.application.service import GatewayService
 from kalami_gateway.domain.auth import answered_subprotocol, handshake_token, same_origin
 from kalami_gateway.domain.ports import ClientChannel
@@ -224,12 +227,15 @@ def ws_route(
     provide_service: Callable[[], GatewayService],
     send_limits: SendLimits | None = None,
     origins: SameOrigin | None = None,
+    tracing: OtelTracing | None = None,
 ) -> WebsocketRouteHandler:
     """The ``/ws`` handler, bound to the service at the composition root.
 
     The service is a closure, not a Litestar dependency: resolving and validating handler
     kwargs cost ~10% of a connect's CPU in the profile, for a value that never changes.
     ``origins`` tells the gateway's own pages, which are always let in, from others.
+    ``tracing`` (None: off): each connection is a span, current while it is served, so that
+    its sessions and turns are its children; what it leaves open is ended with it.
     """
     own_site = origins or SameOrigin()
 
@@ -266,6 +272,10 @@ def ws_route(
             if conn is None:
                 return
             structlog.contextvars.bind_contextvars(connection_id=conn.id)
+            traced = None
+            if tracing is not None:
+                span = tracing.connection_span({CONNECTION_ID: conn.id})
+                traced = otel_context.attach(trace.set_span_in_context(span))
             reason = "client_closed"
             try:
                 while not conn.closed:
@@ -299,7 +309,15 @@ def ws_route(
                 # Let go for not reading: by the channel (the app's messages) or by the
                 # protocol (the pongs it owed).
                 slow = channel.slow or (control is not None and control.slow)
-                await service.disconnect(conn, "slow_consumer" if slow else reason)
+                reason = "slow_consumer" if slow else reason
+                try:
+                    await service.disconnect(conn, reason)
+                finally:
+                    if tracing is not None and traced is not None:
+                        tracing.release(conn.id)
+                        span.set_attribute("kalami.close_reason", reason)
+                        span.end()
+                        otel_context.detach(traced)
         finally:
             # Litestar's socket wraps the server's receive and send in closures that hold
             # the socket itself: a cycle that would keep the connection's protocol, and all

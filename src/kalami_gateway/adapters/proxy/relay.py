@@ -18,6 +18,10 @@ Budgets (issue 24): a request body must keep up with a minimum pace (``BodyPace`
 address holds at most ``connections_per_client`` exchanges at once, and streamed bodies hold at
 most ``streamed_share`` of the pool, so that bodiless and small requests always find a
 connection of their own: slow uploads from many clients cannot take every connection.
+
+Traces (issue 25): with tracing on, each request is a span of its own (``_traced``) and the
+backend is sent its traceparent in place of the client's; a client's traceparent is continued
+only from a peer in TRUSTED_PROXIES. With tracing off that costs one attribute test a request.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from collections.abc import Callable, Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
-from kalami_gateway.adapters.asgi import Receive, Scope, Send, send_json_error
+from opentelemetry.trace import Span, Status, StatusCode
+
+from kalami_gateway.adapters.asgi import Message, Receive, Scope, Send, send_json_error
 from kalami_gateway.adapters.errors import BACKEND_BUSY, NOT_READY
 from kalami_gateway.adapters.http.checks import TrustedPeers, climbs_out
 from kalami_gateway.adapters.proxy.client_body import (
@@ -47,6 +53,15 @@ from kalami_gateway.adapters.proxy.errors import PoolExhausted, UpstreamError, U
 from kalami_gateway.adapters.proxy.exchange import HttpExchange
 from kalami_gateway.adapters.proxy.forwarding import request_headers, response_headers
 from kalami_gateway.adapters.proxy.pool import IDLE_LIMIT, SlotGate, UpstreamPool
+from kalami_gateway.adapters.tracing import (
+    HEADER as TRACEPARENT,
+)
+from kalami_gateway.adapters.tracing import (
+    REQUEST_ID,
+    STATE_HEADER,
+    OtelTracing,
+    traceparent_of,
+)
 from kalami_gateway.domain.ports import BackendErrorKind
 
 log = logging.getLogger(__name__)
@@ -85,12 +100,13 @@ class ApiProxy:
         connections_per_client: int = 0,
         body_min_rate: int = 0,
         body_rate_grace: float = 10.0,
+        tracing: OtelTracing | None = None,
     ) -> None:
         """``timeout_seconds`` (``BACKEND_TIMEOUT``): what every wait is derived from (see
         ``ProxyDeadlines``); ``idle_limit``: how long a pooled connection may sit idle and still
         be handed out; ``connections_per_client``: concurrent exchanges per client address (0:
         no cap); ``body_min_rate``, ``body_rate_grace``: the pace a request body must keep (see
-        ``BodyPace``; a rate of 0: only the stall deadline)."""
+        ``BodyPace``; a rate of 0: only the stall deadline); ``tracing``: None, tracing off."""
         url = urlsplit(backend_url)
         tls = url.scheme == "https"
         self._host = url.hostname or "localhost"
@@ -114,6 +130,7 @@ class ApiProxy:
         self._min_rate = body_min_rate
         self._rate_grace = body_rate_grace
         self._streamed_slots = SlotGate(streamed_share(pool_size))
+        self._tracing = tracing
 
     @property
     def pool(self) -> UpstreamPool | None:
@@ -136,13 +153,19 @@ class ApiProxy:
         if pool is not None:
             await pool.close()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, span: Span | None = None
+    ) -> None:
+        """Forward one request; ``span``: its span when traced (given by ``_traced``)."""
+        if span is None and self._tracing is not None:
+            await self._traced(scope, receive, send, request_id, self._tracing)
+            return
         pool = self._pool
         if pool is None:
             await send_json_error(send, 503, "Gateway is starting or stopping", code=NOT_READY)
             return
         try:
-            head, body_length, chunked, client = self._request_head(scope, request_id)
+            head, body_length, chunked, client = self._request_head(scope, request_id, span)
         except BadRequest as exc:
             await send_json_error(send, 400, str(exc))
             return
@@ -239,6 +262,40 @@ class ApiProxy:
                 else:
                     del self._in_flight[client]
 
+    async def _traced(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, tracing: OtelTracing
+    ) -> None:
+        """The request as a span: named by its method, with the request id and the status
+        sent (a 5xx, or none sent at all, marks it failed)."""
+        client = scope.get("client")
+        method: str = scope["method"]
+        span = tracing.server_span(
+            f"proxy {method}",
+            scope["headers"],
+            client is not None and client[0] in self._trusted,
+            {
+                REQUEST_ID: request_id,
+                "http.request.method": method,
+                "url.path": scope["path"],
+            },
+        )
+        status = 0
+
+        async def send_seen(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self(scope, receive, send_seen, request_id, span)
+        finally:
+            if status:
+                span.set_attribute("http.response.status_code", status)
+            if status >= 500 or not status:
+                span.set_status(Status(StatusCode.ERROR, str(status or "no response")))
+            span.end()
+
     def _pace(self, start: float) -> BodyPace:
         """The pace of a request body whose reading started at loop time ``start``."""
         return BodyPace(self._deadlines.body_stall, self._min_rate, self._rate_grace, start)
@@ -253,10 +310,14 @@ class ApiProxy:
                 pump.sent.result()  # the body failed: the client left or stalled, or the backend
         return await conn.head_within(self._deadlines.response_head)
 
-    def _request_head(self, scope: Scope, request_id: str) -> tuple[bytes, int | None, bool, bytes]:
+    def _request_head(
+        self, scope: Scope, request_id: str, span: Span | None = None
+    ) -> tuple[bytes, int | None, bool, bytes]:
         """The request head to send (its body's framing header excepted: the exchange's), the
         body's length, whether it is chunked, and the client address (the peer's; from a
-        trusted proxy, the one its X-Forwarded-For reports)."""
+        trusted proxy, the one its X-Forwarded-For reports). Traced (``span``), the client's
+        traceparent is replaced by the span's, and its tracestate kept only from a trusted
+        peer (it belongs to the trace that peer's traceparent continued)."""
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         rest = raw_path[len(b"/api") :] or b"/"
         if climbs_out(rest):
@@ -266,8 +327,14 @@ class ApiProxy:
         if query:
             target += b"?" + query
         client = scope.get("client")
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if span is not None:
+            trusted = client is not None and client[0] in self._trusted
+            dropped = (TRACEPARENT,) if trusted else (TRACEPARENT, STATE_HEADER)
+            headers = [header for header in headers if header[0] not in dropped]
+            headers.append((TRACEPARENT, traceparent_of(span)))
         forwarded = request_headers(
-            scope["headers"],
+            headers,
             client[0] if client else None,
             scope.get("scheme", "http"),
             request_id,
