@@ -4,23 +4,15 @@ uvicorn logs at debug with every handshake header: masked like every other secre
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from kalami_gateway.app.logs import configure_logging, redact
 
 SECRET = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl"
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers, root.level = handlers, level
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.mark.parametrize(
