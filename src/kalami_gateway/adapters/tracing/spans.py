@@ -11,11 +11,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, StatusCode
 
 from kalami_gateway.adapters.tracing.traceparent import (
@@ -24,6 +23,9 @@ from kalami_gateway.adapters.tracing.traceparent import (
     parse_traceparent,
 )
 from kalami_gateway.domain.ports import TraceSpan, TraceValue, Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 # The attribute every span of a request or connection carries: the X-Request-ID the edge set.
 REQUEST_ID: Final = "kalami.request_id"
