@@ -34,6 +34,14 @@ async def test_index_health_and_stats(gateway: Gateway, client: httpx.AsyncClien
     stats = (await client.get(f"{gateway.http}/stats")).json()
     assert stats["websocket"]["connections"] == 0
     assert stats["websocket"]["users"] == 0
+    # One process: itself alone, its client sockets this request's connection at least.
+    [process] = stats["processes"]
+    assert process["pid"] == stats["websocket"]["pid"]
+    assert process["ceiling"] == gateway.app.capacity.ceiling
+    assert (process["connections"], process["refused"]) == (0, 0)
+    assert process["clientSockets"] >= 1
+    assert 0 < process["openFiles"] <= process["openFilesLimit"]
+    assert stats["spread"] == 0
 
 
 async def test_readiness_when_the_backend_is_healthy(

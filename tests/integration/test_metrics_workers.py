@@ -1,7 +1,8 @@
 """``GET /metrics`` on ``serve --workers 2``, over real sockets: whichever worker answers, one
 scrape is the whole group's — every counter monotonic across scrapes and equal to the traffic
-made, the connections summed over the workers, each worker's process figures by pid — and a
-worker that dies takes its connections and process figures with it, not its counts."""
+made, the connections summed over the workers, each worker's process figures and load against
+its ceiling by its real pid, which ``/stats`` lists too — and a worker that dies takes its
+connections, process figures and load with it, not its counts."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import httpx
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -37,6 +38,12 @@ PROCESS_FIGURES: Final = (
     "process_open_fds",
     "process_max_fds",
     "process_cpu_seconds_total",
+)
+PER_PROCESS: Final = (
+    "kalami_process_websocket_connections",
+    "kalami_process_client_sockets",
+    "kalami_process_connection_ceiling",
+    "kalami_process_websocket_refused",
 )
 # At least this much traffic, and more until each worker has had some (bounded).
 MIN_SOCKETS: Final = 6
@@ -182,6 +189,47 @@ async def index_requests_on_every_worker(port: int, directory: str) -> int:
             assert sent < MAX_REQUESTS, "every request went to one worker"
 
 
+def by_pid(scraped: dict[str, float], family: str) -> dict[int, float]:
+    """A per-process family's values by their pid label."""
+    prefix = f'{family}{{pid="'
+    return {int(k[len(prefix) : -2]): v for k, v in scraped.items() if k.startswith(prefix)}
+
+
+async def loads_of(scrapes: Scrapes, workers: set[int], opened: int) -> dict[str, float]:
+    """Scrape until the per-process gauges name exactly ``workers`` and their WebSockets sum
+    to the group's ``kalami_websocket_connections``, ``opened`` (each worker's as it last
+    flushed, within a second)."""
+    found: dict[str, float] = {}
+
+    async def named() -> bool:
+        nonlocal found
+        found = await scrapes.scrape()
+        each = by_pid(found, PER_PROCESS[0])
+        group = found["kalami_websocket_connections"]
+        return set(each) == workers and sum(each.values()) == group == opened
+
+    await eventually(named, within=15)
+    return found
+
+
+async def stats_of(port: int, workers: set[int], opened: int) -> dict[str, Any]:
+    """``GET /stats`` until its ``processes`` are ``workers``' and hold ``opened`` WebSockets
+    between them (whichever worker answers: each on a connection of its own)."""
+    found: dict[str, Any] = {}
+
+    async def listed() -> bool:
+        nonlocal found
+        async with httpx.AsyncClient(timeout=10) as client:
+            found = (await client.get(f"http://127.0.0.1:{port}/stats")).json()
+        processes = found["processes"]
+        return {p["pid"] for p in processes} == workers and sum(
+            p["connections"] for p in processes
+        ) == opened
+
+    await eventually(listed, within=15)
+    return found
+
+
 async def ping(ws: ClientConnection) -> None:
     await ws.send('{"type":"ping"}')
     assert (await recv_json(ws))["type"] == "pong"
@@ -249,6 +297,26 @@ async def test_one_scrape_is_the_whole_groups_and_a_dead_workers_counts_stay(
                     assert f'{name}{{pid="{pid}"}}' in scraped
                 assert scraped[f'process_open_fds{{pid="{pid}"}}'] > 0
             assert f'process_open_fds{{pid="{supervisor.pid}"}}' not in scraped
+            loads = await loads_of(scrapes, workers, opened)
+            for family in PER_PROCESS:
+                assert set(by_pid(loads, family)) == workers
+            for pid in workers:
+                connections = by_pid(loads, PER_PROCESS[0])[pid]
+                assert by_pid(loads, "kalami_process_client_sockets")[pid] >= connections
+                assert by_pid(loads, "kalami_process_connection_ceiling")[pid] > 0
+            assert loads['kalami_websocket_refused_total{reason="ceiling"}'] == 0
+            assert loads['kalami_accept_errors_total{errno="EMFILE"}'] == 0
+
+            stats = await stats_of(port, workers, opened)
+            assert stats["processes"] == sorted(stats["processes"], key=lambda p: p["pid"])
+            for each in stats["processes"]:
+                assert each["ceiling"] > 0
+                assert each["clientSockets"] >= each["connections"]
+                assert 0 < each["openFiles"] <= each["openFilesLimit"]
+                assert each["refused"] == 0
+            spread_of = [p["connections"] for p in stats["processes"]]
+            mean = sum(spread_of) / len(spread_of)
+            assert stats["spread"] == round((max(spread_of) / mean - 1) * 100, 1)
             for _ in range(20):  # whoever answers, the same totals
                 again = await scrapes.scrape()
                 assert again[INDEX] == requests
@@ -265,6 +333,9 @@ async def test_one_scrape_is_the_whole_groups_and_a_dead_workers_counts_stay(
             replacement = (worker_pids(supervisor.pid) - workers).pop()
             after = await after_death(scrapes, requests, opened, held[victim], replacement)
             assert not [name for name in after if f'pid="{victim}"' in name]
+            survivors = {max(workers), replacement}
+            await loads_of(scrapes, survivors, opened - held[victim])
+            await stats_of(port, survivors, opened - held[victim])
             # The replacement took over its slot's files: the directory does not grow.
             await eventually(lambda: listing(directory) == files, within=15)
             for _ in range(10):

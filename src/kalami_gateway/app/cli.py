@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import msgspec
 
 from kalami_gateway import __version__
+from kalami_gateway.adapters.capacity import raise_open_files_limit
 from kalami_gateway.adapters.jwt_decoder import mint_token
 from kalami_gateway.app.factory import create_app
 from kalami_gateway.app.logs import configure_logging
@@ -102,9 +103,10 @@ def _serve(workers: int | None) -> int:
         problems = cluster_problems(settings)
         if problems:
             raise SettingsError("; ".join(problems))
-    sockets = listen(settings)
+    listeners = listen(settings, settings.workers)
     if settings.workers > 1:
         configure_logging(settings.log_level, settings.log_format)
-        return Supervisor(settings, settings.workers).run(sockets)
-    serve(create_app(settings), sockets)
+        return Supervisor(settings, settings.workers).run(listeners)
+    raise_open_files_limit()  # before the app computes its ceiling from it
+    serve(create_app(settings), listeners.of_worker(0))
     return 0

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 from dependency_injector import containers, providers
 from redis.asyncio import Redis
 
-from kalami_gateway.adapters.backend import HttpxBackend, StubBackend, build_client
+from kalami_gateway.adapters.backend import (
+    MAX_BACKEND_CONNECTIONS,
+    HttpxBackend,
+    StubBackend,
+    build_client,
+)
+from kalami_gateway.adapters.capacity import Headroom, SocketCapacity, connection_ceiling
 from kalami_gateway.adapters.clock import SystemClock
 from kalami_gateway.adapters.jwt_decoder import PyJwtDecoder, ResignedCredentials
 from kalami_gateway.adapters.memory import InMemoryDirectory, InMemoryParking, LocalPushBus
 from kalami_gateway.adapters.metrics import PrometheusMetrics
 from kalami_gateway.adapters.proxy import ApiProxy
 from kalami_gateway.adapters.redis import (
+    REDIS_POOL_SIZE,
     RedisDirectory,
     RedisParking,
     RedisPushBus,
@@ -91,6 +99,24 @@ def socket_origins(cors_origins: tuple[str, ...]) -> frozenset[str] | None:
     return None if "*" in cors_origins else frozenset(cors_origins)
 
 
+def socket_capacity(settings: Settings) -> SocketCapacity:
+    """This process's client-socket ceiling: MAX_CLIENT_SOCKETS, or its open-file limit less
+    what it keeps for itself (``adapters/capacity.py``)."""
+    upstream = 0
+    if settings.backend_mode == "http":
+        # The /api pool (512) and as many retiring beside it, and the backend client's.
+        upstream = 2 * 512 + MAX_BACKEND_CONNECTIONS
+    headroom = Headroom(
+        listeners=2 if settings.admin_port else 1,
+        upstream=upstream,
+        redis=REDIS_POOL_SIZE if settings.redis_url else 0,
+    )
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if open_files == resource.RLIM_INFINITY:
+        open_files = 1 << 20
+    return SocketCapacity(connection_ceiling(open_files, headroom, settings.max_client_sockets))
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
 
@@ -107,7 +133,8 @@ class Container(containers.DeclarativeContainer):
         allowed_origins=providers.Callable(socket_origins, settings.provided.cors_origins),
     )
     instance = providers.Singleton(InstanceConnections)
-    metrics = providers.Singleton(PrometheusMetrics, connections=instance)
+    capacity = providers.Singleton(socket_capacity, settings=settings)
+    metrics = providers.Singleton(PrometheusMetrics, connections=instance, capacity=capacity)
 
     redis = providers.Resource(redis_connection, url=settings.provided.redis_url)
     mode = providers.Callable(cluster_mode, settings.provided.redis_url)

@@ -23,6 +23,7 @@ from litestar.openapi.spec import Components
 
 from kalami_gateway import __version__
 from kalami_gateway.adapters.asgi import ASGIApp, Receive, Scope, Send, send_json_error
+from kalami_gateway.adapters.capacity import SocketCapacity
 from kalami_gateway.adapters.clock import run_every
 from kalami_gateway.adapters.errors import API_NOT_SERVED
 from kalami_gateway.adapters.http import (
@@ -82,6 +83,7 @@ class GatewayApp:
         self.settings = settings
         self.container = container
         self.metrics: PrometheusMetrics = container.metrics()
+        self.capacity: SocketCapacity = container.capacity()
         self._proxy = container.proxy()
         self._service: GatewayService | None = None
         self._backend: Backend | None = None

@@ -15,10 +15,15 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from typing import cast
 
 import uvicorn
 
-from kalami_gateway.adapters.server import guarded_http_protocol, lively_websocket_protocol
+from kalami_gateway.adapters.server import (
+    Acceptor,
+    guarded_http_protocol,
+    lively_websocket_protocol,
+)
 from kalami_gateway.app.factory import GatewayApp
 from kalami_gateway.app.settings import Settings
 
@@ -80,7 +85,33 @@ class GatewayServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        # uvicorn's startup without its servers (the lifespan, the server state); the
+        # gateway accepts on the sockets itself (adapters/server/acceptor.py).
+        await super().startup(sockets=[])
+        if sockets is None:  # not handed any: the configured host and port
+            sockets = [self.config.bind_socket()]
+        state = self.server_state
+        capacity = self._gateway.capacity
+        capacity.count_with(lambda: len(state.connections))
+        log.info(
+            "connection_ceiling",
+            extra={
+                "ceiling": capacity.ceiling,
+                "open_files_limit": capacity.open_files_limit,
+                "headroom": capacity.headroom._asdict()
+                if capacity.headroom
+                else "MAX_CLIENT_SOCKETS",
+            },
+        )
+        config = self.config
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=state, app_state=self.lifespan.state
+            )
+
+        acceptors = [Acceptor(sock, protocol, capacity, config.backlog) for sock in sockets]
+        self.servers = cast("list[asyncio.base_events.Server]", acceptors)  # what uvicorn closes
         if self._tune_gc:
             collect_less()
         metrics = self._gateway.metrics
@@ -111,7 +142,7 @@ def uvicorn_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
         loop="uvloop",
         # httptools with a header deadline and size limits (adapters/server/http_protocol.py).
         http=guarded_http_protocol(
-            settings.http_header_timeout_ms / 1000, settings.max_header_bytes
+            settings.http_header_timeout_ms / 1000, settings.max_header_bytes, app.capacity
         ),
         # websockets-sansio, with liveness that the rate limits cannot fool and budgets for
         # what a peer may make it do (frames parsed, pongs unread).

@@ -1,7 +1,19 @@
-"""``serve --workers N``: N uvicorn worker processes on one listening socket.
+"""``serve --workers N``: N uvicorn worker processes, each on a listening socket of its own.
 
-The parent binds the socket, starts the workers (spawned, so each builds its own app: each
-is an instance of the cluster) and supervises them: a worker that dies is replaced. SIGTERM
+The parent binds the sockets, starts the workers (spawned, so each builds its own app: each
+is an instance of the cluster) and supervises them: a worker that dies is replaced.
+
+Each worker has its own listening socket on the one port (``SO_REUSEPORT``): the kernel
+spreads new connections over the group's sockets by a hash of their addresses, so each
+worker gets its share whatever it is busy with. On one shared socket the kernel woke every
+worker for each connection and whichever accepted first won: measured (issue 29), the
+busiest worker held 6-15 % more than the mean and reached its open-file limit while others
+had room. The parent holds every socket for as long as it runs, so connections that arrive
+for a worker being replaced wait in its socket's queue for the replacement, not lost. Before
+binding them the parent binds the port once alone, which fails if anything listens there
+already (sockets that all ask for ``SO_REUSEPORT`` would share the port with another
+``serve`` of the same user instead of failing). The admin port (``ADMIN_PORT``), lightly
+used, is one socket all the workers share. SIGTERM
 or SIGINT to the parent is passed on once, as SIGTERM, to every worker, which drains as a
 single process does (1001 to its sockets, sessions ended); the parent exits 0 when they have.
 Workers ignore SIGINT themselves, so a Ctrl-C in a terminal (sent to the whole process group)
@@ -36,8 +48,9 @@ import threading
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Final
+from typing import Final, NamedTuple
 
+from kalami_gateway.adapters.capacity import raise_open_files_limit
 from kalami_gateway.adapters.metrics import SharedMetricsDir, shared_metrics_dir, use_worker_slot
 from kalami_gateway.app.settings import Settings, SettingsError
 
@@ -53,21 +66,40 @@ _RESTART_PAUSE_SECONDS: Final = 1.0
 ORPHAN_GRACE_SECONDS: Final = 0.8
 
 
-def listen(settings: Settings) -> list[socket.socket]:
-    """The listening sockets (GATEWAY_PORT's, then ADMIN_PORT's when set), or a SettingsError
-    naming the setting: an address that does not resolve, is not this machine's, or a port in
-    use is a setting's problem."""
-    sockets = [_listen(settings, settings.gateway_port, "GATEWAY_HOST/GATEWAY_PORT")]
+class Listeners(NamedTuple):
+    """The public port's sockets (one per worker; one in a single process) and the admin
+    port's (shared), if any."""
+
+    public: list[socket.socket]
+    admin: socket.socket | None
+
+    def of_worker(self, slot: int) -> list[socket.socket]:
+        """What worker ``slot`` serves on: its public socket, then the admin one."""
+        return [self.public[slot], *([self.admin] if self.admin is not None else [])]
+
+    def close(self) -> None:
+        for sock in [*self.public, *([self.admin] if self.admin is not None else [])]:
+            sock.close()
+
+
+def listen(settings: Settings, workers: int = 1) -> Listeners:
+    """The listening sockets — GATEWAY_PORT's, one per worker, then ADMIN_PORT's when set —
+    or a SettingsError naming the setting: an address that does not resolve, is not this
+    machine's, or a port in use is a setting's problem."""
+    public = _listen(settings, settings.gateway_port, "GATEWAY_HOST/GATEWAY_PORT", workers)
+    admin = None
     if settings.admin_port:
         try:
-            sockets.append(_listen(settings, settings.admin_port, "GATEWAY_HOST/ADMIN_PORT"))
+            admin = _listen(settings, settings.admin_port, "GATEWAY_HOST/ADMIN_PORT", 1)[0]
         except SettingsError:
-            sockets[0].close()
+            for sock in public:
+                sock.close()
             raise
-    return sockets
+    return Listeners(public, admin)
 
 
-def _listen(settings: Settings, port: int, names: str) -> socket.socket:
+def _listen(settings: Settings, port: int, names: str, count: int) -> list[socket.socket]:
+    """``count`` sockets listening on ``port`` (more than one: each with SO_REUSEPORT)."""
     where = f"{settings.gateway_host}:{port}"
     try:
         infos = socket.getaddrinfo(settings.gateway_host, port, type=socket.SOCK_STREAM)
@@ -76,22 +108,35 @@ def _listen(settings: Settings, port: int, names: str) -> socket.socket:
             f"GATEWAY_HOST: cannot resolve {settings.gateway_host!r} ({exc.strerror})"
         ) from None
     family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    sockets: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(4096)
+        if count > 1:
+            # Alone first: fails if anything listens on the port already (see the docstring).
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+                address = probe.getsockname()  # port 0: the port the kernel chose, for all
+        for _ in range(count):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if count > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.listen(4096)
+            sock.set_inheritable(True)
     except OSError as exc:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise SettingsError(f"{names}: cannot listen on {where} ({exc.strerror or exc})") from None
-    sock.set_inheritable(True)
-    return sock
+    return sockets
 
 
 def _worker(sockets: list[socket.socket], slot: int) -> None:
     """One worker process: the gateway as a single process would run it, on ``sockets``; its
     metrics in ``slot``'s files of the shared directory."""
     use_worker_slot(slot)  # before the app makes its first metric
+    raise_open_files_limit()  # before the app computes its ceiling from it
     # Imported here: the spawned child starts from a clean interpreter.
     from kalami_gateway.app.factory import create_app
     from kalami_gateway.app.server import GatewayServer, uvicorn_config
@@ -139,7 +184,7 @@ class Supervisor:
         self._workers: list[BaseProcess] = []
         self._stopping = False
 
-    def run(self, sockets: list[socket.socket]) -> int:
+    def run(self, listeners: Listeners) -> int:
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             with contextlib.ExitStack() as stack:
@@ -149,7 +194,7 @@ class Supervisor:
                     raise SettingsError(
                         f"TMPDIR: cannot make the workers' metrics directory ({exc.strerror})"
                     ) from None
-                self._workers = [self._start(sockets, slot) for slot in range(self._count)]
+                self._workers = [self._start(listeners, slot) for slot in range(self._count)]
                 metrics.workers_are(self._live_pids())
                 log.info(
                     "workers_started",
@@ -157,23 +202,24 @@ class Supervisor:
                 )
                 while not self._stopping:
                     time.sleep(_POLL_SECONDS)
-                    self._replace_dead(sockets, metrics)
+                    self._replace_dead(listeners, metrics)
                 return self._drain()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            for sock in sockets:
-                sock.close()
+            listeners.close()
 
-    def _start(self, sockets: list[socket.socket], slot: int) -> BaseProcess:
-        process = self._context.Process(target=_worker, args=(sockets, slot), daemon=False)
+    def _start(self, listeners: Listeners, slot: int) -> BaseProcess:
+        process = self._context.Process(
+            target=_worker, args=(listeners.of_worker(slot), slot), daemon=False
+        )
         process.start()
         return process
 
     def _live_pids(self) -> list[int]:
         return [w.pid for w in self._workers if w.pid is not None and w.is_alive()]
 
-    def _replace_dead(self, sockets: list[socket.socket], metrics: SharedMetricsDir) -> None:
+    def _replace_dead(self, listeners: Listeners, metrics: SharedMetricsDir) -> None:
         for slot, worker in enumerate(self._workers):
             if worker.is_alive() or self._stopping:
                 continue
@@ -182,7 +228,7 @@ class Supervisor:
             metrics.workers_are(self._live_pids())
             time.sleep(_RESTART_PAUSE_SECONDS if worker.exitcode not in (0, None) else 0)
             if not self._stopping:
-                self._workers[slot] = self._start(sockets, slot)
+                self._workers[slot] = self._start(listeners, slot)
                 metrics.workers_are(self._live_pids())
                 log.info("worker_replaced", extra={"pid": self._workers[slot].pid})
 

@@ -13,6 +13,7 @@ import yaml
 from kalami_gateway.adapters.metrics import PrometheusMetrics
 from kalami_gateway.domain.instance import InstanceConnections
 from kalami_gateway.domain.ports import BackendErrorKind, DirectoryCounts
+from tests.unit.adapters.metrics.fakes import ClientSockets
 
 ROOT: Final = Path(__file__).resolve().parents[3]
 RULES: Final = ROOT / "deploy" / "prometheus" / "kalami-gateway.rules.yml"
@@ -26,7 +27,8 @@ _GROUPING: Final = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)")
 
 def exported() -> dict[str, set[str]]:
     """Every sample name of the gateway's exposition with the labels it carries."""
-    metrics = PrometheusMetrics(InstanceConnections())
+    sockets = ClientSockets()
+    metrics = PrometheusMetrics(InstanceConnections(), sockets.capacity)
     metrics.http_request("/api/{path}", 502)
     metrics.proxy_latency(0.01)
     metrics.message_received("ping")
@@ -37,6 +39,8 @@ def exported() -> dict[str, set[str]]:
     metrics.session_cleanup("gave_up")
     metrics.session_parking("expired")
     metrics.cluster(DirectoryCounts(instances=1, connections=1, users=1))
+    sockets.past_the_ceiling(handshakes=1)
+    sockets.capacity.accept_failed("EMFILE")
     samples: dict[str, set[str]] = {}
     for line in metrics.render().decode().splitlines():
         if not line or line.startswith("#"):

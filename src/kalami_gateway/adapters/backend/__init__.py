@@ -5,8 +5,15 @@ answer liberally, as the real backend writes it) or, with ``BACKEND_MODE=stub``,
 the deadlines the HTTP client makes of BACKEND_TIMEOUT."""
 
 from kalami_gateway.adapters.backend.deadlines import BackendDeadlines
-from kalami_gateway.adapters.backend.http import HttpxBackend, build_client
+from kalami_gateway.adapters.backend.http import MAX_BACKEND_CONNECTIONS, HttpxBackend, build_client
 from kalami_gateway.adapters.backend.replies import read_turn_reply
 from kalami_gateway.adapters.backend.stub import StubBackend
 
-__all__ = ["BackendDeadlines", "HttpxBackend", "StubBackend", "build_client", "read_turn_reply"]
+__all__ = [
+    "MAX_BACKEND_CONNECTIONS",
+    "BackendDeadlines",
+    "HttpxBackend",
+    "StubBackend",
+    "build_client",
+    "read_turn_reply",
+]

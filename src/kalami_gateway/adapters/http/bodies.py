@@ -40,8 +40,8 @@ class Readiness(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class ConnectionStats(msgspec.Struct, frozen=True, rename="camel"):
-    """This process's WebSockets (with ``--workers``, the worker that answered: ``pid``; the
-    group's sums are in /metrics)."""
+    """This process's WebSockets (with ``--workers``, the worker that answered: ``pid``; each
+    worker's are in ``processes``, the group's sums in /metrics)."""
 
     connections: int
     users: int
@@ -64,12 +64,29 @@ class SessionStats(msgspec.Struct, frozen=True):
     parked: int | None
 
 
+class ProcessStats(msgspec.Struct, frozen=True, rename="camel"):
+    """One serving process of this ``serve`` (with ``--workers``, each live worker, as it last
+    flushed its figures: at most a second old)."""
+
+    pid: int
+    connections: int  # its open WebSockets
+    client_sockets: int  # HTTP and WebSocket
+    ceiling: int  # client sockets it holds before a new WebSocket handshake is answered 503
+    refused: int  # WebSocket handshakes answered 503 at the ceiling since it started
+    open_files: int | None  # from /proc (null where it cannot be read)
+    open_files_limit: int | None
+
+
 class Stats(msgspec.Struct, frozen=True):
     """``GET /stats``."""
 
     websocket: ConnectionStats
     cluster: ClusterStats
     sessions: SessionStats
+    processes: list[ProcessStats]  # by pid
+    # How far the busiest process's WebSockets are above the mean over ``processes``, in
+    # percent (0 with one process).
+    spread: float
 
 
 class PushRequest(msgspec.Struct, frozen=True):

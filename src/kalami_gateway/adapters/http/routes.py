@@ -42,6 +42,7 @@ from kalami_gateway.adapters.http.bodies import (
     ClusterStats,
     ConnectionStats,
     Health,
+    ProcessStats,
     PushAccepted,
     PushRequest,
     Readiness,
@@ -51,7 +52,7 @@ from kalami_gateway.adapters.http.bodies import (
     SessionStats,
     Stats,
 )
-from kalami_gateway.adapters.metrics import CONTENT_TYPE, PrometheusMetrics
+from kalami_gateway.adapters.metrics import CONTENT_TYPE, PrometheusMetrics, spread
 from kalami_gateway.application.service import GatewayService
 from kalami_gateway.domain.ports import (
     BackendHealth,
@@ -179,20 +180,39 @@ async def readiness(
 @get(
     "/stats",
     operation_id="stats",
-    summary="Connection counts: this instance's, the cluster's, parked sessions",
+    summary=(
+        "Connection counts: this instance's, the cluster's, parked sessions, and each serving "
+        "process's sockets against its ceiling"
+    ),
     response_description="The counts",
 )
 async def stats(
-    service: SkipValidation[GatewayService], directory: SkipValidation[ConnectionDirectory]
+    service: SkipValidation[GatewayService],
+    directory: SkipValidation[ConnectionDirectory],
+    prometheus: SkipValidation[PrometheusMetrics],
 ) -> Stats:
     mine = service.instance_stats()
     cluster = await directory.counts()
+    processes = [
+        ProcessStats(
+            load.pid,
+            load.websocket_connections,
+            load.client_sockets,
+            load.ceiling,
+            load.refused,
+            open_files,
+            limit,
+        )
+        for load, open_files, limit in prometheus.serving_processes()
+    ]
     return Stats(
         ConnectionStats(
             mine.connections, mine.users, mine.accepted_total, mine.peak_connections, os.getpid()
         ),
         ClusterStats(cluster.instances, cluster.connections, cluster.users),
         SessionStats(await service.parked_sessions()),
+        processes,
+        spread([process.connections for process in processes]),
     )
 
 

@@ -71,6 +71,44 @@ CLUSTER_REACHABLE: Final = Family(
     "1 while this instance reaches the cluster's store (Redis), 0 while it is away (always 1 "
     "without Redis).",
 )
+# Each serving process's own figures, labelled with its pid (the open-file limit and the
+# ceiling are per process: compare them per process); shared, a dead worker's go with it.
+PROCESS_CLIENT_SOCKETS: Final = Family(
+    "kalami_process_client_sockets",
+    "Client sockets (HTTP and WebSocket) open in this process.",
+    ("pid",),
+)
+PROCESS_CEILING: Final = Family(
+    "kalami_process_connection_ceiling",
+    "Client sockets this process holds before it answers a new WebSocket handshake 503.",
+    ("pid",),
+)
+PROCESS_CONNECTIONS: Final = Family(
+    "kalami_process_websocket_connections",
+    "Open WebSocket connections of this process (the spread over a group's workers).",
+    ("pid",),
+)
+PROCESS_REFUSED: Final = Family(
+    "kalami_process_websocket_refused",
+    "WebSocket handshakes this process answered 503 at its ceiling since it started "
+    "(kalami_websocket_refused_total is the counter to alert on).",
+    ("pid",),
+)
+REFUSED: Final = Family(
+    "kalami_websocket_refused",
+    "WebSocket handshakes answered 503 before any upgrade, by reason (ceiling: the process "
+    "held its connection ceiling of client sockets).",
+    ("reason",),
+)
+ACCEPT_ERRORS: Final = Family(
+    "kalami_accept_errors",
+    "Connections the kernel could not hand over for lack of file descriptors, by errno "
+    "(EMFILE: the process's open-file limit, ENFILE: the system's).",
+    ("errno",),
+)
+# Exported from the start at 0, so an alert sees the first increase.
+REFUSAL_REASONS: Final = ("ceiling",)
+ACCEPT_ERRNOS: Final = ("EMFILE", "ENFILE")
 BUILD_INFO: Final = Family(
     "kalami_build_info", "The gateway's version, as a label (the value is always 1).", ("version",)
 )

@@ -50,6 +50,17 @@ class ProcessFigures(Collector):
         yield from families.values()
 
 
+def open_files(pid: int) -> tuple[int | None, int | None]:
+    """A process's open files and its open-file limit, as ``process_open_fds`` and
+    ``process_max_fds`` read them from ``/proc`` (None: not readable, or the process gone)."""
+    figures = {metric.name: metric.samples[0].value for metric in _reader(pid).collect()}
+    count, limit = figures.get("process_open_fds"), figures.get("process_max_fds")
+    return (
+        None if count is None else int(count),
+        None if limit is None else int(limit),
+    )
+
+
 class BuildInfo(Collector):
     """``kalami_build_info{version="…"} 1``."""
 

@@ -6,7 +6,8 @@ own (one per app, so tests do not share) and reads its tallies and connections a
 (``PROMETHEUS_MULTIPROC_DIR``; ``shared.py``), so whichever answers a scrape answers for the
 whole group, counters monotonic across scrapes whoever answers. Either way the names, labels
 and types are the same, with the ``process_*`` figures of each serving process and
-``kalami_build_info`` beside them (``processes.py``).
+``kalami_build_info`` beside them (``processes.py``), and each one's sockets against its
+connection ceiling (``process_load.py``; also what ``/stats`` lists: ``serving_processes``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics, generate_latest
 
+from kalami_gateway.adapters.capacity import SocketCapacity
 from kalami_gateway.adapters.clock import run_every
 from kalami_gateway.adapters.metrics.families import (
     BACKEND_ERRORS,
@@ -35,7 +37,15 @@ from kalami_gateway.adapters.metrics.families import (
     counter,
     histogram,
 )
-from kalami_gateway.adapters.metrics.processes import BuildInfo, ProcessFigures
+from kalami_gateway.adapters.metrics.process_load import (
+    LoadCollector,
+    ProcessLoad,
+    ServingProcess,
+    SharedLoad,
+    load_of,
+    loads_in,
+)
+from kalami_gateway.adapters.metrics.processes import BuildInfo, ProcessFigures, open_files
 from kalami_gateway.adapters.metrics.shared import (
     FLUSH_SECONDS,
     SharedFigures,
@@ -61,10 +71,21 @@ def _cluster_gauge(family: Family, registry: CollectorRegistry | None) -> Gauge:
 class PrometheusMetrics(Metrics):
     """The gateway's metrics, in this process's registry or the workers' shared directory."""
 
-    def __init__(self, connections: InstanceConnections) -> None:
+    def __init__(
+        self,
+        connections: InstanceConnections,
+        capacity: SocketCapacity,
+        *,
+        pid: int | None = None,
+    ) -> None:
+        """``pid``: the process these figures are of, when not this one (tests that play
+        several workers in one process)."""
         # The *_created series double the exposition for nothing a dashboard uses.
         disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self._tallies = Tallies()
+        self._connections = connections
+        self._capacity = capacity
+        self._pid = pid
         directory = self.shared_dir = shared_directory()
         own = CollectorRegistry(auto_describe=True)
         # Shared, every metric lives in this process's files and the registry reads the
@@ -81,16 +102,20 @@ class PrometheusMetrics(Metrics):
         self._cluster_connections = _cluster_gauge(CLUSTER_CONNECTIONS, record_in)
         self._cluster_users = _cluster_gauge(CLUSTER_USERS, record_in)
         self._cluster_reachable = _cluster_gauge(CLUSTER_REACHABLE, record_in)
-        self._shared: SharedFigures | None = None
+        self._shared: tuple[SharedFigures, SharedLoad] | None = None
         if directory is None:
             own.register(TallyCollector(self._tallies))
             own.register(InstanceCollector(connections))
-            own.register(ProcessFigures(lambda: (os.getpid(),)))
+            own.register(LoadCollector(capacity, connections, self.pid))
+            own.register(ProcessFigures(lambda: (self.pid(),)))
             self.registry = own
         else:
-            self._shared = SharedFigures(self._tallies, connections)
+            self._shared = (
+                SharedFigures(self._tallies, connections),
+                SharedLoad(capacity, connections, self.pid),
+            )
             self.registry = shared_registry(directory)
-            self.registry.register(ProcessFigures(lambda: worker_pids(directory) | {os.getpid()}))
+            self.registry.register(ProcessFigures(lambda: worker_pids(directory) | {self.pid()}))
         self.registry.register(BuildInfo())
 
     def http_request(self, route: str, status: int) -> None:
@@ -133,11 +158,17 @@ class PrometheusMetrics(Metrics):
         self._cluster_connections.set(counts.connections)
         self._cluster_users.set(counts.users)
 
+    def pid(self) -> int:
+        """The process these figures are of."""
+        return self._pid or os.getpid()
+
     def flush(self) -> None:
-        """Shared: copy this process's tallies and connection figures into its files (else
-        nothing to do: they are read at scrape time)."""
+        """Shared: copy this process's tallies, connection figures and load into its files
+        (else nothing to do: they are read at scrape time)."""
         if self._shared is not None:
-            self._shared.flush()
+            figures, load = self._shared
+            figures.flush()
+            load.flush()
 
     async def keep_flushed(self) -> None:
         """Shared: ``flush`` every ``FLUSH_SECONDS`` until cancelled (a failure is logged)."""
@@ -150,3 +181,21 @@ class PrometheusMetrics(Metrics):
     def render(self) -> bytes:
         self.flush()  # this process's own figures as they stand
         return generate_latest(self.registry)
+
+    def process_loads(self) -> list[ProcessLoad]:
+        """Each serving process's load, by pid: this process's as it stands; shared, every
+        live worker's as it last flushed (at most ``FLUSH_SECONDS`` old), this one's
+        flushed first; this one's alone when the files cannot be read (a process out of file
+        descriptors cannot open them: ``/stats`` still answers)."""
+        own = load_of(self.pid(), self._capacity, self._connections)
+        if self.shared_dir is None:
+            return [own]
+        self.flush()
+        try:
+            return loads_in(self.shared_dir)
+        except OSError:
+            return [own]
+
+    def serving_processes(self) -> list[ServingProcess]:
+        """``process_loads``, each with its open files against its limit (``/proc``)."""
+        return [ServingProcess(load, *open_files(load.pid)) for load in self.process_loads()]

@@ -18,16 +18,21 @@ why): each worker copies them into its files every ``FLUSH_SECONDS`` (a counter 
 increase since the last copy, a gauge as it stands), and the worker answering a scrape copies
 its own first. A scrape therefore shows another worker's tallies, connections and users as of
 at most ``FLUSH_SECONDS`` ago; a worker that is killed loses what it counted since its last
-copy (never exposed, so nothing goes backwards).
+copy (never exposed, so nothing goes backwards). Each worker's load against its ceiling is
+copied the same way, its per-process gauges labelled with its real pid (``process_load.py``;
+the scrape names the label: ``GroupFiles``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Gauge, values
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from kalami_gateway.adapters.metrics.families import (
     ACCEPTED,
@@ -38,6 +43,7 @@ from kalami_gateway.adapters.metrics.families import (
     USERS,
     counter,
 )
+from kalami_gateway.adapters.metrics.process_load import PID_IN_FILES
 from kalami_gateway.adapters.metrics.tallies import Tallies
 from kalami_gateway.domain.instance import InstanceConnections
 
@@ -76,8 +82,28 @@ def use_worker_slot(slot: int) -> None:
 def shared_registry(directory: str) -> CollectorRegistry:
     """A registry that reads every process's files in ``directory``."""
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry.register(GroupFiles(directory))
     return registry
+
+
+class GroupFiles(Collector):
+    """Every process's files merged (``MultiProcessCollector``), with the per-process gauges'
+    ``worker_pid`` label named ``pid`` (``process_load.py`` says why it is not in the files)."""
+
+    def __init__(self, directory: str) -> None:
+        self._files = MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._files.collect():  # type: ignore[no-untyped-call]  # unannotated upstream
+            if metric.samples and PID_IN_FILES in metric.samples[0].labels:
+                metric.samples = [
+                    sample._replace(labels=_pid_named(sample.labels)) for sample in metric.samples
+                ]
+            yield metric
+
+
+def _pid_named(labels: dict[str, str]) -> dict[str, str]:
+    return {("pid" if name == PID_IN_FILES else name): value for name, value in labels.items()}
 
 
 def worker_pids(directory: str) -> set[int]:

@@ -6,8 +6,14 @@ private attribute or behaviour of a third-party package the gateway relies on, h
 elsewhere, and tests/unit/adapters/server/test_third_party_internals.py checks each against
 the installed release. Only ``app`` imports this package."""
 
+from kalami_gateway.adapters.server.acceptor import Acceptor
 from kalami_gateway.adapters.server.handshake_lines import allow_long_handshake_lines
 from kalami_gateway.adapters.server.http_protocol import guarded_http_protocol
 from kalami_gateway.adapters.server.ws_protocol import lively_websocket_protocol
 
-__all__ = ["allow_long_handshake_lines", "guarded_http_protocol", "lively_websocket_protocol"]
+__all__ = [
+    "Acceptor",
+    "allow_long_handshake_lines",
+    "guarded_http_protocol",
+    "lively_websocket_protocol",
+]

@@ -31,6 +31,10 @@ Bytes are budgeted where they arrive, before the parser works on them (issue 24)
   404, a refusal) is not drained at the client's pace: the connection is closed;
 - bytes that follow a WebSocket handshake in the same read (frames a client sent without
   waiting for the 101) are handed to the WebSocket protocol, which answers them after it.
+
+And past the process's ceiling of client sockets (``adapters/capacity.py``) a WebSocket
+handshake is answered 503 with ``Retry-After``, before any upgrade; other requests are
+served as usual (the health probes, ``/stats`` and ``/metrics`` keep answering).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import Any, Final, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from kalami_gateway.adapters.capacity import RETRY_AFTER_SECONDS, SocketCapacity
 from kalami_gateway.adapters.errors import error_body
 
 MAX_REQUEST_LINE: Final = 16 * 1024
@@ -60,7 +65,24 @@ _REASONS: Final = {
     408: (b"Request Timeout", error_body(408, "Request headers timed out")),
     414: (b"URI Too Long", error_body(414, "Request line too long")),
     431: (b"Request Header Fields Too Large", error_body(431, "Request headers too large")),
+    503: (
+        b"Service Unavailable",
+        error_body(503, "Server at its connection limit: try again shortly"),
+    ),
 }
+_RETRY_AFTER: Final = b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS
+
+
+def refusal(status: int, body: bytes | None = None) -> bytes:
+    """A refusal's whole answer: its status, a JSON body (``body``, or the status's own), and
+    ``Connection: close`` (503: ``Retry-After`` too)."""
+    reason, default = _REASONS[status]
+    body = default if body is None else body
+    retry = _RETRY_AFTER if status == 503 else b""
+    return (
+        b"HTTP/1.1 %d %b\r\ncontent-type: application/json\r\n%bcontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%b" % (status, reason, retry, len(body), body)
+    )
 
 
 class _Refused(Exception):
@@ -70,6 +92,7 @@ class _Refused(Exception):
 class GuardedHttpProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
     max_header_bytes: int = 32 * 1024
+    capacity: SocketCapacity | None = None  # None: no ceiling
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -139,6 +162,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade as upgrade:
             if not self._should_upgrade():
                 self._unsupported_upgrade_warning()
+                return False
+            if self.capacity is not None and not self.capacity.admits_websocket():
+                self._answer(503)
                 return False
             # What the client sent behind its handshake in the same read (frames it did not
             # wait for the 101 to send) is the WebSocket protocol's, which keeps it until its
@@ -269,21 +295,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._refused = True
         self._disarm()
         self._stop_body_timer()
-        reason, default = _REASONS[status]
-        body = default if body is None else body
-        self.transport.write(
-            b"HTTP/1.1 %d %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%b" % (status, reason, len(body), body)
-        )
+        self.transport.write(refusal(status, body))
         self._linger()
 
 
 def guarded_http_protocol(
-    header_timeout: float, max_header_bytes: int
+    header_timeout: float, max_header_bytes: int, capacity: SocketCapacity | None = None
 ) -> type[GuardedHttpProtocol]:
     """The protocol class uvicorn is given, with this gateway's limits."""
     return type(
         "GuardedHttpProtocol",
         (GuardedHttpProtocol,),
-        {"header_timeout": header_timeout, "max_header_bytes": max_header_bytes},
+        {
+            "header_timeout": header_timeout,
+            "max_header_bytes": max_header_bytes,
+            "capacity": capacity,
+        },
     )

@@ -256,6 +256,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "open sockets per user, cluster-wide (0: no cap)",
         ),
     ] = 20  # 0: no cap
+    max_client_sockets: Annotated[
+        int,
+        Variable(
+            "MAX_CLIENT_SOCKETS",
+            parse.whole(0, 10_000_000),
+            "client sockets per process past which a WebSocket handshake gets 503 "
+            "(0: the open-file limit less what the process keeps for itself)",
+        ),
+    ] = 0  # 0: computed (adapters/capacity.py)
     push_api_key: Annotated[
         str,
         Variable(

@@ -5,6 +5,7 @@ slot)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final, TypeVar
@@ -12,6 +13,7 @@ from typing import Final, TypeVar
 from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
+from kalami_gateway.adapters.capacity import Ceiling, SocketCapacity
 from kalami_gateway.adapters.metrics import PrometheusMetrics
 from kalami_gateway.domain.instance import InstanceConnections
 
@@ -20,14 +22,37 @@ T = TypeVar("T")
 NO_SUCH_PID: Final = 4_200_001
 
 
-class FakeWorker:
-    """A worker's metrics and connections; everything it records goes through ``act``."""
+class ClientSockets:
+    """A process's client sockets as its server would count them, set by the test, against a
+    real ``SocketCapacity``."""
 
-    def __init__(self, slot: int) -> None:
+    def __init__(self, ceiling: int = 100, open_files_limit: int = 1024) -> None:
+        self.open = 0
+        self.capacity = SocketCapacity(Ceiling(ceiling, open_files_limit, None))
+        self.capacity.count_with(lambda: self.open)
+
+    def past_the_ceiling(self, handshakes: int) -> None:
+        """``handshakes`` WebSocket handshakes arrive while the process holds one socket more
+        than its ceiling: each is refused."""
+        self.open = self.capacity.ceiling + 1
+        for _ in range(handshakes):
+            assert not self.capacity.admits_websocket()
+
+
+class FakeWorker:
+    """A worker's metrics, connections and client sockets; everything it records goes
+    through ``act``. ``pid``: whose figures they are (each of several fake workers needs its
+    own; this test process's by default)."""
+
+    def __init__(self, slot: int, pid: int | None = None) -> None:
         self.slot = slot
+        self.pid = pid or os.getpid()
         self._values = values.MultiProcessValue(lambda: slot)  # type: ignore[no-untyped-call]
         self.connections = InstanceConnections()
-        self.metrics = self.act(lambda: PrometheusMetrics(self.connections))
+        self.sockets = ClientSockets()
+        self.metrics = self.act(
+            lambda: PrometheusMetrics(self.connections, self.sockets.capacity, pid=self.pid)
+        )
 
     def act(self, step: Callable[[], T]) -> T:
         with self._as_this_worker():

@@ -18,6 +18,7 @@ from kalami_gateway.adapters.metrics import (
 )
 from kalami_gateway.adapters.metrics.shared import worker_pids
 from kalami_gateway.domain.instance import InstanceConnections
+from tests.unit.adapters.metrics.fakes import ClientSockets
 
 
 def test_the_directory_is_private_named_meanwhile_and_removed_after(
@@ -46,7 +47,7 @@ def test_a_worker_keeps_its_values_in_its_slots_files(
 ) -> None:
     monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # restored afterwards
     use_worker_slot(3)
-    metrics = PrometheusMetrics(InstanceConnections())
+    metrics = PrometheusMetrics(InstanceConnections(), ClientSockets().capacity)
     metrics.connection_closed("normal")
     files = sorted(os.listdir(shared_dir))
     assert "counter_3.db" in files

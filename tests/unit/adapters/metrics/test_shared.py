@@ -13,13 +13,21 @@ from kalami_gateway import __version__
 from kalami_gateway.adapters.metrics import PrometheusMetrics, SharedMetricsDir
 from kalami_gateway.domain.instance import InstanceConnections
 from kalami_gateway.domain.ports import BackendErrorKind, DirectoryCounts
-from tests.unit.adapters.metrics.fakes import NO_SUCH_PID, FakeWorker, samples, shape
+from tests.unit.adapters.metrics.fakes import (
+    NO_SUCH_PID,
+    ClientSockets,
+    FakeWorker,
+    samples,
+    shape,
+)
 
 HEALTH = 'kalami_http_requests_total{route="/health",status="200"}'
 PINGS = 'kalami_websocket_messages_total{type="ping"}'
 
 
-def traffic(metrics: PrometheusMetrics, connections: InstanceConnections, tag: str) -> None:
+def traffic(
+    metrics: PrometheusMetrics, connections: InstanceConnections, sockets: ClientSockets, tag: str
+) -> None:
     """One of everything the gateway records."""
     metrics.http_request("/health", 200)
     metrics.http_request("/api/{path}", 502)
@@ -33,18 +41,20 @@ def traffic(metrics: PrometheusMetrics, connections: InstanceConnections, tag: s
     metrics.session_parking("expired")
     connections.add(f"{tag}-1", f"{tag}-user")
     metrics.cluster(DirectoryCounts(instances=2, connections=2, users=2))
+    sockets.past_the_ceiling(handshakes=1)
+    sockets.capacity.accept_failed("EMFILE")
 
 
 def test_the_exposition_has_the_same_names_labels_and_types_in_both_layouts(
     shared_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worker = FakeWorker(0)
-    worker.act(partial(traffic, worker.metrics, worker.connections, "w"))
+    worker.act(partial(traffic, worker.metrics, worker.connections, worker.sockets, "w"))
     shared = worker.act(worker.metrics.render)
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
-    connections = InstanceConnections()
-    alone = PrometheusMetrics(connections)
-    traffic(alone, connections, "a")
+    connections, sockets = InstanceConnections(), ClientSockets()
+    alone = PrometheusMetrics(connections, sockets.capacity)
+    traffic(alone, connections, sockets, "a")
     own = alone.render()
     assert worker.metrics.shared_dir == shared_dir
     assert alone.shared_dir is None
@@ -55,7 +65,9 @@ def test_the_exposition_has_the_same_names_labels_and_types_in_both_layouts(
 def test_one_scrape_sums_every_worker(shared_dir: str) -> None:
     first, second = FakeWorker(0), FakeWorker(1)
     for worker in (first, second):
-        worker.act(partial(traffic, worker.metrics, worker.connections, str(worker.slot)))
+        worker.act(
+            partial(traffic, worker.metrics, worker.connections, worker.sockets, str(worker.slot))
+        )
     second.act(second.metrics.flush)
 
     for scraped in (first.scrape(), second.scrape()):
@@ -156,4 +168,115 @@ def test_a_directory_named_after_prometheus_client_was_imported_is_refused(
     # This test process imported prometheus_client without PROMETHEUS_MULTIPROC_DIR: its
     # values are kept in memory and would never reach the directory.
     with pytest.raises(RuntimeError, match="set after prometheus_client was imported"):
-        PrometheusMetrics(InstanceConnections())
+        PrometheusMetrics(InstanceConnections(), ClientSockets().capacity)
+
+
+def per_process(scraped: dict[str, float], family: str) -> dict[str, float]:
+    """A per-process family's values by the pid label."""
+    prefix = f'{family}{{pid="'
+    return {k[len(prefix) : -2]: v for k, v in scraped.items() if k.startswith(prefix)}
+
+
+def test_each_workers_load_is_labelled_with_its_real_pid_and_the_refusals_summed(
+    shared_dir: str,
+) -> None:
+    first, second = FakeWorker(0, os.getpid()), FakeWorker(1, os.getppid())
+    for worker, opened in ((first, 3), (second, 1)):
+        for n in range(opened):
+            worker.connections.add(f"{worker.slot}-{n}", f"{worker.slot}-u{n}")
+        worker.sockets.past_the_ceiling(handshakes=worker.slot + 1)
+        worker.sockets.capacity.accept_failed("EMFILE")
+    second.sockets.capacity.accept_failed("ENFILE")
+    second.act(second.metrics.flush)
+
+    for scraped in (first.scrape(), second.scrape()):
+        mine, other = str(first.pid), str(second.pid)
+        connections = per_process(scraped, "kalami_process_websocket_connections")
+        assert connections == {mine: 3, other: 1}
+        assert sum(connections.values()) == scraped["kalami_websocket_connections"]
+        assert per_process(scraped, "kalami_process_client_sockets") == {mine: 101, other: 101}
+        assert per_process(scraped, "kalami_process_connection_ceiling") == {
+            mine: 100,
+            other: 100,
+        }
+        assert per_process(scraped, "kalami_process_websocket_refused") == {mine: 1, other: 2}
+        assert scraped['kalami_websocket_refused_total{reason="ceiling"}'] == 3
+        assert scraped['kalami_accept_errors_total{errno="EMFILE"}'] == 2
+        assert scraped['kalami_accept_errors_total{errno="ENFILE"}'] == 1
+        assert not [key for key in scraped if "worker_pid" in key]
+
+
+def test_stats_reads_every_live_worker_as_it_last_flushed(shared_dir: str) -> None:
+    scraper, other = FakeWorker(0, os.getpid()), FakeWorker(1, os.getppid())
+    scraper.connections.add("a", "alice")
+    other.connections.add("b", "bob")
+    other.connections.add("c", "carol")
+    assert [p.load.pid for p in scraper.act(scraper.metrics.serving_processes)] == [scraper.pid]
+
+    other.act(other.metrics.flush)
+    scraper.connections.add("d", "dan")  # its own figures are as they stand
+    processes = scraper.act(scraper.metrics.serving_processes)
+
+    assert [p.load for p in processes] == sorted(
+        [(scraper.pid, 2, 0, 100, 0), (other.pid, 2, 0, 100, 0)]
+    )
+    for process in processes:  # both real processes: their /proc entries read
+        assert process.open_files is not None
+        assert process.open_files_limit is not None
+        assert 0 < process.open_files <= process.open_files_limit
+
+    other.connections.remove("b")
+    loads = {load.pid: load for load in scraper.act(scraper.metrics.process_loads)}
+    assert loads[other.pid].websocket_connections == 2  # not flushed yet: as it last was
+    other.act(other.metrics.flush)
+    by_pid = {p.pid: p for p in scraper.act(scraper.metrics.process_loads)}
+    assert by_pid[other.pid].websocket_connections == 1
+
+
+def test_a_dead_workers_load_goes_with_it_and_its_refusals_stay(shared_dir: str) -> None:
+    survivor, victim = FakeWorker(0, os.getpid()), FakeWorker(1, os.getppid())
+    for worker in (survivor, victim):
+        worker.connections.add(f"c{worker.slot}", f"u{worker.slot}")
+        worker.sockets.past_the_ceiling(handshakes=2)
+        worker.act(worker.metrics.flush)
+    assert len(per_process(survivor.scrape(), "kalami_process_client_sockets")) == 2
+
+    SharedMetricsDir(shared_dir).worker_gone(victim.slot)
+
+    scraped = survivor.scrape()
+    for family in (
+        "kalami_process_client_sockets",
+        "kalami_process_connection_ceiling",
+        "kalami_process_websocket_connections",
+        "kalami_process_websocket_refused",
+    ):
+        assert per_process(scraped, family).keys() == {str(survivor.pid)}
+    assert scraped['kalami_websocket_refused_total{reason="ceiling"}'] == 4
+    assert [p.pid for p in survivor.act(survivor.metrics.process_loads)] == [survivor.pid]
+
+    replacement = FakeWorker(victim.slot, NO_SUCH_PID)  # the slot's files, a new pid
+    replacement.sockets.past_the_ceiling(handshakes=1)
+    replacement.act(replacement.metrics.flush)
+    scraped = survivor.scrape()
+    assert per_process(scraped, "kalami_process_websocket_refused") == {
+        str(survivor.pid): 2,
+        str(NO_SUCH_PID): 1,
+    }
+    assert scraped['kalami_websocket_refused_total{reason="ceiling"}'] == 5
+    # A pid with no /proc entry: listed, its open files unknown.
+    [unread] = [
+        p for p in survivor.act(survivor.metrics.serving_processes) if p.load.pid != survivor.pid
+    ]
+    assert (unread.load.pid, unread.open_files, unread.open_files_limit) == (
+        NO_SUCH_PID,
+        None,
+        None,
+    )
+
+
+def test_stats_lists_this_worker_alone_when_the_files_cannot_be_read(shared_dir: str) -> None:
+    scraper, other = FakeWorker(0, os.getpid()), FakeWorker(1, os.getppid())
+    other.act(other.metrics.flush)
+    # A file that cannot be opened, as none can by a process out of file descriptors.
+    os.mkdir(os.path.join(shared_dir, "gauge_livesum_7.db"))
+    assert [p.pid for p in scraper.act(scraper.metrics.process_loads)] == [scraper.pid]

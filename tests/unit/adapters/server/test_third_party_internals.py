@@ -60,6 +60,7 @@ from kalami_gateway.adapters.asgi import (
     send_json_error,
 )
 from kalami_gateway.adapters.backend.http import HttpxBackend
+from kalami_gateway.adapters.capacity import Ceiling, SocketCapacity
 from kalami_gateway.adapters.server import heartbeats
 from kalami_gateway.adapters.server.close_budget import CLOSE_TIMEOUT
 from kalami_gateway.adapters.server.handshake_lines import (
@@ -115,6 +116,9 @@ class Subclass:
     uses: Mapping[str, str]  # attribute or method of the base, not overridden -> how
     # (class, pattern): whose source is scanned for references to the base's names.
     sources: tuple[tuple[type[Any], str], ...]
+    # Attributes the base sets only once it runs (no plain instance has them): these must
+    # still be assigned (``self.x = …``) somewhere in the base's code.
+    set_while_running: frozenset[str] = frozenset()
 
 
 HTTP_PROTOCOL: Final = Subclass(
@@ -223,12 +227,20 @@ SERVER: Final = Subclass(
     overrides={
         "__init__": "the app to drain and the signals to catch",
         "capture_signals": "no re-raise of SIGTERM/SIGINT after a graceful drain",
-        "startup": "freezes the heap after start-up (collect_less); starts the workers' "
+        "startup": "uvicorn's startup without its servers, then the gateway's own accept "
+        "loops; freezes the heap after start-up (collect_less); starts the workers' "
         "metrics copy",
         "shutdown": "drains WebSockets with 1001 before uvicorn's 1012",
     },
-    uses={"handle_exit": "installed as the SIGINT/SIGTERM handler"},
+    uses={
+        "handle_exit": "installed as the SIGINT/SIGTERM handler",
+        "config": "bind_socket when handed no sockets; the protocol class and its arguments",
+        "lifespan": "lifespan.state, passed to every HTTP protocol as uvicorn does",
+        "server_state": "its connections: the client sockets the ceiling counts",
+        "servers": "set to the Acceptors, which uvicorn's shutdown closes",
+    },
     sources=((GatewayServer, SELF_REFS),),
+    set_while_running=frozenset({"lifespan", "servers"}),
 )
 
 SUBCLASSES: Final = (HTTP_PROTOCOL, WS_PROTOCOL, SERVER)
@@ -255,6 +267,18 @@ CALL_SITES: Final = (
     (uvicorn.Server, "serve", r"with self\.capture_signals\(\)", "GatewayServer.capture_signals"),
     (uvicorn.Server, "_serve", r"self\.startup\(sockets=sockets\)", "GatewayServer.startup"),
     (uvicorn.Server, "_serve", r"self\.shutdown\(sockets=sockets\)", "GatewayServer.shutdown"),
+    (
+        uvicorn.Server,
+        "shutdown",
+        r"for server in self\.servers:\s+server\.close\(\)",
+        "Acceptor.close (the gateway's accept loops stop first)",
+    ),
+    (
+        uvicorn.Server,
+        "startup",
+        r"if sockets is not None:(?s:.*?)for sock in sockets:",
+        "GatewayServer.startup (handed no sockets, uvicorn makes no server of its own)",
+    ),
     (
         WebSocketsSansIOProtocol,
         "send_keepalive_ping",
@@ -367,9 +391,21 @@ def names_of_base(sub: Subclass, instance: object) -> set[str]:
     return names
 
 
+def assigned_by_base(sub: Subclass) -> set[str]:
+    """The attributes the base's own code sets (``self.x = …``), wherever it does (the
+    server's ``lifespan`` and ``servers`` only once it runs)."""
+    names: set[str] = set()
+    for cls in sub.base.__mro__:
+        if cls.__module__.split(".")[0] == sub.package:
+            names |= set(re.findall(ASSIGNED, source_of(cls)))
+    return names
+
+
 def exists_problem(sub: Subclass, name: str, instance: object) -> str | None:
     """Why ``name`` (overridden or used) is missing from the base, or None."""
     if hasattr(sub.base, name) or name in vars(instance):
+        return None
+    if name in sub.set_while_running and name in assigned_by_base(sub):
         return None
     return broken(
         sub.package,
@@ -533,6 +569,7 @@ class AppOnly:
 
     def __init__(self, asgi: ASGIApp) -> None:
         self.asgi = asgi
+        self.capacity = None  # no ceiling
 
 
 @dataclasses.dataclass
@@ -916,6 +953,41 @@ async def test_a_refused_request_is_answered_once(
     http.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert transport.take() == b""
     http.connection_lost(None)
+
+
+async def test_past_the_ceiling_a_handshake_gets_503_and_the_probes_still_answer(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capacity = SocketCapacity(Ceiling(1, 100, None))
+    capacity.count_with(lambda: len(served.state.connections))
+    monkeypatch.setattr(served.config.http_protocol_class, "capacity", capacity)
+    first, first_transport = served.http_protocol()
+    first.data_received(client_handshake()[1])
+    assert isinstance(first_transport.protocol, LivelyWebSocketProtocol)
+    assert len(served.state.connections) == 1, broken(
+        "uvicorn",
+        "server_state.connections no longer holds the WebSocket protocol in place of the "
+        "HTTP one it was upgraded from",
+        "SocketCapacity's count (app/server.py)",
+    )
+    await settle()
+
+    second, transport = served.http_protocol()  # the second client socket: past the ceiling
+    second.data_received(client_handshake()[1])
+    answer = transport.take()
+    assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"\r\nretry-after: 5\r\n" in answer
+    assert transport.protocol is None and transport.eof_written  # no upgrade, closing
+    assert capacity.refused == 1
+    second.connection_lost(None)
+
+    probe, probe_transport = served.http_protocol()  # past the ceiling too: still served
+    probe.data_received(b"GET /health?close HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await settle()
+    assert probe_transport.take().startswith(b"HTTP/1.1 200 ")
+    probe.connection_lost(None)
+    first_transport.protocol.connection_lost(None)
+    await served.finish()
 
 
 @pytest.mark.parametrize("close", [True, False])
