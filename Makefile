@@ -17,7 +17,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # uvicorn and the rest from source again: importing the app took 3.4 s instead of 0.9 s.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: run test lint unit integration bench bench-smoke clean lock lock-check sync-runtime sync-dev dist
+.PHONY: run test lint unit integration bench bench-smoke bench-scale clean lock lock-check sync-runtime sync-dev dist
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv $(TOOLS)
@@ -75,6 +75,11 @@ bench: sync-dev
 
 bench-smoke: sync-dev
 	$(BIN)/python -m bench --smoke
+
+# Idle WebSockets by the hundred thousand (bench/README.md, "Scale"); the size by SCALE_ARGS,
+# e.g. make bench-scale SCALE_ARGS="--workers 6 --connections 100000".
+bench-scale: sync-dev
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 # The wheel a production install takes (docs/operations.md, "Installing").
 dist: $(UV)

@@ -233,6 +233,8 @@ async def test_a_client_that_never_answers_pings_is_dropped(backend: BackendServ
         # Never read, never answer: the server's pings go unanswered.
         await eventually(lambda: gw.app.service.instance_stats().connections == 0, within=5)
         writer.close()
+        scrape = gw.app.metrics.render().decode()
+        assert 'kalami_websocket_closed_total{reason="ping_timeout"} 1.0' in scrape
 
 
 async def test_heartbeats_on_the_shared_timer_drop_the_mute_and_keep_the_live(

@@ -36,6 +36,11 @@ class SocketControl(Protocol):
         """The server let the connection go itself: its peer did not read what it owed."""
         ...
 
+    @property
+    def unanswered(self) -> bool:
+        """The server let the connection go itself: its peer did not answer a ping in time."""
+        ...
+
     async def pause(self, seconds: float) -> None:
         """Wait ``seconds`` before reading this connection again, or less if it goes."""
         ...

@@ -58,6 +58,10 @@ class Control(SocketControl):
     def slow(self) -> bool:
         return False
 
+    @property
+    def unanswered(self) -> bool:
+        return False
+
     async def pause(self, seconds: float) -> None:
         raise AssertionError("not used by the channel")
 

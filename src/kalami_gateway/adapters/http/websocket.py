@@ -310,6 +310,8 @@ def ws_route(
                 # protocol (the pongs it owed).
                 slow = channel.slow or (control is not None and control.slow)
                 reason = "slow_consumer" if slow else reason
+                if control is not None and control.unanswered:
+                    reason = "ping_timeout"
                 try:
                     await service.disconnect(conn, reason)
                 finally:

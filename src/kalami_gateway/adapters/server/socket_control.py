@@ -48,6 +48,12 @@ class SocketControl:
         it (pongs) past the send buffer (a slow consumer, as the app's own rule says)."""
         return self._protocol._slow
 
+    @property
+    def unanswered(self) -> bool:
+        """The protocol let the connection go itself: no pong within the ping timeout, or a
+        peer whose network vanished."""
+        return self._protocol._unanswered
+
     async def pause(self, seconds: float) -> None:
         """Wait ``seconds`` before reading this connection again (a rate limit), or less if
         its socket goes meanwhile: a peer that has gone is let go at once, its messages

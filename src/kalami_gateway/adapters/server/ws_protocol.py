@@ -67,6 +67,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
     _lost = False  # connection_lost has run
     _app_done = False  # the app's task has finished (there is one only after an upgrade)
     _slow = False  # let go for not reading what it was owed
+    _unanswered = False  # let go for not answering a ping in time
     # Bytes that may still be parsed without looking at the budget (one comparison and one
     # subtraction per read): at most MIN_FRAME per frame the budget holds. -1 while every
     # read must take the slow path: before the accept, throttled, lingering, backed up.
@@ -385,6 +386,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
             assert self.ping_timeout is not None  # noqa: S101  # a pong timer ran
             if tcp_peer.gone_quiet(self.transport.get_extra_info("socket"), self.ping_timeout / 2):
                 log.info("ws_peer_gone", extra={"why": "nothing acknowledged since the ping"})
+                self._unanswered = True
                 self.transport.abort()
                 return
             # Ping again at once: with reading paused only a write notices a peer that has
@@ -393,6 +395,10 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
             self.pending_ping_payload = None
             self.send_keepalive_ping()
             return
+        if not (self.close_sent or self.transport.is_closing()):
+            # Closed 1011 by uvicorn; counted as ping_timeout (kalami_websocket_closed_total).
+            log.info("ws_ping_timed_out", extra={"timeout_s": self.ping_timeout})
+            self._unanswered = True
         super().keepalive_timeout()
 
     def _not_reading(self) -> bool:
