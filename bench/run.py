@@ -23,6 +23,7 @@ from bench.cases import (
     case_proxy,
     case_reply_audio,
     case_stop_to_transcription,
+    case_tracing,
     case_turn_burst,
     case_turns,
     case_upload_memory,
@@ -86,6 +87,7 @@ def measure(sizes: Sizes) -> tuple[list[Row], dict[str, list[Row]]]:
         gateway.start()
         stub.start()
         rows += case_proxy(gateway, nginx, sizes, node)
+        rows += case_tracing(backend_url, sizes)  # two gateways of its own: off, then on
         single = uvloop.run(run_async_cases([(gateway, case_connects)], sizes))
         single += case_pings(gateway, sizes)
         buffering.start()

@@ -13,7 +13,9 @@ Traced (a ``Tracing`` given), a voice turn is a span, the session's child, from
 ``turn.upload`` (the learner's audio arriving, from ``start_recording`` to
 ``stop_recording``; a streamed upload's backend call runs in it), ``turn.backend`` (waiting
 for the backend's answer: its call carries this span's traceparent) and ``turn.reply`` (the
-outcome delivered). Spans are made once per turn, never per audio frame.
+outcome delivered). Spans are made once per turn, never per audio frame. A turn that fails
+(at the backend, or cancelled by ``end_session``, a drain or a cancel before it ran) ends
+with its span's status an error saying why.
 """
 
 from __future__ import annotations
@@ -214,12 +216,16 @@ class Turns:
                     span,
                 )
             )
+        if span is not None:
+            conn.turn.add_done_callback(_ends_if_cancelled(span))
 
     async def _submit_encoded_audio(
         self, conn: Connection, effect: s.SubmitEncodedAudio, frame: bytes | None
     ) -> None:
         span = self._turn_span(conn, effect.session_id)
         conn.turn = asyncio.create_task(self._run_encoded_turn(conn, effect, span))
+        if span is not None:
+            conn.turn.add_done_callback(_ends_if_cancelled(span))
 
     async def _cancel_turn(
         self, conn: Connection, effect: s.CancelTurn, frame: bytes | None
@@ -324,8 +330,7 @@ class Turns:
         except BaseException as exc:
             waiting.fail(type(exc).__name__)
             if not isinstance(exc, BackendError):  # cancelled: end_session, a cancel, a drain
-                span.set_attribute("kalami.turn.outcome", "cancelled")
-                span.end()
+                _cancelled(span)
             raise
         finally:
             waiting.end()
@@ -363,6 +368,24 @@ class Turns:
             return
         await self.apply(conn, event)
         await self._expiry.after_turn(conn)
+
+
+def _cancelled(span: TraceSpan) -> None:
+    """A turn's span, ended as cancelled (a failure: the learner got no reply)."""
+    span.set_attribute("kalami.turn.outcome", "cancelled")
+    span.fail("cancelled")
+    span.end()
+
+
+def _ends_if_cancelled(span: TraceSpan) -> Callable[[asyncio.Task[None]], None]:
+    """A turn task's done callback: a turn cancelled before its first step never runs its
+    code, so its span is ended here (one that ran has ended its own: this changes nothing)."""
+
+    def done(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            _cancelled(span)
+
+    return done
 
 
 def _ids(connection_id: str, session_id: str | None) -> dict[str, str | int | bool]:

@@ -149,6 +149,22 @@ def test_an_ended_owned_span_leaves_its_owners_file() -> None:
     assert finished.status.description == "timeout"
 
 
+def test_an_ended_span_is_changed_by_nothing_asked_of_it_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tracing, exporter = in_memory()
+    span = tracing.start("turn")
+    span.set_attribute("kalami.turn.outcome", "ok")
+    span.end()
+    span.set_attribute("kalami.turn.outcome", "cancelled")  # a cancellation seen late
+    span.fail("cancelled")
+    span.end()
+    (finished,) = exporter.get_finished_spans()
+    assert finished.attributes == {"kalami.turn.outcome": "ok"}
+    assert finished.status.description is None
+    assert caplog.records == []  # not asked of the SDK (which warns of each, in the log)
+
+
 def test_a_request_continues_a_trusted_peers_traceparent_only() -> None:
     tracing, exporter = in_memory()
     incoming = [(b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]

@@ -19,15 +19,15 @@ address holds at most ``connections_per_client`` exchanges at once, and streamed
 most ``streamed_share`` of the pool, so that bodiless and small requests always find a
 connection of their own: slow uploads from many clients cannot take every connection.
 
-Traces (issue 25): with tracing on, each request is a span of its own (``_traced``) and the
-backend is sent its traceparent in place of the client's; a client's traceparent is continued
-only from a peer in TRUSTED_PROXIES. With tracing off that costs one attribute test a request.
+Traces (issue 25): with tracing on, each request is a span of its own (``request_span.py``)
+and the backend is sent its traceparent in place of the client's; a client's traceparent is
+continued only from a peer in TRUSTED_PROXIES. With tracing off that costs one attribute test
+a request. A streamed body is copied by a ``BodyPump`` (``body_pump.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -35,16 +35,16 @@ from collections.abc import Callable, Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span
 
-from kalami_gateway.adapters.asgi import Message, Receive, Scope, Send, send_json_error
+from kalami_gateway.adapters.asgi import Receive, Scope, Send, send_json_error
 from kalami_gateway.adapters.errors import BACKEND_BUSY, NOT_READY
 from kalami_gateway.adapters.http.checks import TrustedPeers, climbs_out
+from kalami_gateway.adapters.proxy.body_pump import BodyPump
 from kalami_gateway.adapters.proxy.client_body import (
     ClientGone,
     ClientStalled,
     read_body,
-    stream_body,
     watch_disconnect,
 )
 from kalami_gateway.adapters.proxy.connection import UpstreamConnection, UpstreamResponse
@@ -53,15 +53,8 @@ from kalami_gateway.adapters.proxy.errors import PoolExhausted, UpstreamError, U
 from kalami_gateway.adapters.proxy.exchange import HttpExchange
 from kalami_gateway.adapters.proxy.forwarding import request_headers, response_headers
 from kalami_gateway.adapters.proxy.pool import IDLE_LIMIT, SlotGate, UpstreamPool
-from kalami_gateway.adapters.tracing import (
-    HEADER as TRACEPARENT,
-)
-from kalami_gateway.adapters.tracing import (
-    REQUEST_ID,
-    STATE_HEADER,
-    OtelTracing,
-    traceparent_of,
-)
+from kalami_gateway.adapters.proxy.request_span import traced, with_traceparent
+from kalami_gateway.adapters.tracing import OtelTracing
 from kalami_gateway.domain.ports import BackendErrorKind
 
 log = logging.getLogger(__name__)
@@ -156,9 +149,9 @@ class ApiProxy:
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, request_id: str, span: Span | None = None
     ) -> None:
-        """Forward one request; ``span``: its span when traced (given by ``_traced``)."""
+        """Forward one request; ``span``: its span when traced (given by ``traced``)."""
         if span is None and self._tracing is not None:
-            await self._traced(scope, receive, send, request_id, self._tracing)
+            await traced(self, scope, receive, send, request_id, self._tracing, self._trusted)
             return
         pool = self._pool
         if pool is None:
@@ -183,7 +176,7 @@ class ApiProxy:
         is_head = method == "HEAD"
         deadlines = self._deadlines
         conn: UpstreamConnection | None = None
-        pump: _BodyPump | None = None
+        pump: BodyPump | None = None
         streamed_slot = False
         try:
             try:
@@ -203,7 +196,7 @@ class ApiProxy:
                     exchange = HttpExchange(is_head, body_length, chunked, streams_body=streamed)
                     conn.begin(exchange, head, body or b"")
                     if streamed:
-                        pump = _BodyPump(receive, conn, self._pace, deadlines.backend_takes_body)
+                        pump = BodyPump(receive, conn, self._pace, deadlines.backend_takes_body)
                     try:
                         response = await self._response(conn, pump)
                         break
@@ -262,45 +255,11 @@ class ApiProxy:
                 else:
                     del self._in_flight[client]
 
-    async def _traced(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, tracing: OtelTracing
-    ) -> None:
-        """The request as a span: named by its method, with the request id and the status
-        sent (a 5xx, or none sent at all, marks it failed)."""
-        client = scope.get("client")
-        method: str = scope["method"]
-        span = tracing.server_span(
-            f"proxy {method}",
-            scope["headers"],
-            client is not None and client[0] in self._trusted,
-            {
-                REQUEST_ID: request_id,
-                "http.request.method": method,
-                "url.path": scope["path"],
-            },
-        )
-        status = 0
-
-        async def send_seen(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self(scope, receive, send_seen, request_id, span)
-        finally:
-            if status:
-                span.set_attribute("http.response.status_code", status)
-            if status >= 500 or not status:
-                span.set_status(Status(StatusCode.ERROR, str(status or "no response")))
-            span.end()
-
     def _pace(self, start: float) -> BodyPace:
         """The pace of a request body whose reading started at loop time ``start``."""
         return BodyPace(self._deadlines.body_stall, self._min_rate, self._rate_grace, start)
 
-    async def _response(self, conn: UpstreamConnection, pump: _BodyPump | None) -> UpstreamResponse:
+    async def _response(self, conn: UpstreamConnection, pump: BodyPump | None) -> UpstreamResponse:
         """The response head. The deadline runs from the end of the request body: an answer
         cannot be expected before it, but one that comes early is taken at once."""
         if pump is not None:
@@ -329,10 +288,9 @@ class ApiProxy:
         client = scope.get("client")
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         if span is not None:
-            trusted = client is not None and client[0] in self._trusted
-            dropped = (TRACEPARENT,) if trusted else (TRACEPARENT, STATE_HEADER)
-            headers = [header for header in headers if header[0] not in dropped]
-            headers.append((TRACEPARENT, traceparent_of(span)))
+            headers = with_traceparent(
+                headers, span, client is not None and client[0] in self._trusted
+            )
         forwarded = request_headers(
             headers,
             client[0] if client else None,
@@ -354,7 +312,7 @@ class ApiProxy:
         return head, forwarded.body_length, forwarded.chunked, forwarded.client
 
     async def _relay(
-        self, response: UpstreamResponse, receive: Receive, send: Send, pump: _BodyPump | None
+        self, response: UpstreamResponse, receive: Receive, send: Send, pump: BodyPump | None
     ) -> None:
         headers = response_headers(response.status, response.headers)
         if response.complete:
@@ -392,57 +350,3 @@ class ApiProxy:
             if watcher is not None:
                 watcher.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-class _BodyPump:
-    """Copies a streamed request body to the backend, bounded in time both ways, then watches
-    for the client leaving. ``sent`` resolves when the body is all written (or fails)."""
-
-    def __init__(
-        self,
-        receive: Receive,
-        conn: UpstreamConnection,
-        pace_from: Callable[[float], BodyPace],
-        backend_takes_body: float,
-    ) -> None:
-        self._receive = receive
-        self._conn = conn
-        self._pace_from = pace_from
-        self._backend_takes_body = backend_takes_body
-        self.gone = asyncio.Event()
-        self.sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            await self._copy()
-        except ClientGone as exc:
-            self.gone.set()
-            self.sent.set_exception(exc)
-            return
-        except Exception as exc:  # handed to whoever awaits `sent`
-            self.sent.set_exception(exc)
-        else:
-            self.sent.set_result(None)
-        await watch_disconnect(self._receive, self.gone)
-
-    async def _copy(self) -> None:
-        conn = self._conn
-        loop = asyncio.get_running_loop()
-        pace = self._pace_from(loop.time())
-        async for chunk in stream_body(self._receive, pace):
-            conn.send_body(chunk)
-            waited_from = loop.time()
-            await conn.drain(self._backend_takes_body)
-            pace.paused(loop.time() - waited_from)  # the backend's time, not the client's
-        # Only now is the exchange's request side complete (and only if the lengths agree).
-        conn.end_body()
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        if self.sent.done() and not self.sent.cancelled():
-            self.sent.exception()  # retrieved: a failure was already acted on, or is moot
-        else:
-            self.sent.cancel()

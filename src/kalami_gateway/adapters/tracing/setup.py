@@ -66,16 +66,18 @@ def tracer_provider(
 ) -> TracerProvider | None:
     """The provider when tracing is on (None: off); ``exporter`` replaces the configured one
     (tests hand the SDK's in-memory exporter). Spans leave in batches (``OTEL_BSP_*``), never
-    on the request's path."""
+    on the request's path; at shutdown the last batch gets at most ``FINAL_EXPORT_SECONDS``
+    (``final_export.py``)."""
     if exporter is None and not tracing_enabled(environ):
         return None
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from kalami_gateway.adapters.tracing.final_export import BoundedBatchSpanProcessor
 
     resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(exporter or exporter_from(environ)))
+    provider.add_span_processor(BoundedBatchSpanProcessor(exporter or exporter_from(environ)))
     return provider

@@ -34,7 +34,8 @@ SESSION_ID: Final = "kalami.session_id"
 
 
 class OtelSpan(TraceSpan):
-    """An SDK span as the port's ``TraceSpan``; ended once, then forgotten by its owner."""
+    """An SDK span as the port's ``TraceSpan``; ended once, then forgotten by its owner, and
+    unchanged by anything asked of it after (a turn's cancellation may be seen twice)."""
 
     __slots__ = ("_owner", "_tracing", "span")
 
@@ -48,10 +49,12 @@ class OtelSpan(TraceSpan):
         self._owner = None
 
     def set_attribute(self, key: str, value: TraceValue) -> None:
-        self.span.set_attribute(key, value)
+        if self.span.is_recording():  # once ended, nothing changes (the SDK would warn)
+            self.span.set_attribute(key, value)
 
     def fail(self, description: str) -> None:
-        self.span.set_status(Status(StatusCode.ERROR, description))
+        if self.span.is_recording():
+            self.span.set_status(Status(StatusCode.ERROR, description))
 
     def end(self) -> None:
         if not self.span.is_recording():

@@ -977,7 +977,8 @@ async def test_past_the_ceiling_a_handshake_gets_503_and_the_probes_still_answer
     answer = transport.take()
     assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"\r\nretry-after: 5\r\n" in answer
-    assert transport.protocol is None and transport.eof_written  # no upgrade, closing
+    assert transport.protocol is None  # no upgrade
+    assert transport.eof_written  # closing
     assert capacity.refused == 1
     second.connection_lost(None)
 
