@@ -10,19 +10,17 @@ from collections.abc import Sequence
 import msgspec
 
 from kalami_gateway import __version__
-from kalami_gateway.adapters.capacity import raise_open_files_limit
-from kalami_gateway.adapters.jwt_decoder import mint_token
-from kalami_gateway.app.factory import create_app
-from kalami_gateway.app.logs import configure_logging
-from kalami_gateway.app.server import serve
 from kalami_gateway.app.settings import (
     SettingsError,
     cluster_problems,
     environment_help,
     load_settings,
 )
-from kalami_gateway.app.talk import run_talk
-from kalami_gateway.app.workers import Supervisor, listen
+
+# Each command imports what it runs, when it runs it: the supervisor of --workers only binds,
+# spawns and waits, and without the app, the server and the voice client it holds 31 MiB
+# instead of 69 (docs/operations.md, "Memory per worker"). A spawned worker imports this
+# module first too (its parent's main module).
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "token":
             return _token(args.sub, args.ttl)
         if command == "talk":
+            from kalami_gateway.app.talk import run_talk
+
             return run_talk(args)
         return _serve(getattr(args, "workers", None))
     except SettingsError as exc:
@@ -89,6 +89,8 @@ def _token(subject: str, ttl: int) -> int:
     if ttl <= 0:
         print("kalami-gateway: --ttl must be a positive number of seconds", file=sys.stderr)
         return 2
+    from kalami_gateway.adapters.jwt_decoder import mint_token
+
     settings = load_settings()
     print(mint_token(settings.jwt_secret, subject, time.time() + ttl))
     return 0
@@ -103,10 +105,18 @@ def _serve(workers: int | None) -> int:
         problems = cluster_problems(settings)
         if problems:
             raise SettingsError("; ".join(problems))
+    from kalami_gateway.app.workers import Supervisor, listen
+
     listeners = listen(settings, settings.workers)
     if settings.workers > 1:
+        from kalami_gateway.app.logs import configure_logging
+
         configure_logging(settings.log_level, settings.log_format)
         return Supervisor(settings, settings.workers).run(listeners)
+    from kalami_gateway.adapters.capacity import raise_open_files_limit
+    from kalami_gateway.app.factory import create_app
+    from kalami_gateway.app.server import serve
+
     raise_open_files_limit()  # before the app computes its ceiling from it
     serve(create_app(settings), listeners.of_worker(0))
     return 0

@@ -5,41 +5,44 @@ from __future__ import annotations
 import os
 import resource
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
-import httpx
 from dependency_injector import containers, providers
-from redis.asyncio import Redis
 
-from kalami_gateway.adapters.backend import (
-    MAX_BACKEND_CONNECTIONS,
-    HttpxBackend,
-    StubBackend,
-    build_client,
-)
+from kalami_gateway.adapters.backend import StubBackend
 from kalami_gateway.adapters.capacity import Headroom, SocketCapacity, connection_ceiling
 from kalami_gateway.adapters.clock import SystemClock
 from kalami_gateway.adapters.jwt_decoder import PyJwtDecoder, ResignedCredentials
 from kalami_gateway.adapters.memory import InMemoryDirectory, InMemoryParking, LocalPushBus
 from kalami_gateway.adapters.metrics import PrometheusMetrics
 from kalami_gateway.adapters.proxy import ApiProxy
-from kalami_gateway.adapters.redis import (
-    REDIS_POOL_SIZE,
-    RedisDirectory,
-    RedisParking,
-    RedisPushBus,
-    new_instance_id,
-    redis_client,
-)
 from kalami_gateway.adapters.tracing import OtelTracing, tracer_provider
 from kalami_gateway.app.settings import Settings
 from kalami_gateway.application import GatewayService, ServiceLimits, SessionCleanup
 from kalami_gateway.domain.auth import AuthPolicy
 from kalami_gateway.domain.instance import InstanceConnections
 from kalami_gateway.domain.parking import ParkingRules
+from kalami_gateway.domain.ports import Backend, ConnectionDirectory, PushBus, SessionParking
+
+if TYPE_CHECKING:
+    import httpx
+    from redis.asyncio import Redis
+
+# The HTTP backend's modules (httpx, aiohttp) are imported only with BACKEND_MODE=http, and
+# the Redis adapters (redis-py) only with REDIS_URL: each costs every other process its
+# memory for nothing (docs/operations.md, "Memory per worker").
 
 
-async def backend_client(base_url: str, timeout_seconds: float) -> AsyncIterator[httpx.AsyncClient]:
-    """The backend client's lifecycle: opened at start-up, closed at shutdown."""
+async def backend_client(
+    base_url: str, timeout_seconds: float, backend_mode: str
+) -> AsyncIterator[httpx.AsyncClient | None]:
+    """The backend client's lifecycle (None with the stub backend): opened at start-up,
+    closed at shutdown."""
+    if backend_mode != "http":
+        yield None
+        return
+    from kalami_gateway.adapters.backend import build_client
+
     client = build_client(base_url, timeout_seconds)
     try:
         yield client
@@ -47,11 +50,19 @@ async def backend_client(base_url: str, timeout_seconds: float) -> AsyncIterator
         await client.aclose()
 
 
+def httpx_backend(client: httpx.AsyncClient, tracing: OtelTracing | None) -> Backend:
+    from kalami_gateway.adapters.backend import HttpxBackend
+
+    return HttpxBackend(client, tracing=tracing)
+
+
 async def redis_connection(url: str) -> AsyncIterator[Redis | None]:
     """The Redis client's lifecycle (None in single-process mode): closed at shutdown."""
     if not url:
         yield None
         return
+    from kalami_gateway.adapters.redis import redis_client
+
     client = redis_client(url)
     try:
         yield client
@@ -71,6 +82,32 @@ def tracing_from_environment() -> Iterator[OtelTracing | None]:
         yield tracing
     finally:
         tracing.shutdown()
+
+
+def redis_instance_id() -> str:
+    from kalami_gateway.adapters.redis import new_instance_id
+
+    return new_instance_id()
+
+
+def redis_directory(client: Redis, prefix: str, instance_id: str) -> ConnectionDirectory:
+    from kalami_gateway.adapters.redis import RedisDirectory
+
+    return RedisDirectory(client, prefix, instance_id=instance_id)
+
+
+def redis_parking(
+    client: Redis, prefix: str, instance_id: str, rules: ParkingRules
+) -> SessionParking:
+    from kalami_gateway.adapters.redis import RedisParking
+
+    return RedisParking(client, prefix, instance_id, rules)
+
+
+def redis_push_bus(client: Redis, prefix: str) -> PushBus:
+    from kalami_gateway.adapters.redis import RedisPushBus
+
+    return RedisPushBus(client, prefix)
 
 
 def cluster_mode(redis_url: str) -> str:
@@ -102,14 +139,18 @@ def socket_origins(cors_origins: tuple[str, ...]) -> frozenset[str] | None:
 def socket_capacity(settings: Settings) -> SocketCapacity:
     """This process's client-socket ceiling: MAX_CLIENT_SOCKETS, or its open-file limit less
     what it keeps for itself (``adapters/capacity.py``)."""
-    upstream = 0
+    upstream = redis_pool = 0
     if settings.backend_mode == "http":
+        from kalami_gateway.adapters.backend import MAX_BACKEND_CONNECTIONS
+
         # The /api pool (512) and as many retiring beside it, and the backend client's.
         upstream = 2 * 512 + MAX_BACKEND_CONNECTIONS
+    if settings.redis_url:
+        from kalami_gateway.adapters.redis import REDIS_POOL_SIZE
+
+        redis_pool = REDIS_POOL_SIZE
     headroom = Headroom(
-        listeners=2 if settings.admin_port else 1,
-        upstream=upstream,
-        redis=REDIS_POOL_SIZE if settings.redis_url else 0,
+        listeners=2 if settings.admin_port else 1, upstream=upstream, redis=redis_pool
     )
     open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if open_files == resource.RLIM_INFINITY:
@@ -138,12 +179,12 @@ class Container(containers.DeclarativeContainer):
 
     redis = providers.Resource(redis_connection, url=settings.provided.redis_url)
     mode = providers.Callable(cluster_mode, settings.provided.redis_url)
-    instance_id = providers.Singleton(new_instance_id)
+    instance_id = providers.Singleton(redis_instance_id)
     directory = providers.Selector(
         mode,
         memory=providers.Singleton(InMemoryDirectory),
         redis=providers.Singleton(
-            RedisDirectory,
+            redis_directory,
             client=redis,
             prefix=settings.provided.redis_key_prefix,
             instance_id=instance_id,
@@ -159,7 +200,7 @@ class Container(containers.DeclarativeContainer):
         mode,
         memory=providers.Singleton(InMemoryParking, rules=parking_rules, clock=clock),
         redis=providers.Singleton(
-            RedisParking,
+            redis_parking,
             client=redis,
             prefix=settings.provided.redis_key_prefix,
             instance_id=instance_id,
@@ -170,7 +211,7 @@ class Container(containers.DeclarativeContainer):
         mode,
         memory=providers.Singleton(LocalPushBus, directory=directory),
         redis=providers.Singleton(
-            RedisPushBus, client=redis, prefix=settings.provided.redis_key_prefix
+            redis_push_bus, client=redis, prefix=settings.provided.redis_key_prefix
         ),
     )
 
@@ -179,10 +220,11 @@ class Container(containers.DeclarativeContainer):
         backend_client,
         base_url=settings.provided.backend_url,
         timeout_seconds=settings.provided.backend_timeout,
+        backend_mode=settings.provided.backend_mode,
     )
     backend = providers.Selector(
         settings.provided.backend_mode,
-        http=providers.Singleton(HttpxBackend, client=http_client, tracing=tracing),
+        http=providers.Singleton(httpx_backend, client=http_client, tracing=tracing),
         stub=providers.Singleton(StubBackend),
     )
     credentials = providers.Singleton(ResignedCredentials, secret=settings.provided.jwt_secret)

@@ -23,6 +23,7 @@ from kalami_gateway.adapters.server import (
     Acceptor,
     guarded_http_protocol,
     lively_websocket_protocol,
+    trim_after_mass_close,
 )
 from kalami_gateway.app.factory import GatewayApp
 from kalami_gateway.app.settings import Settings
@@ -66,6 +67,7 @@ class GatewayServer(uvicorn.Server):
         self._drain_timeout = drain_timeout
         self._signals = signals
         self._metrics_flush: asyncio.Task[None] | None = None
+        self._memory_trim: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -114,6 +116,10 @@ class GatewayServer(uvicorn.Server):
         self.servers = cast("list[asyncio.base_events.Server]", acceptors)  # what uvicorn closes
         if self._tune_gc:
             collect_less()
+            # After a mass close the C allocator gives back what it holds free.
+            self._memory_trim = asyncio.create_task(
+                trim_after_mass_close(lambda: len(state.connections))
+            )
         metrics = self._gateway.metrics
         if metrics.shared_dir is not None:
             # A worker of serve --workers: its tallies and connection figures reach the
@@ -121,6 +127,8 @@ class GatewayServer(uvicorn.Server):
             self._metrics_flush = asyncio.create_task(metrics.keep_flushed())
 
     async def shutdown(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        if self._memory_trim is not None:
+            self._memory_trim.cancel()
         try:
             await asyncio.wait_for(self._gateway.drain(), self._drain_timeout)
         except TimeoutError:

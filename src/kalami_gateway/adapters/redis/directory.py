@@ -27,20 +27,17 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any, Final
+from typing import Any
 
 from redis.asyncio import Redis
 
-from kalami_gateway.adapters.redis import scripts
+from kalami_gateway.adapters.redis import LEASE_SECONDS, RENEW_SECONDS, scripts
 from kalami_gateway.adapters.redis.batcher import Batcher
 from kalami_gateway.adapters.redis.client import REDIS_FAILURES
 from kalami_gateway.domain.directory import admits
 from kalami_gateway.domain.ports import ConnectionDirectory, ConnectionEntry, DirectoryCounts
 
 log = logging.getLogger(__name__)
-
-LEASE_SECONDS: Final = 10.0
-RENEW_SECONDS: Final = 3.0
 
 
 def new_instance_id() -> str:
