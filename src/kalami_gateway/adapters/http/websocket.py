@@ -264,7 +264,10 @@ def ws_route(
             send: Send
             if control is not None:
                 # The scope's headers, query and subprotocols (tokens, all three) are emptied.
-                receive, send = control.accepted()
+                try:
+                    receive, send = control.accepted()
+                except ConnectionResetError:  # gone before its accept: nothing was opened
+                    return
             else:  # not served by the gateway's server: through Litestar's socket
                 receive, send = socket.receive, socket.send  # type: ignore[assignment]
             channel = SocketChannel(send, control, send_limits)

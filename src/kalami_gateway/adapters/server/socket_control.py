@@ -83,6 +83,10 @@ class SocketControl:
         query and subprotocol list from then on."""
         protocol = self._protocol
         if not protocol.handshake_complete:
+            if protocol.transport.is_closing():
+                # uvicorn drops an accept on a closing socket without a word: the client
+                # left (a handshake timeout of its own) while the app was still deciding.
+                raise ConnectionResetError("the client left before the accept was sent")
             raise RuntimeError("the WebSocket is not accepted yet")
         request: Request | None = vars(protocol).pop("request", None)
         if request is not None:

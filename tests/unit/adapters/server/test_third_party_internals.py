@@ -955,6 +955,35 @@ async def test_a_refused_request_is_answered_once(
     http.connection_lost(None)
 
 
+async def test_an_accept_for_a_client_already_leaving_is_a_reset_not_a_fault(
+    served: Served,
+) -> None:
+    class LateApp:
+        error: BaseException | None = None
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            control = scope["extensions"][SOCKET_CONTROL]
+            await receive()  # websocket.connect
+            transport.close()  # the client gave up waiting (its own handshake timeout)
+            await send({"type": "websocket.accept"})
+            try:
+                control.accepted()
+            except BaseException as exc:  # what it raises is the point
+                self.error = exc
+
+    app = LateApp()
+    served.config.loaded_app = app
+    http, transport = served.http_protocol()
+    http.data_received(client_handshake()[1])
+    await served.finish()
+    assert isinstance(app.error, ConnectionResetError), broken(
+        "uvicorn",
+        f"an accept on a closing socket no longer leaves handshake_complete unset ({app.error!r})",
+        "SocketControl.accepted",
+    )
+    transport.protocol.connection_lost(None)
+
+
 async def test_past_the_ceiling_a_handshake_gets_503_and_the_probes_still_answer(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
