@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,12 @@ from tests.integration.backend_server import BackendServer
 from tests.integration.raw_backend import RawBackend
 
 SECRET = "integration-secret-" + "0123456789abcdef" * 3
+# KALAMI_TEST_WS_ENGINE=native runs the suites on the gateway's own WebSocket protocol: the
+# gateways started in-process (make_settings) and those started as processes of their own
+# (which inherit WS_ENGINE from this environment).
+WS_ENGINE = os.environ.get("KALAMI_TEST_WS_ENGINE", "uvicorn")
+if "KALAMI_TEST_WS_ENGINE" in os.environ:
+    os.environ["WS_ENGINE"] = WS_ENGINE
 
 
 def token_for(user: str, ttl: float = 3600) -> str:
@@ -52,6 +59,7 @@ def make_settings(backend_url: str, **overrides: Any) -> Settings:
         "log_level": "warning",
         "log_format": "json",
         "shutdown_timeout_ms": 3000,
+        "ws_engine": WS_ENGINE,
     }
     values.update(overrides)
     return Settings(**values)

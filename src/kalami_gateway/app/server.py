@@ -25,8 +25,9 @@ from kalami_gateway.adapters.server import (
     lively_websocket_protocol,
     trim_after_mass_close,
 )
+from kalami_gateway.adapters.server.native.protocol import native_websocket_protocol
 from kalami_gateway.app.factory import GatewayApp
-from kalami_gateway.app.settings import Settings
+from kalami_gateway.app.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,18 @@ class GatewayServer(uvicorn.Server):
         await super().shutdown(sockets)  # type: ignore[arg-type]
 
 
+def websocket_protocol(settings: Settings) -> type[asyncio.Protocol]:
+    """The WebSocket protocol class WS_ENGINE names, with the gateway's budgets."""
+    if settings.ws_engine == "native":
+        if settings.ws_per_message_deflate:
+            raise SettingsError(
+                "WS_ENGINE=native does not support permessage-deflate: set "
+                "WS_PER_MESSAGE_DEFLATE=false, or WS_ENGINE=uvicorn"
+            )
+        return native_websocket_protocol(settings.ws_frame_rate, settings.ws_send_buffer_bytes)
+    return lively_websocket_protocol(settings.ws_frame_rate, settings.ws_send_buffer_bytes)
+
+
 def uvicorn_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
     """The production server settings (chosen by measurement; see bench/README.md)."""
     return uvicorn.Config(
@@ -152,9 +165,9 @@ def uvicorn_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
         http=guarded_http_protocol(
             settings.http_header_timeout_ms / 1000, settings.max_header_bytes, app.capacity
         ),
-        # websockets-sansio, with liveness that the rate limits cannot fool and budgets for
-        # what a peer may make it do (frames parsed, pongs unread).
-        ws=lively_websocket_protocol(settings.ws_frame_rate, settings.ws_send_buffer_bytes),
+        # WS_ENGINE: websockets-sansio, or the gateway's own protocol; either with liveness that
+        # the rate limits cannot fool and budgets for what a peer may make it do.
+        ws=websocket_protocol(settings),
         ws_max_size=settings.max_message_bytes,
         ws_ping_interval=settings.heartbeat_interval,
         ws_ping_timeout=settings.heartbeat_interval,

@@ -169,6 +169,14 @@ def test_workers_need_redis() -> None:
         load_settings({"JWT_SECRET": "s" * 40, "WORKERS": "2"}, env_file=None)
 
 
+def test_the_native_engine_refuses_permessage_deflate_at_load() -> None:
+    env = {"JWT_SECRET": "s" * 40, "WS_ENGINE": "native", "WS_PER_MESSAGE_DEFLATE": "true"}
+    with pytest.raises(SettingsError, match="WS_ENGINE=native does not support"):
+        load_settings(env, env_file=None)
+    env["WS_PER_MESSAGE_DEFLATE"] = "false"
+    assert load_settings(env, env_file=None).ws_engine == "native"
+
+
 def test_resume_grace_and_the_playground() -> None:
     defaults = load({"JWT_SECRET": SECRET})
     assert (defaults.resume_grace, defaults.playground_enabled) == (30.0, False)

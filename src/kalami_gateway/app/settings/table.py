@@ -27,6 +27,7 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "console"]
 BackendMode = Literal["http", "stub"]
 UtteranceUpload = Literal["stream", "buffer"]
+WsEngine = Literal["uvicorn", "native"]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +134,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_per_message_deflate: Annotated[
         bool, Variable("WS_PER_MESSAGE_DEFLATE", parse.flag, "negotiate permessage-deflate")
     ] = False
+    ws_engine: Annotated[
+        WsEngine,
+        Variable(
+            "WS_ENGINE",
+            parse.choice(WsEngine),
+            "WebSocket protocol after the upgrade: uvicorn (websockets) or native",
+        ),
+    ] = "uvicorn"
     ws_message_rate: Annotated[
         int,
         Variable(

@@ -11,7 +11,11 @@ from kalami_gateway.adapters.server.socket_control import SocketControl
 
 
 def test_accepted_before_the_accept_is_refused() -> None:
-    protocol = SimpleNamespace(handshake_complete=False, scope={"headers": [(b"a", b"b")]})
+    protocol = SimpleNamespace(
+        handshake_complete=False,
+        scope={"headers": [(b"a", b"b")]},
+        transport=SimpleNamespace(is_closing=lambda: False),
+    )
     control = SocketControl(cast(Any, protocol))
     with pytest.raises(RuntimeError, match="not accepted"):
         control.accepted()

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 
 import aiohttp
 import httptools
@@ -43,6 +43,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets import websockets_sansio_impl
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets import speedups as websockets_speedups
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
@@ -73,6 +74,8 @@ from kalami_gateway.adapters.server.http_protocol import (
     MAX_REQUEST_LINE,
     GuardedHttpProtocol,
 )
+from kalami_gateway.adapters.server.native import handshake as native_handshake
+from kalami_gateway.adapters.server.native import parser as native_parser
 from kalami_gateway.adapters.server.socket_control import SocketControl
 from kalami_gateway.adapters.server.standins import ReceiveQueue, WritableFlag
 from kalami_gateway.adapters.server.ws_protocol import LivelyWebSocketProtocol
@@ -981,6 +984,7 @@ async def test_an_accept_for_a_client_already_leaving_is_a_reset_not_a_fault(
         f"an accept on a closing socket no longer leaves handshake_complete unset ({app.error!r})",
         "SocketControl.accepted",
     )
+    assert transport.protocol is not None
     transport.protocol.connection_lost(None)
 
 
@@ -1317,6 +1321,106 @@ async def test_the_aiohttp_transport_closes_the_session_it_was_given() -> None:
         )
     finally:
         await session.close()
+
+
+# -- uvicorn, websockets: what the native engine (WS_ENGINE=native) still needs -------------
+
+
+class HandedOver(asyncio.Protocol):
+    """Stands in for the native engine's class as ``Config.ws``: notes how uvicorn builds it
+    and what it is handed, in order."""
+
+    made: ClassVar[list[HandedOver]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        self.calls: list[tuple[str, object]] = []
+        HandedOver.made.append(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        protocol = cast(FakeTransport, transport).protocol
+        self.calls.append(("connection_made", protocol is self))
+
+    def data_received(self, data: bytes) -> None:
+        self.calls.append(("data_received", data))
+
+
+async def test_uvicorn_hands_the_upgrade_over_as_the_native_engine_expects(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``NativeWebSocketProtocol`` replaces uvicorn's WebSocket protocol but is still built
+    and fed by uvicorn's ``handle_websocket_upgrade``: keyword arguments ``config``,
+    ``server_state``, ``app_state``; ``connection_made`` before the transport is handed
+    over; then the request head rebuilt as ``GET <target> HTTP/1.1``, ``name: value`` lines
+    (names lower-cased) and an empty line, in one ``data_received``; the bytes behind it
+    next (the gateway's HTTP protocol)."""
+    HandedOver.made = []
+    monkeypatch.setattr(served.config, "ws_protocol_class", HandedOver)
+    http, transport = served.http_protocol()
+    assert http in served.state.connections
+    _, handshake = client_handshake("/ws?token=abc")
+    request_line, _, rest = handshake.partition(b"\r\n")
+    behind = b"\x89\x80\x00\x00\x00\x00"  # a masked empty ping, in the same read
+    http.data_received(handshake + behind)
+    change = "the upgrade hand-off changed"
+    recheck = "NativeWebSocketProtocol (adapters/server/native/protocol.py, handshake.py)"
+    assert len(HandedOver.made) == 1, broken("uvicorn", change, recheck)
+    (ws,) = HandedOver.made
+    assert set(ws.kwargs) == {"config", "server_state", "app_state"}, broken(
+        "uvicorn", f"{change}: built with {sorted(ws.kwargs)}", recheck
+    )
+    assert ws.kwargs["config"] is served.config
+    assert ws.kwargs["server_state"] is served.state, broken("uvicorn", change, recheck)
+    assert transport.protocol is ws
+    assert http not in served.state.connections, broken(
+        "uvicorn", f"{change}: the HTTP protocol stays in server_state.connections", recheck
+    )
+    headers = [line.split(b": ", 1) for line in rest.split(b"\r\n") if line]
+    expected = request_line + b"\r\n"
+    expected += b"".join(name.lower() + b": " + value + b"\r\n" for name, value in headers)
+    expected += b"\r\n"
+    assert ws.calls == [
+        ("connection_made", False),
+        ("data_received", expected),
+        ("data_received", behind),
+    ], broken("uvicorn", f"{change}: {ws.calls}", recheck)
+
+
+def test_what_the_native_engine_reads_of_uvicorn_and_websockets(served: Served) -> None:
+    """The rest of what the native engine takes from uvicorn (its config's fields, the server
+    state, the helpers its scope and log lines come from, shutdown calling ``shutdown()`` on
+    every connection) and from websockets (the C unmasking, the handshake's fallback)."""
+    recheck = "NativeWebSocketProtocol (adapters/server/native/)"
+    config = served.config
+    for name in (
+        "loaded",
+        "loaded_app",
+        "root_path",
+        "asgi_version",
+        "ws_max_size",
+        "ws_ping_interval",
+        "ws_ping_timeout",
+    ):
+        assert hasattr(config, name), broken("uvicorn", f"Config has no {name!r}", recheck)
+    for name in ("connections", "tasks", "default_headers"):
+        assert hasattr(served.state, name), broken(
+            "uvicorn", f"ServerState has no {name!r}", recheck
+        )
+    assert issubclass(ClientDisconnected, OSError), broken(
+        "uvicorn", "ClientDisconnected is no longer an OSError", recheck
+    )
+    assert re.search(
+        r"for connection in list\(self\.server_state\.connections\):\s*connection\.shutdown\(\)",
+        source_of(uvicorn.Server.shutdown),
+    ), broken("uvicorn", "Server.shutdown no longer calls shutdown() on each connection", recheck)
+    assert native_parser.apply_mask is websockets_speedups.apply_mask, broken(
+        "websockets", "the C apply_mask is gone", "adapters/server/native/parser.py"
+    )
+    judged = native_handshake.judged_by_websockets(client_handshake()[1], 1 << 20)
+    accepted = judged.response.status_code if judged.response is not None else None
+    assert accepted == 101, broken(
+        "websockets", "ServerProtocol no longer accepts a handshake as it did", recheck
+    )
 
 
 # -- The README beside adapters/server, these tables and the paths agree ------------------

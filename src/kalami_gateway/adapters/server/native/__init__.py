@@ -1,8 +1,8 @@
 """The gateway's own RFC 6455 frame codec for the server side of a WebSocket (issue 27, first
 step), sans-I/O: ``FrameParser`` turns a client's bytes into complete messages and control
 events (each with the bytes to send back), and ``serializer`` builds the server's frames.
-Nothing uses it yet: a later step runs it in a WebSocket protocol class of the gateway's own
-under uvicorn (``WS_ENGINE``).
+``protocol.NativeWebSocketProtocol`` runs it under uvicorn with ``WS_ENGINE=native``
+(``handshake``: the opening handshake; ``inbox``: what waits for the app).
 
 It does what websockets' sans-I/O ``ServerProtocol`` does after the handshake, frame for frame
 and at the same point of a stream (tests/unit/adapters/server/
