@@ -34,6 +34,9 @@ OWN_FILES: Final = 64
 # Sockets that may be accepted past the ceiling: health probes, scrapes, /api requests and the
 # refusals being answered (each held until its client has read the 503 and closed).
 PAST_CEILING: Final = 256
+# A burst of refusals is over (logged ws_ceiling_cleared) once the client sockets are at
+# most this share of the ceiling.
+CLEAR_BELOW: Final = 0.95
 # What a refused handshake is told to wait before it tries again (seconds).
 RETRY_AFTER_SECONDS: Final = 5
 
@@ -103,10 +106,12 @@ class SocketCapacity:
 
     def admits_websocket(self) -> bool:
         """Whether a WebSocket handshake on a socket that is already counted may go on; a
-        refusal is counted and, the first of a burst, logged."""
+        refusal is counted and, the first of a burst, logged. A burst is over once the
+        client sockets have fallen CLEAR_BELOW under the ceiling: under a steady overload a
+        slot freed now and then is taken at once, and that is still the same burst."""
         open_now = self._count()
         if open_now <= self.ceiling:
-            if self._refused_in_burst:
+            if self._refused_in_burst and open_now <= self.ceiling * CLEAR_BELOW:
                 log.info(
                     "ws_ceiling_cleared",
                     extra={"refused": self._refused_in_burst, "client_sockets": open_now},
