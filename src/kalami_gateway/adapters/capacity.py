@@ -71,6 +71,12 @@ def connection_ceiling(open_files_limit: int, headroom: Headroom, setting: int =
     return Ceiling(max(1, open_files_limit - headroom.total), open_files_limit, headroom)
 
 
+def open_files_limit() -> int:
+    """This process's open-file limit in force (its soft limit; "unlimited" as 2**20)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 def raise_open_files_limit() -> int:
     """Raise this process's soft open-file limit to its hard limit (what the kernel allows
     without privileges) and return the limit now in force."""
@@ -81,7 +87,7 @@ def raise_open_files_limit() -> int:
             soft = hard
         except (ValueError, OSError):  # a hard limit above the kernel's nr_open
             pass
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+    return open_files_limit()
 
 
 class SocketCapacity:

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import os
-import resource
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 from dependency_injector import containers, providers
 
 from kalami_gateway.adapters.backend import StubBackend
-from kalami_gateway.adapters.capacity import Headroom, SocketCapacity, connection_ceiling
+from kalami_gateway.adapters.capacity import (
+    Headroom,
+    SocketCapacity,
+    connection_ceiling,
+    open_files_limit,
+)
 from kalami_gateway.adapters.clock import SystemClock
 from kalami_gateway.adapters.jwt_decoder import PyJwtDecoder, ResignedCredentials
 from kalami_gateway.adapters.memory import InMemoryDirectory, InMemoryParking, LocalPushBus
 from kalami_gateway.adapters.metrics import PrometheusMetrics
-from kalami_gateway.adapters.proxy import ApiProxy
+from kalami_gateway.adapters.proxy import POOL_SIZE, ApiProxy
 from kalami_gateway.adapters.tracing import OtelTracing, tracer_provider
 from kalami_gateway.app.settings import Settings
 from kalami_gateway.application import GatewayService, ServiceLimits, SessionCleanup
@@ -143,8 +147,8 @@ def socket_capacity(settings: Settings) -> SocketCapacity:
     if settings.backend_mode == "http":
         from kalami_gateway.adapters.backend import MAX_BACKEND_CONNECTIONS
 
-        # The /api pool (512) and as many retiring beside it, and the backend client's.
-        upstream = 2 * 512 + MAX_BACKEND_CONNECTIONS
+        # The /api pool and as many retiring beside it, and the backend client's.
+        upstream = 2 * POOL_SIZE + MAX_BACKEND_CONNECTIONS
     if settings.redis_url:
         from kalami_gateway.adapters.redis import REDIS_POOL_SIZE
 
@@ -152,10 +156,8 @@ def socket_capacity(settings: Settings) -> SocketCapacity:
     headroom = Headroom(
         listeners=2 if settings.admin_port else 1, upstream=upstream, redis=redis_pool
     )
-    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if open_files == resource.RLIM_INFINITY:
-        open_files = 1 << 20
-    return SocketCapacity(connection_ceiling(open_files, headroom, settings.max_client_sockets))
+    ceiling = connection_ceiling(open_files_limit(), headroom, settings.max_client_sockets)
+    return SocketCapacity(ceiling)
 
 
 class Container(containers.DeclarativeContainer):

@@ -5,6 +5,6 @@ back, with the forwarding-header policy (``forwarding``) and the body budgets, o
 ``deadlines``. Nothing here knows of Redis, sessions or WebSockets."""
 
 from kalami_gateway.adapters.proxy.pool import UpstreamPool
-from kalami_gateway.adapters.proxy.relay import ApiProxy
+from kalami_gateway.adapters.proxy.relay import POOL_SIZE, ApiProxy
 
-__all__ = ["ApiProxy", "UpstreamPool"]
+__all__ = ["POOL_SIZE", "ApiProxy", "UpstreamPool"]

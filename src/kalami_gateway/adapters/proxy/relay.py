@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 # before one byte of answer (RFC 9110 9.2.2; a POST must never reach the backend twice).
 _RETRYABLE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 # Bodies up to this size (with a Content-Length) are read whole and sent in one write.
+# Upstream connections to the backend at most (as many again may be retiring beside them).
+POOL_SIZE: Final = 512
 SMALL_BODY: Final = 256 * 1024
 
 
@@ -88,7 +90,7 @@ class ApiProxy:
         trusted_proxies: Iterable[str],
         observe_latency: Callable[[float], None],
         record_error: Callable[[BackendErrorKind], None],
-        pool_size: int = 512,
+        pool_size: int = POOL_SIZE,
         idle_limit: float = IDLE_LIMIT,
         connections_per_client: int = 0,
         body_min_rate: int = 0,
