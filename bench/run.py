@@ -1,13 +1,16 @@
 """One benchmark run: which targets start, which cases run on each, in what order (memory
 first, on processes nothing else ran on; the cluster last), and that every process started
-is stopped by pid whatever happens. ``measure`` returns the main table's rows and the empty
-apps' rows."""
+is stopped by pid whatever happens. ``measure`` returns the main table's rows (the gateway on
+its default WebSocket engine), the empty apps' rows and the engines table's lines (the
+WebSocket cases on both engines, issue 27)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 
 import uvloop
 
@@ -28,16 +31,36 @@ from bench.cases import (
     case_turns,
     case_upload_memory,
 )
-from bench.report import FLOOR_KINDS, Row, with_floor, with_node
+from bench.report import (
+    ENGINES,
+    FLOOR_KINDS,
+    EngineLine,
+    Row,
+    engine_lines,
+    with_floor,
+    with_node,
+)
 from bench.sizes import Sizes
 from bench.targets import (
     FloorServer,
     GatewayProcess,
     Nginx,
     NodeAnchor,
+    default_ws_engine,
     install_node_anchor,
     node_anchor_missing,
 )
+
+
+@dataclass
+class Measured:
+    """What one run found: the main table's rows (its gateway on ``default_engine``), the
+    empty apps' rows by kind, and the engines table's lines."""
+
+    rows: list[Row]
+    floors: dict[str, list[Row]]
+    engines: list[EngineLine]
+    default_engine: str
 
 
 def floor_memory(kind: str, sizes: Sizes) -> list[Row]:
@@ -54,19 +77,45 @@ async def run_async_cases(
     return rows
 
 
-def measure(sizes: Sizes) -> tuple[list[Row], dict[str, list[Row]]]:
-    """Every case, in order: (the main table's rows, the empty apps' rows by kind)."""
+def websocket_cases(gateway: GatewayProcess, buffering: GatewayProcess, sizes: Sizes) -> list[Row]:
+    """Connects, pings, audio ingest alone (on ``buffering``, started and stopped here: what
+    the Node anchor does) and audio streamed on to the backend, on one engine's gateways."""
+    rows = uvloop.run(run_async_cases([(gateway, case_connects)], sizes))
+    rows += case_pings(gateway, sizes)
+    buffering.start()
+    try:
+        rows += case_audio(buffering, sizes)
+    finally:
+        buffering.stop()
+    rows += case_audio(gateway, sizes, streamed=True)
+    return rows
+
+
+def measure(sizes: Sizes) -> Measured:
+    """Every case, in order."""
     nginx = Nginx()
     backend_url = f"http://127.0.0.1:{nginx.backend_port}"
-    gateway = GatewayProcess(backend_url=backend_url)
+    # Every gateway compared names its engine: the main table's runs the settings' default.
+    default = default_ws_engine()
+    other = next(engine for engine in ENGINES if engine != default)
+    on = {engine: {"WS_ENGINE": engine} for engine in ENGINES}
+    gateway = GatewayProcess(backend_url=backend_url, extra_env=on[default])
+    # The other engine's WebSocket cases (issue 27), on a gateway of its own.
+    challenger = GatewayProcess(backend_url=backend_url, extra_env=on[other])
     # Ingest alone (what the Node anchor does) is measured on a gateway that buffers.
-    buffering = GatewayProcess(backend_url=backend_url, extra_env={"UTTERANCE_UPLOAD": "buffer"})
-    stub = GatewayProcess(backend_url=backend_url, backend_mode="stub")
+    buffering = {
+        engine: GatewayProcess(
+            backend_url=backend_url, extra_env={**on[engine], "UTTERANCE_UPLOAD": "buffer"}
+        )
+        for engine in ENGINES
+    }
+    stub = GatewayProcess(backend_url=backend_url, backend_mode="stub", extra_env=on[default])
     why_no_node = node_anchor_missing()
     node = NodeAnchor(backend_url=backend_url) if why_no_node is None else None
     if why_no_node is not None:
         print(f"bench: the Node column stays empty: {why_no_node}", file=sys.stderr)
     floors: dict[str, list[Row]] = {}
+    node_rows: list[Row] = []  # the Node anchor's own figures, for the engines table
     try:
         nginx.start()
         if node is not None:
@@ -75,25 +124,31 @@ def measure(sizes: Sizes) -> tuple[list[Row], dict[str, list[Row]]]:
             except (OSError, subprocess.CalledProcessError) as exc:
                 print(f"bench: the Node column stays empty: npm ci failed ({exc})", file=sys.stderr)
                 node = None
-        # Memory first, on a gateway (and a Node anchor) of its own that nothing else ran on.
-        rows = uvloop.run(case_memory(lambda: GatewayProcess(backend_url=backend_url), sizes))
+        # Memory first, on a gateway (one per engine, and a Node anchor) of its own that
+        # nothing else ran on.
+        memory = {
+            engine: uvloop.run(
+                case_memory(partial(GatewayProcess, backend_url, extra_env=on[engine]), sizes)
+            )
+            for engine in (default, other)
+        }
+        rows = list(memory[default])
         floors = {kind: floor_memory(kind, sizes) for kind in FLOOR_KINDS}
         with_floor(rows, floors["raw"])
         if node is not None:
-            with_node(
-                rows, uvloop.run(case_memory(lambda: NodeAnchor(backend_url=backend_url), sizes))
-            )
+            node_rows += uvloop.run(case_memory(lambda: NodeAnchor(backend_url=backend_url), sizes))
+            with_node(rows, node_rows)
             node.start()
         gateway.start()
         stub.start()
         rows += case_proxy(gateway, nginx, sizes, node)
         rows += case_tracing(backend_url, sizes)  # two gateways of its own: off, then on
-        single = uvloop.run(run_async_cases([(gateway, case_connects)], sizes))
-        single += case_pings(gateway, sizes)
-        buffering.start()
-        single += case_audio(buffering, sizes)
-        buffering.stop()
-        single += case_audio(gateway, sizes, streamed=True)
+        single = websocket_cases(gateway, buffering[default], sizes)
+        challenger.start()
+        try:
+            other_rows = websocket_cases(challenger, buffering[other], sizes)
+        finally:
+            challenger.stop()
         for kind in FLOOR_KINDS:
             floor = FloorServer(kind=kind)
             floor.start()
@@ -109,8 +164,14 @@ def measure(sizes: Sizes) -> tuple[list[Row], dict[str, list[Row]]]:
             theirs = uvloop.run(case_connects(node, sizes))
             theirs += case_pings(node, sizes)
             theirs += case_audio(node, sizes)
+            node_rows += theirs
             with_node(single, theirs)
             node.stop()
+        engines = engine_lines(
+            {default: memory[default] + single, other: memory[other] + other_rows},
+            node_rows,
+            sizes.idle_steps,
+        )
         rows += single
         rows += uvloop.run(run_async_cases([(stub, case_turns)], sizes))
         rows += uvloop.run(run_async_cases([(gateway, case_turn_burst)], sizes))
@@ -128,8 +189,10 @@ def measure(sizes: Sizes) -> tuple[list[Row], dict[str, list[Row]]]:
     finally:
         stub.stop()
         gateway.stop()
-        buffering.stop()
+        challenger.stop()
+        for idle in buffering.values():
+            idle.stop()
         if node is not None:
             node.stop()
         nginx.stop()
-    return rows, floors
+    return Measured(rows, floors, engines, default)

@@ -1,8 +1,10 @@
-"""The two markdown tables ``make bench`` prints: every row with its ratios and verdicts, then
-the floor table (the empty apps beside the gateway and the Node stack)."""
+"""The three markdown tables ``make bench`` prints: every row with its ratios and verdicts,
+the floor table (the empty apps beside the gateway and the Node stack), and the engines table
+(the gateway's WebSocket figures on each engine, judged against issue 27's targets)."""
 
 from __future__ import annotations
 
+from bench.report.engines import EngineLine
 from bench.report.row import Row
 
 FLOOR_KINDS = ("raw", "litestar", "litestar-accept")
@@ -64,3 +66,27 @@ def floor_table(rows: list[Row], floors: dict[str, list[Row]]) -> str:
     lines.append(line("the gateway", {k: r.gateway for k, r in ours.items()}))
     lines.append(line("the Node stack", {k: r.node for k, r in ours.items()}))
     return "\n".join(lines)
+
+
+def engines_table(lines: list[EngineLine], judged: bool = True) -> str:
+    """Each WebSocket figure on the native engine, on uvicorn's, and on the Node stack, the
+    engines over Node, and the native engine's verdict (issue 27)."""
+
+    def cell(value: float | None, unit: str) -> str:
+        return f"{value:,.1f} {unit}" if value is not None else "—"
+
+    def ratio(value: float | None) -> str:
+        return f"{value:.2f}" if value is not None else "—"
+
+    rows = [
+        "| figure | native | uvicorn | Node | native/Node | uvicorn/Node "
+        "| issue 27 target (native) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {line.figure} | {cell(line.native, line.unit)} | {cell(line.uvicorn, line.unit)} "
+        f"| {cell(line.node, line.unit)} | {ratio(line.native_ratio)} "
+        f"| {ratio(line.uvicorn_ratio)} | {line.verdict(judged)} |"
+        for line in lines
+    ]
+    return "\n".join(rows)

@@ -46,6 +46,7 @@ class ClientPlan:
     count: int
     rate: float  # connects started per second, this process's share
     in_flight: int  # handshakes under way at most
+    ramp_budget: float  # connects stop being started at this many times the planned ramp
     handshake_timeout: float
     requests: tuple[bytes, ...]  # upgrade requests (one per user), used in turn
     heartbeat: float  # the gateway's ping interval, s
@@ -167,8 +168,9 @@ class _Clients:
         gate = asyncio.Semaphore(plan.in_flight)
         pending: set[asyncio.Task[None]] = set()
         attempted = 0
-        # Bounded whatever happens: at most three times the planned ramp, plus the timeouts.
-        budget = plan.count / plan.rate * 3 + plan.handshake_timeout * 2 + 30
+        # Bounded whatever happens: at most ramp_budget times the planned ramp, plus the
+        # timeouts.
+        budget = plan.count / plan.rate * plan.ramp_budget + plan.handshake_timeout * 2 + 30
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(budget):
                 for n in range(plan.count):

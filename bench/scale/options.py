@@ -19,6 +19,9 @@ class Options:
     ping_tolerance: float = 1.0  # s past the interval before a ping counts as late
     per_process: int = MAX_PER_PROCESS
     in_flight: int = 500  # handshakes under way per client process at most
+    # Connects stop being started at this many times the planned ramp (rate x connections):
+    # past 250,000 on 2 cores the connect rate falls to ~100/s (bench/README.md).
+    ramp_budget: float = 3.0
     handshake_timeout: float = 10.0
     users: int = 1_000  # distinct users (tokens) the connections share
     probe_rate: float = 10.0  # application pings a second from the probe during the hold
@@ -65,6 +68,12 @@ def parse(argv: list[str] | None = None) -> Options:
     add("--ping-tolerance", type=float, default=d.ping_tolerance, help="s a ping may be late")
     add("--per-process", type=int, default=d.per_process, help="sockets per client process")
     add("--in-flight", type=int, default=d.in_flight, help="handshakes at once per process")
+    add(
+        "--ramp-budget",
+        type=float,
+        default=d.ramp_budget,
+        help=f"stop starting connects past this many times the planned ramp ({d.ramp_budget:g})",
+    )
     add("--handshake-timeout", type=float, default=d.handshake_timeout, help="seconds")
     add("--users", type=int, default=d.users, help="distinct users the connections share")
     add("--probe-rate", type=float, default=d.probe_rate, help="probe pings per second")
@@ -102,6 +111,7 @@ def parse(argv: list[str] | None = None) -> Options:
         ping_tolerance=args.ping_tolerance,
         per_process=args.per_process,
         in_flight=args.in_flight,
+        ramp_budget=args.ramp_budget,
         handshake_timeout=args.handshake_timeout,
         users=args.users,
         probe_rate=args.probe_rate,

@@ -108,7 +108,7 @@ def _run(
     stack.callback(probe.close)
     counts = shares(options.connections, len(sources))
     rate_each = options.rate / len(sources)
-    deadline = options.connections / options.rate * 3 + options.hold + 300
+    deadline = options.connections / options.rate * options.ramp_budget + options.hold + 300
     clients = [
         ClientProcess(
             ClientPlan(
@@ -119,6 +119,7 @@ def _run(
                 count=count,
                 rate=rate_each,
                 in_flight=options.in_flight,
+                ramp_budget=options.ramp_budget,
                 handshake_timeout=options.handshake_timeout,
                 requests=requests,
                 heartbeat=options.heartbeat,

@@ -2,10 +2,11 @@
 127.0.0.1 — the gateway (``GatewayProcess``; ``UploadGateway`` in front of the upload
 backend stand-in), the Node/Express stack it replaces (``NodeAnchor``), nginx as backend
 stand-in and baseline (``Nginx``), the empty apps on the gateway's server stack
-(``FloorServer``) — and what ``/proc`` says about them (``cpu_seconds``, ``rss_kb``)."""
+(``FloorServer``) — what ``/proc`` says about them (``cpu_seconds``, ``rss_kb``), and the
+WebSocket engine the gateway runs unless one is named (``default_ws_engine``)."""
 
 from bench.targets.empty_apps import FloorServer
-from bench.targets.gateway import GatewayProcess
+from bench.targets.gateway import GatewayProcess, default_ws_engine
 from bench.targets.local import BENCH_DIR, SECRET, LocalServer, free_port, wait_for_http
 from bench.targets.nginx import Nginx
 from bench.targets.node import NodeAnchor, install_node_anchor, node_anchor_missing
@@ -24,6 +25,7 @@ __all__ = [
     "UploadBackend",
     "UploadGateway",
     "cpu_seconds",
+    "default_ws_engine",
     "ensure_tools",
     "free_port",
     "install_node_anchor",

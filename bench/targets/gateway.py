@@ -1,5 +1,6 @@
 """``GatewayProcess``: ``python -m kalami_gateway serve`` in a process of its own, with the
-bench's settings (production ones but for the limits a load test must lift)."""
+bench's settings (production ones but for the limits a load test must lift); and
+``default_ws_engine``, the WebSocket engine the gateway runs when none is named."""
 
 from __future__ import annotations
 
@@ -8,7 +9,19 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+import msgspec
+
 from bench.targets.local import SECRET, LocalServer, wait_for_http
+from kalami_gateway.app.settings import Settings
+
+
+def default_ws_engine() -> str:
+    """``WS_ENGINE``'s default, read from the settings schema (the ``Settings`` field's
+    default) so the bench follows a flip of it. The bench still names the engine on every
+    gateway it compares: an inherited ``WS_ENGINE`` or a ``.env`` in the working directory
+    would otherwise choose it."""
+    (engine,) = (f.default for f in msgspec.structs.fields(Settings) if f.name == "ws_engine")
+    return str(engine)
 
 
 @dataclass
