@@ -115,6 +115,7 @@ async def test_every_outcome_counted_pings_answered_and_the_close_clean(
         count=len(paths),
         rate=1000.0,
         in_flight=len(paths),
+        ramp_budget=3.0,
         handshake_timeout=1.0,
         requests=tuple(request(path, port) for path in paths),
         heartbeat=0.05,
