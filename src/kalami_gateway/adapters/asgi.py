@@ -4,7 +4,7 @@ the server's protocol (adapters/server) puts there."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any, Final, Protocol
 
 from kalami_gateway.adapters.errors import error_body
@@ -47,6 +47,11 @@ class SocketControl(Protocol):
 
     def accepted(self) -> tuple[Receive, Send]:
         """Once the accept is sent: the server's ``receive`` and ``send``."""
+        ...
+
+    def hand_off(self, serving: Coroutine[Any, Any, None]) -> bool:
+        """Take the connection's message loop, to run once the app has returned (its
+        suspended call chain is let go); False: the server does not, the app awaits it."""
         ...
 
 

@@ -5,6 +5,7 @@ frames, nothing sent between them; the send buffer counts every frame."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -66,6 +67,9 @@ class Control(SocketControl):
         raise AssertionError("not used by the channel")
 
     def accepted(self) -> tuple[Receive, Send]:
+        raise AssertionError("not used by the channel")
+
+    def hand_off(self, serving: Coroutine[Any, Any, None]) -> bool:
         raise AssertionError("not used by the channel")
 
 

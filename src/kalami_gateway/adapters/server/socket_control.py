@@ -6,6 +6,7 @@ handler (adapters/http) sees it through the ``SocketControl`` Protocol of adapte
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from websockets.datastructures import Headers
@@ -99,6 +100,11 @@ class SocketControl:
         scope["subprotocols"] = []
         # uvicorn's own types are narrower TypedDicts; the calls are plain ASGI.
         return cast(Receive, protocol.receive), cast(Send, protocol.send)
+
+    def hand_off(self, serving: Coroutine[Any, Any, None]) -> bool:
+        """Not taken: uvicorn's protocol ends the connection when the app returns, so the
+        app awaits its message loop itself (the native engine takes it)."""
+        return False
 
 
 # The face the WebSocket handler sees (checked here by mypy).
