@@ -17,7 +17,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # uvicorn and the rest from source again: importing the app took 3.4 s instead of 0.9 s.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: run test lint unit integration bench bench-smoke bench-scale clean lock lock-check sync-runtime sync-dev dist
+.PHONY: run test lint unit integration integration-other-engine bench bench-smoke bench-scale clean lock lock-check sync-runtime sync-dev dist
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv $(TOOLS)
@@ -68,7 +68,23 @@ unit: sync-dev
 integration: sync-dev
 	$(BIN)/pytest tests/integration -q
 
-test: lint unit integration
+# The WebSocket-protocol suites once more, on the engine WS_ENGINE does not default to: the
+# old engine stays one setting away for a release (issue 27), so both must keep passing.
+# `integration` ran them on the default; the other one is read from the settings schema at
+# run time (tests/integration/ws_engines.py), so flipping the default needs no edit here.
+# Only the suites whose subject is what an engine does (handshake, frames, close codes,
+# liveness, budgets and back-pressure both ways, drain, what a connection keeps): 1 min 40 s
+# on a 2-core machine, against the 6 min of `integration`.
+WS_ENGINE_SUITES := $(addprefix tests/integration/, test_websocket.py test_ws_budgets.py \
+  test_ws_protocol.py test_ws_token_ways.py test_close_1009.py test_slow_consumers.py \
+  test_rate_limits.py test_lifecycle.py)
+
+integration-other-engine: sync-dev
+	@engine=$$($(BIN)/python -m tests.integration.ws_engines) && \
+	  echo "WebSocket suites on the other engine: KALAMI_TEST_WS_ENGINE=$$engine" && \
+	  KALAMI_TEST_WS_ENGINE=$$engine $(BIN)/pytest $(WS_ENGINE_SUITES) -q
+
+test: lint unit integration integration-other-engine
 
 bench: sync-dev
 	$(BIN)/python -m bench

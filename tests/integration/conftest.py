@@ -24,14 +24,16 @@ from kalami_gateway.app.server import GatewayServer, uvicorn_config
 from kalami_gateway.app.settings import Settings
 from tests.integration.backend_server import BackendServer
 from tests.integration.raw_backend import RawBackend
+from tests.integration.ws_engines import engine_under_test
 
 SECRET = "integration-secret-" + "0123456789abcdef" * 3
-# KALAMI_TEST_WS_ENGINE=native runs the suites on the gateway's own WebSocket protocol: the
-# gateways started in-process (make_settings) and those started as processes of their own
-# (which inherit WS_ENGINE from this environment).
-WS_ENGINE = os.environ.get("KALAMI_TEST_WS_ENGINE", "uvicorn")
-if "KALAMI_TEST_WS_ENGINE" in os.environ:
-    os.environ["WS_ENGINE"] = WS_ENGINE
+# The WebSocket engine of every gateway the suites start (tests/integration/ws_engines.py):
+# KALAMI_TEST_WS_ENGINE, else the settings' default. The gateways started in-process get it
+# from make_settings; those started as processes of their own inherit WS_ENGINE from this
+# environment, written here even when it is the default, so that a WS_ENGINE of the shell
+# running the tests (or of a .env) cannot put those on another engine than the rest.
+WS_ENGINE = engine_under_test()
+os.environ["WS_ENGINE"] = WS_ENGINE
 
 
 def token_for(user: str, ttl: float = 3600) -> str:
