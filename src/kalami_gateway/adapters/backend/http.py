@@ -5,13 +5,10 @@ Traced (``tracing`` given), every call is a client span, child of whatever span 
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine
 from http.cookiejar import DefaultCookiePolicy
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import aiohttp
 import httpx
@@ -21,6 +18,12 @@ from opentelemetry.trace import Status, StatusCode
 
 from kalami_gateway.adapters.backend.deadlines import BackendDeadlines
 from kalami_gateway.adapters.backend.replies import read_turn_reply
+from kalami_gateway.adapters.backend.uploads import (
+    AudioForm,
+    StreamedUpload,
+    audio_path,
+    pieces,
+)
 from kalami_gateway.adapters.tracing import OtelTracing, traceparent_of
 from kalami_gateway.domain.ports import (
     Backend,
@@ -34,13 +37,6 @@ from kalami_gateway.domain.ports import (
 )
 from kalami_gateway.domain.protocol import AudioFormat
 
-AUDIO_CONTENT_TYPES: Final = {
-    "webm": "audio/webm",
-    "wav": "audio/wav",
-    "mp3": "audio/mpeg",
-    "m4a": "audio/mp4",
-    "ogg": "audio/ogg",
-}
 T = TypeVar("T")
 
 
@@ -129,15 +125,15 @@ class HttpxBackend(Backend):
     async def submit_utterance(
         self, token: str, session_id: str, utterance: Utterance
     ) -> TurnReply:
-        form = _AudioForm(utterance.audio_format)
+        form = AudioForm(utterance.audio_format)
         # The utterance's chunks go out in arrival order, with their length (never chunked:
         # that is what this mode is for), without being joined into one more copy.
         size = len(form.head) + utterance.size + len(form.tail)
         response = await self._send(
             "POST",
-            _audio_path(session_id),
+            audio_path(session_id),
             token,
-            content=_pieces(form, utterance.chunks),
+            content=pieces(form, utterance.chunks),
             headers={**form.headers, "Content-Length": str(size)},
         )
         return _turn_reply(response)
@@ -145,7 +141,14 @@ class HttpxBackend(Backend):
     def open_upload(
         self, token: str, session_id: str, audio_format: AudioFormat
     ) -> UtteranceUpload:
-        return _StreamedUpload(self, token, session_id, audio_format)
+        path = audio_path(session_id)
+
+        def request(
+            body: AsyncIterator[bytes], headers: dict[str, str]
+        ) -> Coroutine[Any, Any, httpx.Response]:
+            return self._send("POST", path, token, content=body, headers=headers)
+
+        return StreamedUpload(request, audio_format)
 
     async def health(self) -> BackendHealth:
         try:
@@ -225,133 +228,6 @@ class HttpxBackend(Backend):
                 status=response.status_code,
             )
         return response
-
-
-# At most this much audio of one recording waits in the gateway for the backend to read it.
-UPLOAD_WINDOW_BYTES: Final = 256 * 1024
-
-
-def _audio_path(session_id: str) -> str:
-    return f"/conversations/sessions/{session_id}/audio"
-
-
-class _AudioForm:
-    """The multipart/form-data framing of an utterance: part ``audio``, ``recording.<fmt>``."""
-
-    __slots__ = ("head", "headers", "tail")
-
-    def __init__(self, audio_format: AudioFormat) -> None:
-        boundary = uuid.uuid4().hex
-        self.head = (
-            f"--{boundary}\r\n"
-            f'Content-Disposition: form-data; name="audio"; filename="recording.{audio_format}"'
-            f"\r\nContent-Type: {AUDIO_CONTENT_TYPES[audio_format]}\r\n\r\n"
-        ).encode()
-        self.tail = f"\r\n--{boundary}--\r\n".encode()
-        self.headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
-# A buffered utterance is written this much at a time (one frame may be a whole recording).
-WRITE_PIECE_BYTES: Final = 256 * 1024
-
-
-async def _pieces(form: _AudioForm, chunks: Sequence[bytes]) -> AsyncIterator[bytes]:
-    yield form.head
-    for chunk in chunks:
-        if len(chunk) <= WRITE_PIECE_BYTES:
-            yield chunk
-            continue
-        view = memoryview(chunk)
-        for start in range(0, len(chunk), WRITE_PIECE_BYTES):
-            yield bytes(view[start : start + WRITE_PIECE_BYTES])
-    yield form.tail
-
-
-class _StreamedUpload(UtteranceUpload):
-    """A chunked upload fed frame by frame: the request runs as a task whose body generator
-    takes frames from a queue of at most UPLOAD_WINDOW_BYTES (one larger frame on its own).
-    aiohttp asks for the next chunk only once the last one is written to the socket, so a
-    backend that reads slowly holds the queue full, and ``write`` waits: the client's socket
-    is not read meanwhile (TCP pushes back on the learner's phone, nothing piles up here)."""
-
-    def __init__(
-        self, backend: HttpxBackend, token: str, session_id: str, audio_format: AudioFormat
-    ) -> None:
-        form = _AudioForm(audio_format)
-        self._form = form
-        self._queue: collections.deque[bytes | None] = collections.deque()  # None: the end
-        self._queued = 0
-        self._readable = asyncio.Event()  # the body may take something
-        self._room = asyncio.Event()  # write may add something
-        self._room.set()
-        self._aborted = False
-        self._task = asyncio.ensure_future(
-            backend._send(
-                "POST", _audio_path(session_id), token, content=self._body(), headers=form.headers
-            )
-        )
-        self._task.add_done_callback(self._request_done)
-
-    def offer(self, chunk: bytes) -> bool:
-        self._failed_early()
-        if self._queued and self._queued + len(chunk) > UPLOAD_WINDOW_BYTES:
-            return False
-        if chunk:  # an empty frame adds nothing (and an empty chunk would end the body)
-            self._queue.append(chunk)
-            self._queued += len(chunk)
-            self._readable.set()
-        return True
-
-    async def write(self, chunk: bytes) -> None:
-        while not self.offer(chunk):
-            self._room.clear()
-            await self._room.wait()
-
-    async def finish(self) -> TurnReply:
-        if self._aborted:
-            raise BackendError(BackendErrorKind.UNREACHABLE, "the upload was aborted.")
-        self._queue.append(None)
-        self._readable.set()
-        return _turn_reply(await self._task)
-
-    def abort(self) -> None:
-        self._aborted = True
-        self._task.cancel()
-
-    async def _body(self) -> AsyncIterator[bytes]:
-        yield self._form.head
-        while True:
-            while not self._queue:
-                self._readable.clear()
-                await self._readable.wait()
-            chunk = self._queue.popleft()
-            if chunk is None:
-                break
-            self._queued -= len(chunk)
-            self._room.set()
-            yield chunk
-        yield self._form.tail
-
-    def _failed_early(self) -> None:
-        """The request ended before its body did: the backend failed or answered early."""
-        if self._aborted or (self._task.done() and self._task.cancelled()):
-            raise BackendError(BackendErrorKind.UNREACHABLE, "the upload was aborted.")
-        if not self._task.done():
-            return
-        exc = self._task.exception()
-        if exc is not None:
-            raise exc
-        status = self._task.result().status_code
-        raise BackendError(
-            BackendErrorKind.REJECTED,
-            f"the backend answered {status} before the utterance was complete.",
-            status=status,
-        )
-
-    def _request_done(self, task: asyncio.Future[httpx.Response]) -> None:
-        self._room.set()  # a writer waiting for room learns of it at once
-        if not task.cancelled():
-            task.exception()  # retrieved here: a failure is reported by write or finish
 
 
 def _turn_reply(response: httpx.Response) -> TurnReply:
