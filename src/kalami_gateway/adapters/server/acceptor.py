@@ -14,7 +14,18 @@ counted and logged once per burst (``SocketCapacity.accept_failed``), and its cl
 still answered: a spare descriptor of ours is let go, the waiting connection accepted into
 it, told ``503`` with ``Retry-After`` and closed, and the spare taken back — the trick
 libuv plays, with an answer instead of silence. Should even the spare be taken, accepting
-pauses for ``PAUSE_SECONDS`` (the connections wait in the kernel's queue, not lost).
+pauses for ``PAUSE_SECONDS`` (the connections wait in the kernel's queue, not lost). A lost
+spare is opened again when accepting resumes (before any client takes the slot), after an
+accept that succeeds, and at the next failed one; an ordinary accept, with the spare held,
+costs no syscall more.
+
+Only connections refused, or left waiting for lack of files, are counted. Linux finds a
+descriptor before it looks at the queue, so at the limit accept fails whether a connection
+waits or not: without the spare to tell, one is known to wait only when the loop has just
+said the socket is readable (the first accept of a wake-up). Later in a wake-up, nothing is
+counted and accepting does not pause: if a connection does wait, the socket is still
+readable and the loop calls again at once. Any other error of the accept into the spare's
+place (ENOBUFS, ENOMEM, a firewall's EPERM) pauses accepting, as it does on the main path.
 
 The ceiling (``adapters/capacity.py``) keeps a process well short of its limit, so this is
 the last line, not the usual path: past the ceiling a handshake is refused by the HTTP
@@ -79,7 +90,7 @@ class Acceptor:
         self._loop.add_reader(sock.fileno(), self._accept_waiting)
 
     def _accept_waiting(self) -> None:
-        for _ in range(BATCH):
+        for turn in range(BATCH):
             try:
                 conn, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -89,20 +100,16 @@ class Acceptor:
             except OSError as exc:
                 name = _OUT_OF_FILES.get(exc.errno or 0)
                 if name is None:  # ENOBUFS, ENOMEM, a firewall's EPERM: a little later
-                    log.warning("accept_failed", extra={"error": str(exc)})
-                    self._pause()
+                    self._failed_otherwise(exc)
                     return
-                # (Linux finds a descriptor before it looks at the queue: at the limit, accept
-                # fails so whether a connection waits or not.)
-                refused = self._refuse_one()
-                if refused is None:  # nothing was waiting
-                    return
-                self._capacity.accept_failed(name)
-                if not refused:
-                    self._pause()
+                # The loop calls when the socket is readable: on the first turn a connection
+                # surely waits; later, the ones before may have emptied the queue.
+                if not self._refuse_one(name, surely_waiting=turn == 0):
                     return
                 continue
             self._capacity.accepted()
+            if self._spare is None:  # lost at the limit: taken back once there is room
+                self._spare = _spare()
             self._hand_over(conn)
 
     def _hand_over(self, conn: socket.socket) -> None:
@@ -115,22 +122,33 @@ class Acceptor:
         if not task.cancelled() and task.exception() is not None:
             log.warning("accept_handover_failed", extra={"error": str(task.exception())})
 
-    def _refuse_one(self) -> bool | None:
+    def _refuse_one(self, name: str, surely_waiting: bool) -> bool:
         """With every descriptor taken: accept one waiting connection into the spare's place,
-        answer it 503 and close it. None when no connection was waiting; False when the spare
-        cannot be had (then the waiting one stays in the queue)."""
+        answer it 503 and close it, counted as an accept failed with ``name``. Whether to
+        accept on: not when nothing was waiting, nor when accepting has paused."""
         if self._spare is None:
             self._spare = _spare()
-            return False
+            if self._spare is None:
+                self._stuck(name, surely_waiting)
+                return False
         os.close(self._spare)
         self._spare = None
         try:
             conn, _ = self._sock.accept()
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError):  # nothing was waiting
             self._spare = _spare()
-            return None if self._spare is not None else False
-        except OSError:  # taken by another thread meanwhile, or gone: it waits or is gone
+            return False
+        except ConnectionAbortedError:  # gone before it was accepted: refused all the same
             conn = None
+        except OSError as exc:
+            self._spare = _spare()
+            if exc.errno not in _OUT_OF_FILES:  # retried at once, it would spin
+                self._failed_otherwise(exc)
+                return False
+            if self._spare is None:  # the slot taken by another thread meanwhile
+                self._stuck(name, surely_waiting)
+                return False
+            return True
         if conn is not None:
             with conn, contextlib.suppress(OSError):
                 conn.setblocking(False)
@@ -140,15 +158,33 @@ class Acceptor:
                 # that could destroy the answer before it is read.
                 conn.recv(65536)
         self._spare = _spare()
+        self._capacity.accept_failed(name)
+        # Without the spare back, the next accept would fail whether a connection waits or
+        # not: this wake-up ends, and if one waits, the loop calls again at once.
         return self._spare is not None
+
+    def _stuck(self, name: str, surely_waiting: bool) -> None:
+        """No descriptor to accept into, nor a spare to let go: a connection can be neither
+        accepted nor seen. One known to wait is counted, and accepting paused (the socket
+        stays readable: retried at once, it would spin); otherwise nothing happened."""
+        if surely_waiting:
+            self._capacity.accept_failed(name)
+            self._pause()
+
+    def _failed_otherwise(self, exc: OSError) -> None:
+        log.warning("accept_failed", extra={"error": str(exc)})
+        self._pause()
 
     def _pause(self) -> None:
         self._loop.remove_reader(self._sock.fileno())
         self._loop.call_later(PAUSE_SECONDS, self._resume)
 
     def _resume(self) -> None:
-        if not self._closed:
-            self._loop.add_reader(self._sock.fileno(), self._accept_waiting)
+        if self._closed:
+            return
+        if self._spare is None:
+            self._spare = _spare()
+        self._loop.add_reader(self._sock.fileno(), self._accept_waiting)
 
     def close(self) -> None:
         if self._closed:

@@ -48,6 +48,7 @@ class Descriptors:
         self.free = free
         self.open: set[int] = set()
         self.elsewhere = 0  # slots other threads hold
+        self.files_opened = 0  # by ``os.open`` (the spare), tried or done; accepts aside
         self._next = 100
 
     def take(self) -> int:
@@ -84,6 +85,7 @@ class FakeOs:
     def open(self, path: str, flags: int) -> int:
         assert path == os.devnull
         assert flags & os.O_CLOEXEC  # a worker's children must not inherit it
+        self.table.files_opened += 1
         return self.table.take()
 
     def close(self, fd: int) -> None:
@@ -307,9 +309,11 @@ def test_when_the_spare_cannot_be_had_again_accepting_pauses_and_resumes_without
     table: Descriptors,
 ) -> None:
     """The slot the refused client frees is taken by another thread before the spare is
-    opened again (EMFILE on the spare): the clients behind wait in the queue, counted once
-    per try, the acceptor tries again every PAUSE_SECONDS — not at once, which would spin on
-    a socket that stays readable — and serves them as soon as a slot is free."""
+    opened again (EMFILE on the spare). The next accept would fail whether a connection waits
+    or not, so the wake-up ends there; the loop calls again because the clients behind wait,
+    and then they are counted, once per try: the acceptor tries again every PAUSE_SECONDS —
+    not at once, which would spin on a socket that stays readable. When a slot is free, the
+    spare is taken back first, and the clients are answered or served as room allows."""
     first, second, third = Client(table, "first"), Client(table, "second"), Client(table, "third")
     listener = Listener(table, first, second, third)
     sockets = capacity()
@@ -323,14 +327,13 @@ def test_when_the_spare_cannot_be_had_again_accepting_pauses_and_resumes_without
         assert untouched(second)
         assert untouched(third)
         assert list(listener.waiting) == [second, third]  # waiting, not lost
-        assert sockets.accept_errors == {"EMFILE": 1}
+        assert sockets.accept_errors == {"EMFILE": 1}  # the refused one
         assert listener.accepts == 2  # the failed accept, and the one into the spare's place
-        # Paused: the reader is off until the timer puts it back.
-        assert loop.reader is None
-        assert [delay for delay, _, _ in loop.later] == [PAUSE_SECONDS]
+        assert loop.reader is not None
+        assert loop.later == []
 
-        # Still no slot: one more try, counted, and paused again.
-        assert loop.time_passes() == [PAUSE_SECONDS]
+        # The socket is still readable (they wait): the loop calls again at once. Now one is
+        # known to wait: counted, and accepting pauses until the timer puts the reader back.
         loop.readable()
         assert listener.accepts == 3
         assert sockets.accept_errors == {"EMFILE": 2}
@@ -338,28 +341,35 @@ def test_when_the_spare_cannot_be_had_again_accepting_pauses_and_resumes_without
         assert loop.reader is None
         assert [delay for delay, _, _ in loop.later] == [PAUSE_SECONDS]
 
-        # The other thread closes its file: the next client is accepted and handed over.
+        # Still no slot: one more try, counted, and paused again.
+        assert loop.time_passes() == [PAUSE_SECONDS]
+        loop.readable()
+        assert listener.accepts == 4
+        assert sockets.accept_errors == {"EMFILE": 3}
+        assert untouched(second)
+        assert loop.reader is None
+        assert [delay for delay, _, _ in loop.later] == [PAUSE_SECONDS]
+
+        # The other thread closes its file, and another file of the process is closed: the
+        # spare takes the first slot when accepting resumes, the next client the second one.
         table.release_elsewhere()
+        table.free += 1
         loop.time_passes()
+        assert table.free == 1
+        assert len(table.open) == 1  # the spare, back
         loop.readable()
         await asyncio.sleep(0)
         assert loop.handed == [second]
-        assert list(listener.waiting) == [third]  # no slot for it yet: waiting, not lost
-        assert sockets.accept_errors == {"EMFILE": 3}
-        assert listener.accepts == 5
-        assert loop.reader is None  # paused again, not spinning
-
-        # Its client leaves: the last one is served in turn.
-        second.close()
-        loop.time_passes()
-        loop.readable()
-        await asyncio.sleep(0)
-        assert loop.handed == [second, third]
-        assert not third.sent  # served, not refused
+        # At the limit again, with the spare in hand: the last one is answered.
+        assert answered_503(third)
+        assert sockets.accept_errors == {"EMFILE": 4}
+        assert listener.waiting == deque()
+        assert loop.reader is not None
+        assert loop.later == []
+        assert len(table.open) == 2  # second's, and the spare
         acceptor.close()
         await acceptor.wait_closed()
-        loop.time_passes()  # a resume due after the close does not read again
-        assert loop.reader is None
+        assert len(table.open) == 1  # second's: the spare given back
 
     on_a_loop(scenario)
 
@@ -379,6 +389,157 @@ def test_a_connection_reset_while_refusing_is_counted_and_the_next_one_answered(
         assert len(table.open) == 1  # the spare, back
         assert loop.reader is not None
         assert loop.later == []
+        acceptor.close()
+
+    on_a_loop(scenario)
+
+
+def lose_the_spare(loop: AcceptorLoop, table: Descriptors, listener: Listener) -> None:
+    """At the limit, a client is answered in the spare's place and its slot taken by another
+    thread before the spare is opened again: the spare is lost. Then time passes (nothing
+    waits: there is no pause to end, but a test of what follows must not hang on it)."""
+    refused = Client(table, "refused")
+    refused.slot_taken_on_close = True
+    listener.waiting.append(refused)
+    loop.readable()
+    assert answered_503(refused)
+    assert table.open == set()  # no spare
+    assert table.elsewhere == 1
+    loop.time_passes()
+    assert table.open == set()  # still no descriptor for it
+    assert loop.reader is not None
+
+
+def test_a_lost_spare_is_taken_back_when_accepting_resumes(table: Descriptors) -> None:
+    """Otherwise, once lost, the spare was never opened again: at every later limit the
+    clients got no 503, they just waited."""
+    listener = Listener(table)
+    sockets = capacity()
+
+    async def scenario(loop: AcceptorLoop) -> None:
+        acceptor = make_acceptor(listener, sockets)
+        lose_the_spare(loop, table, listener)
+        # A client waits: counted, accepting paused.
+        waiting = Client(table, "waiting")
+        listener.waiting.append(waiting)
+        loop.readable()
+        assert sockets.accept_errors == {"EMFILE": 2}
+        assert loop.reader is None
+        # The other thread closes its file while accepting is paused: the spare takes the
+        # slot back when accepting resumes, so the client is answered, not left to wait.
+        table.release_elsewhere()
+        loop.time_passes()
+        assert len(table.open) == 1
+        assert table.free == 0
+        loop.readable()
+        assert answered_503(waiting)
+        assert sockets.accept_errors == {"EMFILE": 3}
+        assert len(table.open) == 1  # the spare, back again
+        assert loop.reader is not None
+        acceptor.close()
+        assert table.open == set()
+
+    on_a_loop(scenario)
+
+
+def test_a_lost_spare_is_taken_back_after_an_accept_once_there_is_room(
+    table: Descriptors,
+) -> None:
+    listener = Listener(table)
+    sockets = capacity()
+
+    async def scenario(loop: AcceptorLoop) -> None:
+        acceptor = make_acceptor(listener, sockets)
+        lose_the_spare(loop, table, listener)
+        # Room again, and a client: accepted, and the spare taken back at once.
+        table.release_elsewhere()
+        table.free += 5
+        served = Client(table, "served")
+        listener.waiting.append(served)
+        loop.readable()
+        await asyncio.sleep(0)
+        assert loop.handed == [served]
+        assert len(table.open) == 2  # served's, and the spare
+        # Other files take every slot left: the next client is answered in the spare's place.
+        table.elsewhere += table.free
+        table.free = 0
+        late = Client(table, "late")
+        listener.waiting.append(late)
+        loop.readable()
+        assert answered_503(late)
+        assert sockets.accept_errors == {"EMFILE": 2}  # the first refused, and late
+        assert loop.reader is not None
+        assert loop.later == []
+        acceptor.close()
+        await acceptor.wait_closed()
+
+    on_a_loop(scenario)
+
+
+def test_without_the_spare_draining_the_queue_into_the_last_slot_counts_nothing(
+    table: Descriptors,
+) -> None:
+    """The accept after the last slot is taken fails whether a connection waits or not; with
+    no spare to let go, none is known to wait: nothing is counted and accepting does not
+    pause. If one does wait, the loop calls again at once, and that one is counted."""
+    listener = Listener(table)
+    sockets = capacity()
+
+    async def scenario(loop: AcceptorLoop) -> None:
+        acceptor = make_acceptor(listener, sockets)
+        lose_the_spare(loop, table, listener)
+        assert sockets.accept_errors == {"EMFILE": 1}  # the refused one
+        # One slot comes free, and one client takes it: the queue is empty.
+        table.release_elsewhere()
+        served = Client(table, "served")
+        listener.waiting.append(served)
+        loop.readable()
+        await asyncio.sleep(0)
+        assert loop.handed == [served]
+        assert listener.waiting == deque()
+        assert sockets.accept_errors == {"EMFILE": 1}  # nothing was refused, none waits
+        assert loop.reader is not None
+        assert loop.later == []
+        # A client comes with no slot free: the loop calls, and this one is counted.
+        stuck = Client(table, "stuck")
+        listener.waiting.append(stuck)
+        loop.readable()
+        assert untouched(stuck)
+        assert sockets.accept_errors == {"EMFILE": 2}
+        assert loop.reader is None
+        assert loop.time_passes() == [PAUSE_SECONDS]
+        acceptor.close()
+        await acceptor.wait_closed()
+
+    on_a_loop(scenario)
+
+
+def test_another_error_of_the_accept_into_the_spares_place_pauses_uncounted(
+    table: Descriptors, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the limit, the spare let go, the accept into its place fails otherwise (ENOBUFS):
+    as on the main path, logged and accepting paused, not counted as a lack of files nor
+    retried at once (it was both: with the error lasting, BATCH accepts into the spare's
+    place per wake-up, each counted as EMFILE)."""
+    client = Client(table, "client")
+    listener = Listener(table, client)
+    listener.errors += [out_of_files(), OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))]
+    sockets = capacity()
+    caplog.set_level(logging.WARNING, logger=acceptor_module.__name__)
+
+    async def scenario(loop: AcceptorLoop) -> None:
+        acceptor = make_acceptor(listener, sockets)
+        loop.readable()
+        assert sockets.accept_errors == {}
+        assert loop.reader is None
+        assert [r.getMessage() for r in caplog.records] == ["accept_failed"]
+        assert listener.accepts == 2  # the failed one, and the one into the spare's place
+        assert untouched(client)
+        assert len(table.open) == 1  # the spare, back
+        assert loop.time_passes() == [PAUSE_SECONDS]
+        loop.readable()
+        assert answered_503(client)  # still at the limit
+        assert sockets.accept_errors == {"EMFILE": 1}
         acceptor.close()
 
     on_a_loop(scenario)
@@ -453,6 +614,7 @@ def test_a_burst_is_accepted_a_batch_per_wake_up(table: Descriptors) -> None:
         await asyncio.sleep(0)
         assert loop.handed == clients
         assert sockets.accept_errors == {}
+        assert table.files_opened == 1  # the spare, at the start: none per accept
         acceptor.close()
         await acceptor.wait_closed()
 
