@@ -1,7 +1,6 @@
 """How long, and how much of its peer's bytes, the WebSocket protocol still reads once a
 connection is closing (issue 24): after a close frame of the gateway's own, and after a close
-the peer caused (``LivelyWebSocketProtocol._received_slowly`` and
-``handle_parser_exception``)."""
+the peer caused (``metered_reads.enough_after_close`` and ``linger``, for both engines)."""
 
 from __future__ import annotations
 

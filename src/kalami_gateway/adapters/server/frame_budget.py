@@ -1,9 +1,9 @@
 """The WebSocket protocol's frame budget (issue 24) in numbers, and the arithmetic of its
-level; ``LivelyWebSocketProtocol`` holds the level per connection and counts every frame it
-parses against it.
+level; each engine's protocol holds the level per connection and counts every frame it
+parses against it (``metered_reads``, one for both).
 
 Every frame costs something, whatever its size: parsing one, answering a ping, keeping a
-1-byte fragment. So the bytes are budgeted where they arrive, before websockets parses them:
+1-byte fragment. So the bytes are budgeted where they arrive, before they are parsed:
 ``frame_rate`` frames a second per connection (WS_FRAME_RATE), any frame: data, control,
 continuation; a burst of two seconds' worth. A client frame is at least ``MIN_FRAME`` bytes,
 so a read is parsed in pieces that cannot hold more frames than the budget has left; past it

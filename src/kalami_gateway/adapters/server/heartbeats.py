@@ -125,3 +125,15 @@ def for_loop(loop: asyncio.AbstractEventLoop) -> Heartbeats:
     if beats is None:
         beats = _per_loop[loop] = Heartbeats(loop)
     return beats
+
+
+def next_ping(
+    loop: asyncio.AbstractEventLoop,
+    interval: float,
+    last_rtt: float,
+    ping: Callable[[], object],
+) -> Beat | asyncio.TimerHandle:
+    """A connection's next keepalive ping on ``loop``'s shared timer (either engine): due
+    ``interval`` after the last one was sent, whose round trip (``last_rtt``) has passed
+    since, as uvicorn times it."""
+    return for_loop(loop).call_later(max(0.0, interval - last_rtt), ping)

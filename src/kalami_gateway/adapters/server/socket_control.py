@@ -1,13 +1,15 @@
 """The connection's socket as the app sees it (the ``kalami.socket`` scope extension that
 ``LivelyWebSocketProtocol.handle_connect`` puts there): what it may know and do about the
 socket, and the server's own ``receive`` and ``send`` once it has accepted. The WebSocket
-handler (adapters/http) sees it through the ``SocketControl`` Protocol of adapters/asgi.py."""
+handler (adapters/http) sees it through the ``SocketControl`` Protocol of adapters/asgi.py.
+The native engine's protocol is its own socket control (``native/socket_control.py``); the
+app's rate-limit pause is one for both engines (``pause_reads``, ``socket_gone``)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request
@@ -57,20 +59,8 @@ class SocketControl:
 
     async def pause(self, seconds: float) -> None:
         """Wait ``seconds`` before reading this connection again (a rate limit), or less if
-        its socket goes meanwhile: a peer that has gone is let go at once, its messages
-        still waiting are handled without further pauses."""
-        protocol = self._protocol
-        if protocol._lost:
-            return
-        loop = protocol.loop
-        waiter: asyncio.Future[None] = loop.create_future()
-        protocol._pausing = waiter
-        timer = loop.call_later(seconds, wake, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            protocol._pausing = None
+        its socket goes meanwhile (``pause_reads``)."""
+        await pause_reads(self._protocol, seconds)
 
     def accepted(self) -> tuple[Receive, Send]:
         """Call once the accept is sent and the handshake's headers and query are read: the
@@ -84,20 +74,14 @@ class SocketControl:
         query and subprotocol list from then on."""
         protocol = self._protocol
         if not protocol.handshake_complete:
-            if protocol.transport.is_closing():
-                # uvicorn drops an accept on a closing socket without a word: the client
-                # left (a handshake timeout of its own) while the app was still deciding.
-                raise ConnectionResetError("the client left before the accept was sent")
-            raise RuntimeError("the WebSocket is not accepted yet")
+            # uvicorn drops an accept on a closing socket without a word.
+            raise accept_missing(protocol.transport)
         request: Request | None = vars(protocol).pop("request", None)
         if request is not None:
             request.headers = _NO_HEADERS
             request.path = ""
         vars(protocol).pop("response", None)
-        scope: dict[str, Any] = protocol.scope  # type: ignore[assignment]
-        scope["headers"] = []
-        scope["query_string"] = b""
-        scope["subprotocols"] = []
+        forget_handshake(protocol.scope)  # type: ignore[arg-type]
         # uvicorn's own types are narrower TypedDicts; the calls are plain ASGI.
         return cast(Receive, protocol.receive), cast(Send, protocol.send)
 
@@ -114,7 +98,61 @@ _FACE: type[asgi.SocketControl] = SocketControl
 _NO_HEADERS: Final = Headers()
 
 
+def accept_missing(transport: asyncio.Transport) -> Exception:
+    """Why ``accepted()`` (either engine's) is refused before the accept is out: the accept
+    was dropped on a closing socket, so the client left (a handshake timeout of its own)
+    while the app was still deciding, a reset; or the app asked too early, a fault."""
+    if transport.is_closing():
+        return ConnectionResetError("the client left before the accept was sent")
+    return RuntimeError("the WebSocket is not accepted yet")
+
+
+def forget_handshake(scope: dict[str, Any]) -> None:
+    """Once accepted (either engine): the scope's header list, query string and
+    subprotocols let go (a token comes in one of them); the app sees them empty from then
+    on."""
+    scope["headers"] = []
+    scope["query_string"] = b""
+    scope["subprotocols"] = []
+
+
+class Pausable(Protocol):
+    """What a WebSocket protocol of either engine keeps for the app's pauses."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    _lost: bool  # connection_lost has run
+    _pausing: asyncio.Future[None] | None  # the app's rate-limit pause, if waiting
+
+
+async def pause_reads(protocol: Pausable, seconds: float) -> None:
+    """The app's rate limit on either engine (``SocketControl.pause``): wait ``seconds``
+    before it reads the connection again, or less if the socket goes meanwhile
+    (``socket_gone``): a peer that has gone is let go at once, its messages still waiting are
+    handled without further pauses."""
+    if protocol._lost:
+        return
+    loop = protocol.loop
+    waiter: asyncio.Future[None] = loop.create_future()
+    protocol._pausing = waiter
+    timer = loop.call_later(seconds, wake, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        protocol._pausing = None
+
+
+def socket_gone(protocol: Pausable) -> None:
+    """The socket has gone (``connection_lost``): no pause from now on, and one waiting ends
+    at once."""
+    protocol._lost = True
+    if protocol._pausing is not None:
+        wake(protocol._pausing)
+
+
 def wake(waiter: asyncio.Future[None]) -> None:
-    """End a pause: on its timer, or at once when the socket goes (``connection_lost``)."""
+    """End a pause: on its timer, or at once when the socket goes (``socket_gone``)."""
     if not waiter.done():
         waiter.set_result(None)

@@ -65,9 +65,7 @@ class WritableFlag:
     def set(self) -> None:
         self._set = True
         waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
+        wake_all(waiters)
 
     def clear(self) -> None:
         self._set = False
@@ -79,3 +77,11 @@ class WritableFlag:
                 self._waiters = []
             self._waiters.append(waiter)
             await waiter
+
+
+def wake_all(waiters: list[asyncio.Future[None]] | None) -> None:
+    """Wake the sends that wait for the socket to drain: ``WritableFlag``'s, and the native
+    engine's (``NativeWebSocketProtocol.resume_writing``, which keeps its own list)."""
+    for waiter in waiters or ():
+        if not waiter.done():
+            waiter.set_result(None)

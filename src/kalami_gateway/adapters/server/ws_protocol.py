@@ -36,13 +36,16 @@ parses them:
   saw the 1009 in 202 of 300 tries);
 - frames sent before the 101 (in the handshake's own segment, handed over by the HTTP
   protocol) wait unparsed until the accept is out, then are answered in order.
+
+The budgets' logic is one with the native engine's (``metered_reads``; the rate-limit pause
+in ``socket_control``, the next ping in ``heartbeats``): this class keeps their state under
+the names both engines use, and reads, parses and closes through uvicorn's own machinery.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -50,9 +53,21 @@ from websockets.frames import Frame
 from websockets.http11 import Request
 
 from kalami_gateway.adapters.asgi import SOCKET_CONTROL
-from kalami_gateway.adapters.server import close_budget, heartbeats, tcp_peer
-from kalami_gateway.adapters.server.frame_budget import NO_BUDGET, refilled, room, throttle_wait
-from kalami_gateway.adapters.server.socket_control import SocketControl, wake
+from kalami_gateway.adapters.server import close_budget, heartbeats
+from kalami_gateway.adapters.server.liveness import pong_excused
+from kalami_gateway.adapters.server.metered_reads import (
+    budget_spent,
+    enough_after_close,
+    feed_stash,
+    hold_back,
+    let_go_slow,
+    linger,
+    metered,
+    open_room,
+    refill,
+    stop_throttle,
+)
+from kalami_gateway.adapters.server.socket_control import SocketControl, socket_gone
 from kalami_gateway.adapters.server.standins import ReceiveQueue, WritableFlag
 
 log = logging.getLogger(__name__)
@@ -66,23 +81,18 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
     # Per connection. Class defaults until first set, so an idle connection pays for few.
     _lost = False  # connection_lost has run
     _app_done = False  # the app's task has finished (there is one only after an upgrade)
-    _slow = False  # let go for not reading what it was owed
     _unanswered = False  # let go for not answering a ping in time
-    # Bytes that may still be parsed without looking at the budget (one comparison and one
-    # subtraction per read): at most MIN_FRAME per frame the budget holds. -1 while every
-    # read must take the slow path: before the accept, throttled, lingering, backed up.
-    _room: int = -1
-    _credit: float = 0.0  # frames that may still be parsed (the budget's level)
-    _stamp: float = 0.0  # loop time of the budget's last refill (0: it starts full)
-    _stash: bytes | None = None  # read but not parsed yet: throttled, or before the accept
-    _throttle: asyncio.TimerHandle | None = None  # when a throttled connection is read again
-    _backed_up = False  # the transport's write buffer is past its high-water mark
-    _linger_left: int | None = None  # bytes still read and discarded (None: not lingering)
-    _read_after_close = 0  # bytes read since the gateway's own close frame
     _pausing: asyncio.Future[None] | None = None  # the app's rate-limit pause, if waiting
-    # Over its frame budget since the last read parsed whole within it: what is parsed is a
-    # backlog, old news of the peer, so it does not stand for a pong (its kernel's
-    # acknowledgements do; see keepalive_timeout).
+    # The reads' budgets (metered_reads.MeteredReader says what each holds).
+    _slow = False
+    _room: int = -1
+    _credit: float = 0.0
+    _stamp: float = 0.0
+    _stash: bytes | None = None
+    _throttle: asyncio.TimerHandle | None = None
+    _backed_up = False
+    _linger_left: int | None = None
+    _read_after_close = 0
     _behind = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -92,6 +102,23 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue = ReceiveQueue()  # type: ignore[assignment]
         self.writable = WritableFlag()  # type: ignore[assignment]
         self.close_timeout = close_budget.CLOSE_TIMEOUT
+
+    # The names metered_reads and liveness use for uvicorn's ``read_paused`` and ``queue``.
+
+    @property
+    def _read_paused(self) -> bool:
+        """Reading paused for a message waiting for the app (uvicorn's ``receive()`` resumes
+        it once the queue is empty)."""
+        return self.read_paused
+
+    @_read_paused.setter
+    def _read_paused(self, paused: bool) -> None:
+        self.read_paused = paused
+
+    @property
+    def _inbox(self) -> ReceiveQueue:
+        """The messages waiting for the app."""
+        return self.queue  # type: ignore[return-value]  # replaced in __init__
 
     # -- Bytes in ---------------------------------------------------------------------------
 
@@ -111,7 +138,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         self._credit -= len(conn.events)
         self.handle_events()
         if self._credit <= 0:
-            self._budget_spent()
+            budget_spent(self)
         else:
             self._behind = False
         if self.pong_timer is not None and not self.close_sent and not self._behind:
@@ -120,14 +147,8 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
     def _received_slowly(self, data: bytes) -> None:
         """Every read that is not simply parsed: the handshake, frames before the accept, a
         read over the budget's room, the bytes after a close frame."""
-        if self._linger_left is not None:  # lingering: discarded, up to a bound
-            self._linger_left -= len(data)
-            if self._linger_left < 0:
-                self.transport.pause_reading()  # the close timer ends it
-            return
-        if self._stash is not None:  # throttled, or waiting for the accept: kept in order
-            self._stash += data
-            self.transport.pause_reading()
+        if self._linger_left is not None or self._stash is not None:
+            hold_back(self, data)  # lingering, throttled, or waiting for the accept
             return
         if not self.handshake_initiated:  # the upgrade request, handed over whole
             super().data_received(data)
@@ -139,36 +160,9 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
             self._room = -1
             self.transport.pause_reading()
             return
-        if self.close_sent:
-            self._read_after_close += len(data)
-            if self._read_after_close > close_budget.CLOSE_READ_BYTES:
-                # Enough for a close reply: the rest is discarded until the close timer.
-                self._linger_left = 0
-                self._room = -1
-                self.transport.pause_reading()
-                return
-        self._metered(data)
-
-    def _metered(self, data: bytes) -> None:
-        """Parse ``data`` in pieces the frame budget allows; past it, keep the rest."""
-        if self.frame_rate <= 0:
-            self._parse(data)
+        if self.close_sent and enough_after_close(self, data):
             return
-        self._refill()
-        start, size = 0, len(data)
-        while start < size:
-            if self._credit < 1:
-                self._throttle_now(data[start:])
-                return
-            end = min(size, start + room(self._credit))
-            if not self._parse(data if start == 0 and end == size else data[start:end]):
-                return
-            start = end
-        if self._credit <= 0:
-            self._budget_spent()
-        else:
-            self._behind = False
-            self._open_room()
+        metered(self, data)
 
     def _parse(self, data: bytes) -> bool:
         """uvicorn's data_received, counting frames; False once nothing more is parsed."""
@@ -180,7 +174,7 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         self._credit -= len(conn.events)
         self.handle_events()
         if self._backed_up and self.transport.get_write_buffer_size() > self.send_buffer_bytes:
-            self._let_go_slow()
+            let_go_slow(self)
             return False
         if self.pong_timer is not None and not self.close_sent and not self._behind:
             self._alive()
@@ -194,80 +188,6 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         self.pending_ping_payload = None
         self.schedule_ping()
 
-    # -- The frame budget -------------------------------------------------------------------
-
-    def _refill(self) -> None:
-        rate = self.frame_rate
-        if rate <= 0:
-            self._credit = math.inf
-        else:
-            now = self.loop.time()
-            self._credit = refilled(self._credit, self._stamp, now, rate)
-            self._stamp = now
-        self._open_room()
-
-    def _open_room(self) -> None:
-        """How much of a read may be parsed at once, now."""
-        if (
-            self._stash is not None
-            or self._linger_left is not None
-            or self._backed_up
-            or not self.handshake_complete
-        ):
-            self._room = -1
-        elif self.frame_rate <= 0:
-            self._room = NO_BUDGET
-        else:
-            self._room = room(self._credit)
-
-    def _budget_spent(self) -> None:
-        if self._linger_left is not None or self.transport.is_closing():
-            return  # nothing more is parsed anyway
-        self._refill()
-        if self._credit <= 0:
-            self._throttle_now(b"")
-
-    def _throttle_now(self, rest: bytes) -> None:
-        """Stop reading this peer until its budget has come back; ``rest`` waits unparsed."""
-        self._stash = rest
-        self._room = -1
-        self._behind = True
-        self.transport.pause_reading()
-        # Ours now, not uvicorn's: the app's next receive() must not resume reading.
-        self.read_paused = False
-        wait = throttle_wait(self.frame_rate, self._credit)
-        self._throttle = self.loop.call_later(wait, self._unthrottle)
-
-    def _unthrottle(self) -> None:
-        self._throttle = None
-        if self.transport.is_closing():
-            return
-        self._refill()
-        self._feed_stash()
-
-    def _feed_stash(self) -> None:
-        """Parse what waited (throttled, or sent before the accept), then read on unless a
-        message waits for the app (its receive() resumes reading) or the budget is spent
-        again."""
-        stash, self._stash = self._stash, None
-        self._open_room()
-        if stash:
-            self._received_slowly(stash)
-        if self._stash is not None or self._linger_left is not None:
-            return
-        if self.transport.is_closing():
-            return
-        if not self.queue.empty():
-            self.read_paused = True
-        elif not self.read_paused:
-            self.transport.resume_reading()
-
-    def _stop_throttle(self) -> None:
-        if self._throttle is not None:
-            self._throttle.cancel()
-            self._throttle = None
-        self._stash = None
-
     # -- Bytes out --------------------------------------------------------------------------
 
     def pause_writing(self) -> None:
@@ -280,14 +200,8 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
     def resume_writing(self) -> None:
         super().resume_writing()
         self._backed_up = False
-        self._open_room()
-
-    def _let_go_slow(self) -> None:
-        """A peer that sends pings and does not read the pongs (RSS grew 405 MiB in 8 s):
-        released like a slow consumer."""
-        self._slow = True
-        log.warning("ws_slow_consumer", extra={"why": "replies to its pings unsent"})
-        self.transport.abort()
+        if self.handshake_complete:  # before it the room stays shut
+            open_room(self)
 
     # -- uvicorn's events -------------------------------------------------------------------
 
@@ -301,9 +215,9 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         """The 101 is out (uvicorn calls this right after writing it): the frame budget
         starts full, and frames the peer sent before it are answered now."""
         super().start_keepalive()
-        self._refill()
+        refill(self)
         if self._stash is not None:
-            self._feed_stash()
+            feed_stash(self)
 
     def handle_cont(self, event: Frame) -> None:
         """uvicorn's, gathering the fragments in one buffer instead of a list of them (a
@@ -318,10 +232,8 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_parser_exception(self) -> None:
         """The client broke the protocol (a frame over the size limit, say): send the close
-        frame, stop writing, and keep reading and discarding for a while before closing.
-        Closing at once while the client is still sending makes the kernel answer with a
-        reset, which can destroy the close frame before the client reads it. The close
-        timer is uvicorn's own, so the app returning does not close the socket early."""
+        frame, then the lingering close (``linger``). Its timer is uvicorn's own
+        ``close_timer``, so the app returning does not close the socket early."""
         assert self.conn.close_sent is not None  # noqa: S101  # set by websockets
         close = self.conn.close_sent
         self.queue.put_nowait(
@@ -329,25 +241,12 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         )
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        throttled = self._throttle is not None
-        self._stop_throttle()
-        self._linger_left = max(close_budget.LINGER_BYTES, self.config.ws_max_size)
-        self._room = -1
-        if self.read_paused or throttled:
-            self.read_paused = False
-            self.transport.resume_reading()
-        if self.close_timer is not None:
-            self.close_timer.cancel()
-        self.close_timer = self.loop.call_later(close_budget.LINGER_SECONDS, self.transport.close)
+        self.close_timer = linger(self, self.close_timer, self.config.ws_max_size)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_throttle()
+        stop_throttle(self)
         super().connection_lost(exc)
-        self._lost = True
-        if self._pausing is not None:
-            wake(self._pausing)
+        socket_gone(self)
         self._let_go()
 
     def on_task_complete(self, task: asyncio.Task[None]) -> None:
@@ -374,26 +273,15 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
     def schedule_ping(self) -> None:
         """uvicorn's, on the loop's shared heartbeat timer instead of a timer of its own."""
         assert self.ping_interval is not None  # noqa: S101  # only called with keepalive on
-        delay = max(0.0, self.ping_interval - self.last_ping_rtt)
-        beat = heartbeats.for_loop(self.loop).call_later(delay, self.send_keepalive_ping)
+        beat = heartbeats.next_ping(
+            self.loop, self.ping_interval, self.last_ping_rtt, self.send_keepalive_ping
+        )
         self.ping_timer = beat  # type: ignore[assignment]  # it has the cancel() uvicorn calls
 
     def keepalive_timeout(self) -> None:
-        if self._not_reading() and not self.close_sent:
-            # Its pong may be behind frames the gateway has not read yet: not held against
-            # it, unless its kernel has stopped acknowledging too (a peer that vanished
-            # without a reset: its network gone).
-            assert self.ping_timeout is not None  # noqa: S101  # a pong timer ran
-            if tcp_peer.gone_quiet(self.transport.get_extra_info("socket"), self.ping_timeout / 2):
-                log.info("ws_peer_gone", extra={"why": "nothing acknowledged since the ping"})
-                self._unanswered = True
-                self.transport.abort()
-                return
-            # Ping again at once: with reading paused only a write notices a peer that has
-            # gone with a reset (a peer that closed answers this write with one).
-            self.pong_timer = None
-            self.pending_ping_payload = None
-            self.send_keepalive_ping()
+        """No drop while the gateway itself is not reading (``liveness.pong_excused``)."""
+        assert self.ping_timeout is not None  # noqa: S101  # a pong timer ran
+        if not self.close_sent and pong_excused(self, self.ping_timeout, self._ping_again):
             return
         if not (self.close_sent or self.transport.is_closing()):
             # Closed 1011 by uvicorn; counted as ping_timeout (kalami_websocket_closed_total).
@@ -401,17 +289,12 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
             self._unanswered = True
         super().keepalive_timeout()
 
-    def _not_reading(self) -> bool:
-        """Whether the gateway itself holds the peer's frames back: a message waits for the
-        app, reading is paused for it, or the frame budget is spent (or was, and what is read
-        is still its backlog)."""
-        return (
-            self.read_paused
-            or not self.queue.empty()
-            or self._throttle is not None
-            or self._stash is not None
-            or self._behind
-        )
+    def _ping_again(self) -> None:
+        """A ping at once, its pong still owed: with reading paused only a write notices a
+        peer that has gone with a reset (a peer that closed answers this write with one)."""
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        self.send_keepalive_ping()
 
 
 def lively_websocket_protocol(

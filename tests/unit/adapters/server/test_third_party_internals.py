@@ -62,7 +62,7 @@ from kalami_gateway.adapters.asgi import (
 )
 from kalami_gateway.adapters.backend.http import HttpxBackend
 from kalami_gateway.adapters.capacity import Ceiling, SocketCapacity
-from kalami_gateway.adapters.server import heartbeats
+from kalami_gateway.adapters.server import heartbeats, liveness, metered_reads, socket_control
 from kalami_gateway.adapters.server.close_budget import CLOSE_TIMEOUT
 from kalami_gateway.adapters.server.handshake_lines import (
     HANDSHAKE_LINE_LIMIT,
@@ -118,7 +118,7 @@ class Subclass:
     overrides: Mapping[str, str]  # method -> why we override it
     uses: Mapping[str, str]  # attribute or method of the base, not overridden -> how
     # (class, pattern): whose source is scanned for references to the base's names.
-    sources: tuple[tuple[type[Any], str], ...]
+    sources: tuple[tuple[Any, str], ...]  # a class or a module
     # Attributes the base sets only once it runs (no plain instance has them): these must
     # still be assigned (``self.x = …``) somewhere in the base's code.
     set_while_running: frozenset[str] = frozenset()
@@ -166,7 +166,10 @@ WS_PROTOCOL: Final = Subclass(
     package="uvicorn",
     base=WebSocketsSansIOProtocol,
     ours=LivelyWebSocketProtocol,
-    where="adapters/server/ws_protocol.py, adapters/server/socket_control.py",
+    where=(
+        "adapters/server/ws_protocol.py, adapters/server/socket_control.py, "
+        "adapters/server/metered_reads.py, adapters/server/liveness.py"
+    ),
     init_params=("self", "config", "server_state", "app_state", "_loop"),
     overrides={
         "__init__": "swaps queue and writable for lighter stand-ins; a shorter close_timeout",
@@ -218,7 +221,14 @@ WS_PROTOCOL: Final = Subclass(
         "receive": "handed to the app after the accept",
         "send": "handed to the app after the accept",
     },
-    sources=((LivelyWebSocketProtocol, SELF_REFS), (SocketControl, PROTOCOL_REFS)),
+    sources=(
+        (LivelyWebSocketProtocol, SELF_REFS),
+        (SocketControl, PROTOCOL_REFS),
+        # What the engines share, called with the protocol (adapters/server/README.md).
+        (metered_reads, r"\breader\.(\w+)()"),
+        (liveness, r"\bwatched\.(\w+)()"),
+        (socket_control, PROTOCOL_REFS),
+    ),
 )
 
 SERVER: Final = Subclass(
@@ -417,7 +427,7 @@ def exists_problem(sub: Subclass, name: str, instance: object) -> str | None:
     )
 
 
-def referenced(sources: Iterable[tuple[type[Any], str]]) -> set[str]:
+def referenced(sources: Iterable[tuple[Any, str]]) -> set[str]:
     names: set[str] = set()
     for cls, pattern in sources:
         for groups in re.findall(pattern, source_of(cls)):

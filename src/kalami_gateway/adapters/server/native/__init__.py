@@ -1,8 +1,9 @@
 """The gateway's own RFC 6455 frame codec for the server side of a WebSocket (issue 27, first
 step), sans-I/O: ``FrameParser`` turns a client's bytes into complete messages and control
 events (each with the bytes to send back), and ``serializer`` builds the server's frames.
-``protocol.NativeWebSocketProtocol`` runs it under uvicorn with ``WS_ENGINE=native``
-(``handshake``: the opening handshake; ``inbox``: what waits for the app).
+``protocol.NativeWebSocketProtocol`` (exported here too) runs it under uvicorn with
+``WS_ENGINE=native`` (``handshake``: the opening handshake; ``inbox``: what waits for the app;
+the protocol's parts beside it, ``protocol`` says which).
 
 It does what websockets' sans-I/O ``ServerProtocol`` does after the handshake, frame for frame
 and at the same point of a stream (tests/unit/adapters/server/
@@ -15,5 +16,18 @@ on a connection without the extension."""
 
 from kalami_gateway.adapters.server.native.events import Close, Event, Failure, Ping, Pong
 from kalami_gateway.adapters.server.native.parser import FrameParser
+from kalami_gateway.adapters.server.native.protocol import (
+    NativeWebSocketProtocol,
+    native_websocket_protocol,
+)
 
-__all__ = ["Close", "Event", "Failure", "FrameParser", "Ping", "Pong"]
+__all__ = [
+    "Close",
+    "Event",
+    "Failure",
+    "FrameParser",
+    "NativeWebSocketProtocol",
+    "Ping",
+    "Pong",
+    "native_websocket_protocol",
+]
