@@ -7,7 +7,8 @@ as the gateway does), a ``connected`` welcome, ``pong`` for every text frame,
 ``audio_received`` for every binary one. ``litestar``: the same through a Litestar
 ``@websocket`` handler, every frame through Litestar's socket. ``litestar-accept``: Litestar
 routes and accepts, then frames go through the server's own receive/send, as the gateway's
-do (``SocketControl.accepted``). Measured with
+do (``SocketControl.accepted``). ``native``: the bare ASGI app on the gateway's own WebSocket
+protocol (``WS_ENGINE=native``) instead of the websockets-sansio subclass. Measured with
 the same client as the gateway and the Node stack, they show what the server stack costs
 before any of the gateway's own code runs (issue 15: "show the floor").
 
@@ -23,6 +24,7 @@ import uvicorn
 from litestar import Litestar, WebSocket, get, websocket
 
 from kalami_gateway.adapters.asgi import SOCKET_CONTROL, Receive, Scope, Send
+from kalami_gateway.adapters.server.native.protocol import NativeWebSocketProtocol
 from kalami_gateway.adapters.server.socket_control import SocketControl
 from kalami_gateway.adapters.server.ws_protocol import LivelyWebSocketProtocol
 
@@ -48,7 +50,7 @@ async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
     control = scope.get("extensions", {}).get(SOCKET_CONTROL)
-    if isinstance(control, SocketControl):  # let the handshake go, as the gateway does
+    if isinstance(control, SocketControl | NativeWebSocketProtocol):  # as the gateway does
         receive, send = control.accepted()
     await send({"type": "websocket.send", "text": WELCOME})
     _open.add(id(scope))
@@ -113,7 +115,7 @@ async def ws_floor_accepted(socket: WebSocket[Any, Any, Any]) -> None:
         _open.discard(id(socket))
 
 
-KINDS = ("raw", "litestar", "litestar-accept")
+KINDS = ("raw", "litestar", "litestar-accept", "native")
 
 
 def main() -> None:
@@ -122,14 +124,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     handlers = {"litestar": ws_floor, "litestar-accept": ws_floor_accepted}
-    app: Any = raw_app if args.kind == "raw" else Litestar([health, stats, handlers[args.kind]])
+    app: Any = (
+        raw_app
+        if args.kind in ("raw", "native")
+        else Litestar([health, stats, handlers[args.kind]])
+    )
     uvicorn.run(
         app,
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",
         http="httptools",
-        ws=LivelyWebSocketProtocol,
+        ws=NativeWebSocketProtocol if args.kind == "native" else LivelyWebSocketProtocol,
         ws_ping_interval=30.0,
         ws_ping_timeout=30.0,
         ws_per_message_deflate=False,

@@ -153,7 +153,7 @@ def measure(sizes: Sizes) -> Measured:
             floor = FloorServer(kind=kind)
             floor.start()
             try:
-                if kind == "raw":
+                if kind in ("raw", "native"):
                     floors[kind] += uvloop.run(case_connects(floor, sizes))
                     floors[kind] += case_audio(floor, sizes)
                 floors[kind] += case_pings(floor, sizes)

@@ -7,11 +7,12 @@ from __future__ import annotations
 from bench.report.engines import EngineLine
 from bench.report.row import Row
 
-FLOOR_KINDS = ("raw", "litestar", "litestar-accept")
+FLOOR_KINDS = ("raw", "litestar", "litestar-accept", "native")
 FLOOR_NAMES = {
     "raw": "empty ASGI app",
     "litestar": "empty Litestar app, frames through Litestar's socket",
     "litestar-accept": "empty Litestar app, frames through the server's receive/send",
+    "native": "empty ASGI app on the native engine (WS_ENGINE=native)",
 }
 FLOOR_KEYS = (
     "ping_round_trips_per_s",
