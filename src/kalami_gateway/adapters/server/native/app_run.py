@@ -79,7 +79,9 @@ class AppRun(NativeConnection):
             logger.exception("Exception in ASGI application\n")
             self._send_500()
         else:
-            if self._phase == CONNECTING:
+            if self._phase == CONNECTING and self.transport.is_closing():
+                pass  # the client left (a FIN, a reset) while the app decided: nobody to tell
+            elif self._phase == CONNECTING:
                 logger.error("ASGI callable returned without completing handshake.")
                 self._send_500()
             elif result is not None:

@@ -22,7 +22,7 @@ from http import HTTPStatus
 from typing import Final, NamedTuple
 
 from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request, Response
 from websockets.server import ServerProtocol
 
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -33,6 +33,12 @@ _CONNECTION_UPGRADE: Final = frozenset((b"upgrade", b"keep-alive, upgrade", b"up
 # fast path does not: such a request goes to websockets.
 _TO_WEBSOCKETS: Final = frozenset((b"content-length", b"transfer-encoding"))
 _HEAD_END: Final = b"\r\n\r\n"
+# A subprotocol is an RFC 7230 token (websockets.headers); anything else is websockets' call.
+_TOKEN_CHARS: Final = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+# A line websockets would find too long (it counts the line's CRLF; a margin either way).
+_LONGEST_LINE: Final = MAX_LINE_LENGTH - 2
 
 
 class Handshake(NamedTuple):
@@ -53,10 +59,14 @@ def read_request(head: bytes) -> Handshake | None:
     """``head`` read as a good WebSocket handshake, or None when websockets must judge it
     (which may still accept it). Everything websockets checks is checked: the method, the
     protocol, ``Connection`` with ``upgrade``, exactly one ``Upgrade: websocket``, exactly one
-    ``Sec-WebSocket-Key`` of 16 base64 bytes, exactly one ``Sec-WebSocket-Version: 13``."""
+    ``Sec-WebSocket-Key`` of 16 base64 bytes, exactly one ``Sec-WebSocket-Version: 13``, at
+    most one ``Origin``, subprotocols that are tokens, no line or header count past websockets'
+    limits."""
     if not head.endswith(_HEAD_END):
         return None
     lines = head[: -len(_HEAD_END)].split(b"\r\n")
+    if len(lines) > MAX_NUM_HEADERS or max(map(len, lines)) > _LONGEST_LINE:
+        return None
     request_line = lines[0]
     if not (request_line.startswith(b"GET ") and request_line.endswith(b" HTTP/1.1")):
         return None
@@ -65,7 +75,7 @@ def read_request(head: bytes) -> Handshake | None:
         return None
     headers: list[tuple[bytes, bytes]] = []
     connection = upgrade = key = version = None
-    upgrades = keys = versions = 0
+    upgrades = keys = versions = origins = 0
     subprotocols: list[str] = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
@@ -85,12 +95,18 @@ def read_request(head: bytes) -> Handshake | None:
         elif lower == b"sec-websocket-version":
             version, versions = value, versions + 1
         elif lower == b"sec-websocket-protocol":
-            subprotocols.extend(token.strip() for token in value.decode("latin-1").split(","))
+            for item in value.split(b","):
+                token = item.strip(b" \t")
+                if not token or not _TOKEN_CHARS.issuperset(token):
+                    return None
+                subprotocols.append(token.decode("ascii"))
+        elif lower == b"origin":
+            origins += 1
         elif lower in _TO_WEBSOCKETS:
             return None
     if connection not in _CONNECTION_UPGRADE or upgrade != b"websocket" or upgrades != 1:
         return None
-    if keys != 1 or versions != 1 or version != b"13" or key is None:
+    if keys != 1 or versions != 1 or version != b"13" or key is None or origins > 1:
         return None
     try:
         if len(base64.b64decode(key, validate=True)) != 16:
