@@ -22,6 +22,7 @@ from kalami_gateway.app.container import Container
 from kalami_gateway.app.settings import Settings
 from tests.integration.backend_server import BackendServer, Recorded, pattern
 from tests.integration.conftest import (
+    closed_with,
     eventually,
     make_settings,
     recv_json,
@@ -248,6 +249,22 @@ async def test_a_backend_5xx_marks_the_proxied_requests_span_failed(
     assert failed.status.status_code is StatusCode.ERROR
     assert missing.attributes["http.response.status_code"] == 404
     assert missing.status.status_code is StatusCode.UNSET
+
+
+async def test_a_connection_the_gateway_closes_says_why_in_its_span(
+    backend: BackendServer, exporter: InMemorySpanExporter
+) -> None:
+    settings = make_settings(backend.url, max_message_bytes=1024)
+    async with running_gateway(settings, traced(settings, exporter)) as gw:
+        async with connect(gw.ws(token_for("alice"))) as ws:
+            assert (await recv_json(ws))["type"] == "connected"
+            await ws.send(json.dumps({"type": "ping", "payload": {"pad": "x" * 2048}}))
+            assert (await closed_with(ws))[0] == 1009
+        await eventually(lambda: named(exporter, "ws connection"))
+    [connection] = named(exporter, "ws connection")
+    assert connection.attributes is not None
+    # The gateway's reason, not the loop's view of a socket that ended.
+    assert connection.attributes["kalami.close_reason"] == "message_too_big"
 
 
 async def test_what_a_connection_leaves_open_is_ended_with_it(

@@ -61,6 +61,7 @@ class Connection:
         "audio_rate",
         "channel",
         "chunks",
+        "closed_for",
         "entry",
         "expired",
         "id",
@@ -108,6 +109,7 @@ class Connection:
         self.expired = False  # the token expired during a turn: 4003 once its reply is out
         self.text_rate: TokenBucket | None = None
         self.audio_rate: TokenBucket | None = None
+        self.closed_for: str | None = None  # why it was let go (GatewayService.disconnect)
 
     @property
     def closed(self) -> bool:

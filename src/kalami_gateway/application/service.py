@@ -190,6 +190,7 @@ class GatewayService(ParkingEvents):
         resumed, else end it. Safe to call more than once."""
         if conn.closed:
             return
+        conn.closed_for = reason
         parks = self._parked.parks(conn, self._drain.draining)
         self._connections.leave(conn, parks)  # before any await: a turn delivers to the store
         self._expiry.forget_closed()

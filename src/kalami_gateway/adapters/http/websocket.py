@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any, Final, cast
 from urllib.parse import unquote_plus
 
 import msgspec
@@ -29,6 +29,8 @@ from kalami_gateway.domain.protocol import AudioFrames, Outbound, encode_server_
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = 1011
+# The close reasons of the server protocol's own closes (kalami_websocket_closed_total).
+PROTOCOL_CLOSES: Final = {1002: "protocol_error", 1007: "protocol_error", 1009: "message_too_big"}
 
 
 class SendLimits(msgspec.Struct, frozen=True):
@@ -311,6 +313,8 @@ async def serve_messages(
         while not conn.closed:
             event = await receive()
             if event["type"] != "websocket.receive":
+                # The server's protocol closed it for a broken frame, else the client did.
+                reason = PROTOCOL_CLOSES.get(event.get("code", 1000), reason)
                 break
             text = event.get("text")
             if text is not None:
@@ -347,6 +351,8 @@ async def serve_messages(
         finally:
             if tracing is not None and span is not None and traced is not None:
                 tracing.release(conn.id)
-                span.set_attribute("kalami.close_reason", reason)
+                # The gateway's own reason where it let the connection go itself (a 1009,
+                # a drain, an expired token), else how the loop saw the socket end.
+                span.set_attribute("kalami.close_reason", conn.closed_for or reason)
                 span.end()
                 otel_context.detach(traced)
