@@ -51,7 +51,11 @@ async def case_connects(gateway: Target, sizes: Sizes) -> list[Row]:
 
 
 def repeated(kind: str, gateway: Target, connections: int, each: int) -> list[LoadRun]:
-    """The short message cases are over in well under a second: run each a few times."""
+    """Each message case a few times, after one run that is not counted: the Node stack's
+    JIT (and the allocators of both) warm up on it. Measured cold, 200 pings a connection,
+    the Node stack took ~18 µs a round trip; warm, ~12 (bench/README.md, "Where a ping's
+    time goes")."""
+    run_workers(kind, gateway.port, gateway.pid, connections, each, CLIENT_WORKERS)
     return [
         run_workers(kind, gateway.port, gateway.pid, connections, each, CLIENT_WORKERS)
         for _ in range(REPEATS)
