@@ -1,7 +1,6 @@
-"""A streamed utterance's body (adapters/backend/uploads.py): frames that wait together are
-written as one chunk, nothing is lost, reordered or held back at the end, and the window
-still pushes back. The request is a fake that reads the body as aiohttp would, one chunk
-after another."""
+"""A streamed utterance's body (adapters/backend/uploads.py): each frame a chunk, nothing
+lost, reordered or held back at the end, and the window pushes back. The request is a fake
+that reads the body as aiohttp would, one chunk after another."""
 
 from __future__ import annotations
 
@@ -10,16 +9,10 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import httpx
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kalami_gateway.adapters.backend import uploads
-from kalami_gateway.adapters.backend.uploads import (
-    COALESCE_BYTES,
-    UPLOAD_WINDOW_BYTES,
-    StreamedUpload,
-)
+from kalami_gateway.adapters.backend.uploads import UPLOAD_WINDOW_BYTES, StreamedUpload
 
 REPLY = b'{"user_text": "hola", "assistant_text": "hola, hola", "corrections": []}'
 
@@ -57,7 +50,7 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_frames_that_wait_together_are_written_as_one_chunk() -> None:
+async def test_each_frame_is_a_chunk_of_the_body_between_the_forms_head_and_tail() -> None:
     backend = Backend()
     upload = StreamedUpload(backend.request, "wav")
     frames = [bytes([n]) * 4096 for n in range(3)]
@@ -65,39 +58,7 @@ async def test_frames_that_wait_together_are_written_as_one_chunk() -> None:
         assert upload.offer(frame)
     reply = await asyncio.wait_for(upload.finish(), 5)
     assert reply.user_text == "hola"
-    head, audio, tail = backend.chunks
-    assert (head, tail) == (upload._form.head, upload._form.tail)
-    assert audio == b"".join(frames)
-
-
-async def test_a_full_chunk_is_written_without_waiting_for_the_timer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(uploads, "COALESCE_SECONDS", 3600.0)
-    backend = Backend()
-    upload = StreamedUpload(backend.request, "wav")
-    await settle()
-    small = b"a" * 1000
-    assert upload.offer(small)
-    await settle()
-    assert backend.chunks == [upload._form.head]  # one small frame waits for company
-    rest = b"b" * (COALESCE_BYTES - len(small))
-    assert upload.offer(rest)
-    await settle()
-    assert backend.chunks[1:] == [small + rest]
-    upload.abort()
-
-
-async def test_the_end_is_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(uploads, "COALESCE_SECONDS", 3600.0)
-    backend = Backend()
-    upload = StreamedUpload(backend.request, "webm")
-    await settle()
-    assert upload.offer(b"last words")
-    await settle()
-    reply = await asyncio.wait_for(upload.finish(), 5)
-    assert reply.assistant_text == "hola, hola"
-    assert backend.audio(upload) == b"last words"
+    assert backend.chunks == [upload._form.head, *frames, upload._form.tail]
 
 
 async def test_the_window_still_pushes_back_on_the_writer() -> None:

@@ -26,13 +26,6 @@ AUDIO_CONTENT_TYPES: Final = {
 
 # At most this much audio of one recording waits in the gateway for the backend to read it.
 UPLOAD_WINDOW_BYTES: Final = 256 * 1024
-# A streamed upload's frames are written to the backend together, one chunk of the body, once
-# this much has waited or COALESCE_SECONDS after the first of them (at once at the end): a
-# phone sends a frame every 20-250 ms, the backend reads the whole body before it answers,
-# and each chunk written costs the gateway a send on its own (~20 µs of a 4 KB frame's
-# ~45 µs, bench/README.md "Audio streamed on to the backend").
-COALESCE_BYTES: Final = 64 * 1024
-COALESCE_SECONDS: Final = 0.02
 # A buffered utterance is written this much at a time (one frame may be a whole recording).
 WRITE_PIECE_BYTES: Final = 256 * 1024
 
@@ -77,11 +70,14 @@ Request = Callable[[AsyncIterator[bytes], dict[str, str]], Coroutine[Any, Any, h
 class StreamedUpload:
     """A chunked upload fed frame by frame (the domain's ``UtteranceUpload``): the request
     runs as a task whose body generator takes frames from a queue of at most
-    UPLOAD_WINDOW_BYTES (one larger frame on its own), and writes what has waited as one
-    chunk (``COALESCE_BYTES``, ``COALESCE_SECONDS``). aiohttp asks for the next chunk only
-    once the last one is written to the socket, so a backend that reads slowly holds the
-    queue full, and ``write`` waits: the client's socket is not read meanwhile (TCP pushes
-    back on the learner's phone, nothing piles up here).
+    UPLOAD_WINDOW_BYTES (one larger frame on its own), each frame a chunk of the body.
+    aiohttp asks for the next chunk only once the last one is written to the socket, so a
+    backend that reads slowly holds the queue full, and ``write`` waits: the client's socket
+    is not read meanwhile (TCP pushes back on the learner's phone, nothing piles up here).
+
+    Frames are not joined into larger chunks: that saved a send a frame (~25 % more audio
+    through on the bench) but 200 uploads at once then took 140-170 MB instead of 72
+    (bench/README.md, "Streamed utterances").
 
     ``request(body, headers)``: the backend call that sends the body (``HttpxBackend``'s)."""
 
@@ -93,7 +89,6 @@ class StreamedUpload:
         self._readable = asyncio.Event()  # the body may take something
         self._room = asyncio.Event()  # write may add something
         self._room.set()
-        self._gathering: asyncio.Future[None] | None = None  # waiting for more to join a chunk
         self._aborted = False
         self._task = asyncio.ensure_future(request(self._body(), form.headers))
         self._task.add_done_callback(self._request_done)
@@ -106,8 +101,6 @@ class StreamedUpload:
             self._queue.append(chunk)
             self._queued += len(chunk)
             self._readable.set()
-            if self._queued >= COALESCE_BYTES:
-                self._write_now()
         return True
 
     async def write(self, chunk: bytes) -> None:
@@ -120,7 +113,6 @@ class StreamedUpload:
             raise BackendError(BackendErrorKind.UNREACHABLE, "the upload was aborted.")
         self._queue.append(None)
         self._readable.set()
-        self._write_now()
         response = await self._task
         return read_turn_reply(response.content, response.status_code)
 
@@ -128,42 +120,19 @@ class StreamedUpload:
         self._aborted = True
         self._task.cancel()
 
-    def _write_now(self) -> None:
-        """What has waited goes out without waiting for more."""
-        gathering = self._gathering
-        if gathering is not None and not gathering.done():
-            gathering.set_result(None)
-
     async def _body(self) -> AsyncIterator[bytes]:
         yield self._form.head
-        loop = asyncio.get_running_loop()
         queue = self._queue
         while True:
             while not queue:
                 self._readable.clear()
                 await self._readable.wait()
-            if queue[-1] is not None and self._queued < COALESCE_BYTES:
-                gathering = self._gathering = loop.create_future()
-                timer = loop.call_later(COALESCE_SECONDS, _settle, gathering)
-                try:
-                    await gathering
-                finally:
-                    timer.cancel()
-                    self._gathering = None
-            taken: list[bytes] = []
-            ended = False
-            while queue:
-                chunk = queue.popleft()
-                if chunk is None:
-                    ended = True
-                    break
-                taken.append(chunk)
-            if taken:
-                self._queued -= sum(map(len, taken))
-                self._room.set()
-                yield taken[0] if len(taken) == 1 else b"".join(taken)
-            if ended:
+            chunk = queue.popleft()
+            if chunk is None:
                 break
+            self._queued -= len(chunk)
+            self._room.set()
+            yield chunk
         yield self._form.tail
 
     def _failed_early(self) -> None:
@@ -186,8 +155,3 @@ class StreamedUpload:
         self._room.set()  # a writer waiting for room learns of it at once
         if not task.cancelled():
             task.exception()  # retrieved here: a failure is reported by write or finish
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
