@@ -1,7 +1,8 @@
 """The native WebSocket engine (WS_ENGINE=native, issue 27) over real sockets, whatever
 engine the rest of the suites run on (KALAMI_TEST_WS_ENGINE): what an accepted connection
-keeps, that a closed one is freed by reference counting alone, frames sent right behind the
-handshake in the same TCP segment, and that permessage-deflate stops it from starting."""
+keeps, frames sent right behind the handshake in the same TCP segment, and that
+permessage-deflate stops it from starting. That a closed connection is freed by reference
+counting alone is test_ws_protocol.py's, run on both engines by ``make test``."""
 
 from __future__ import annotations
 
@@ -9,15 +10,14 @@ import asyncio
 import gc
 import json
 import sys
+from typing import cast
 
 from litestar import WebSocket
 from websockets.asyncio.client import connect
 
-from kalami_gateway.adapters.server.http_protocol import GuardedHttpProtocol
 from kalami_gateway.adapters.server.native.protocol import NativeWebSocketProtocol
 from tests.integration.backend_server import BackendServer
 from tests.integration.conftest import (
-    closed_with,
     eventually,
     make_settings,
     recv_json,
@@ -26,21 +26,11 @@ from tests.integration.conftest import (
 )
 from tests.integration.raw_websocket import PING, PONG, TEXT, frame, handshake, raw_socket
 from tests.integration.test_lifecycle import free_port, gateway_env
+from tests.integration.ws_engines import server_side_connections
 
 
 def native_connections() -> list[NativeWebSocketProtocol]:
-    gc.collect()
-    return [o for o in gc.get_objects() if isinstance(o, NativeWebSocketProtocol)]
-
-
-def protocols_alive() -> tuple[int, int]:
-    """Protocol objects still tracked, unreachable ones included (with the collector off,
-    cyclic garbage stays visible here)."""
-    kinds = [type(o) for o in gc.get_objects()]
-    return (
-        sum(1 for k in kinds if issubclass(k, NativeWebSocketProtocol)),
-        sum(1 for k in kinds if issubclass(k, GuardedHttpProtocol)),
-    )
+    return cast("list[NativeWebSocketProtocol]", server_side_connections("native"))
 
 
 async def test_an_accepted_native_connection_keeps_nothing_of_its_handshake(
@@ -67,31 +57,6 @@ async def test_an_accepted_native_connection_keeps_nothing_of_its_handshake(
         await ws.ping(b"heartbeat")  # a protocol ping, answered by the engine itself
         await ws.send("not json")
         assert (await recv_json(ws))["type"] == "error"
-
-
-async def test_closed_refused_and_reset_native_connections_are_freed_at_once(
-    backend: BackendServer,
-) -> None:
-    async with running_gateway(make_settings(backend.url, ws_engine="native")) as gw:
-        gc.collect()
-        gc.disable()
-        try:
-            for n in range(3):
-                async with connect(gw.ws(token_for(f"native-brief-{n}"))) as ws:
-                    assert (await recv_json(ws))["type"] == "connected"
-                    await ws.send('{"type":"start_session","payload":{"profileId":"p"}}')
-                    assert (await recv_json(ws))["type"] == "session_started"
-            for _ in range(3):
-                async with connect(gw.ws("not-a-jwt")) as ws:
-                    assert await closed_with(ws) == (4002, "Invalid token")
-            for n in range(3):
-                ws = await connect(gw.ws(token_for(f"native-reset-{n}")))
-                assert (await recv_json(ws))["type"] == "connected"
-                ws.transport.abort()  # RST, no close frame
-            await eventually(lambda: gw.app.service.instance_stats().connections == 0)
-            await eventually(lambda: protocols_alive() == (0, 0))
-        finally:
-            gc.enable()
 
 
 async def test_frames_behind_the_handshake_in_the_same_segment_are_not_lost(

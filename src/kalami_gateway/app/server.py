@@ -28,6 +28,7 @@ from kalami_gateway.adapters.server import (
 from kalami_gateway.adapters.server.native.protocol import native_websocket_protocol
 from kalami_gateway.app.factory import GatewayApp
 from kalami_gateway.app.settings import Settings, SettingsError
+from kalami_gateway.app.settings.loading import NATIVE_WITHOUT_DEFLATE
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,7 @@ def websocket_protocol(settings: Settings) -> type[asyncio.Protocol]:
     """The WebSocket protocol class WS_ENGINE names, with the gateway's budgets."""
     if settings.ws_engine == "native":
         if settings.ws_per_message_deflate:
-            raise SettingsError(
-                "WS_ENGINE=native does not support permessage-deflate: set "
-                "WS_PER_MESSAGE_DEFLATE=false, or WS_ENGINE=uvicorn"
-            )
+            raise SettingsError(NATIVE_WITHOUT_DEFLATE)
         return native_websocket_protocol(settings.ws_frame_rate, settings.ws_send_buffer_bytes)
     return lively_websocket_protocol(settings.ws_frame_rate, settings.ws_send_buffer_bytes)
 

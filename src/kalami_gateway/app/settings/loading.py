@@ -20,6 +20,13 @@ class SettingsError(Exception):
     """A setting is missing or wrong; the message is one line for the operator."""
 
 
+# The one configuration the native WebSocket engine refuses (app/server.py asks too).
+NATIVE_WITHOUT_DEFLATE: Final = (
+    "WS_ENGINE=native does not support permessage-deflate: set "
+    "WS_PER_MESSAGE_DEFLATE=false, or WS_ENGINE=uvicorn"
+)
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """``KEY=VALUE`` lines; ``#`` comments, blank lines, ``export`` and quotes allowed."""
     values: dict[str, str] = {}
@@ -109,10 +116,7 @@ def cluster_problems(settings: Settings) -> list[str]:
     if settings.admin_port and settings.admin_port == settings.gateway_port:
         problems.append("ADMIN_PORT must differ from GATEWAY_PORT")
     if settings.ws_engine == "native" and settings.ws_per_message_deflate:
-        problems.append(
-            "WS_ENGINE=native does not support permessage-deflate: set "
-            "WS_PER_MESSAGE_DEFLATE=false, or WS_ENGINE=uvicorn"
-        )
+        problems.append(NATIVE_WITHOUT_DEFLATE)
     if settings.push_previous_api_key and not settings.push_api_key:
         problems.append(
             "PUSH_PREVIOUS_API_KEY needs PUSH_API_KEY: the former key is accepted beside the "
