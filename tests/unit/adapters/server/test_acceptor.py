@@ -27,7 +27,7 @@ import pytest
 from kalami_gateway.adapters.capacity import Ceiling, SocketCapacity
 from kalami_gateway.adapters.server import acceptor as acceptor_module
 from kalami_gateway.adapters.server.acceptor import BATCH, PAUSE_SECONDS, REFUSAL, Acceptor
-from tests.unit.adapters.server.test_native_protocol import FakeTransport
+from tests.unit.adapters.server.fakes import FakeTransport
 
 Ts = TypeVarTuple("Ts")
 P = TypeVar("P", bound=asyncio.BaseProtocol)

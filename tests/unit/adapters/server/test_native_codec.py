@@ -27,30 +27,7 @@ from kalami_gateway.adapters.server.native.serializer import (
     pong_frame,
     text_frame,
 )
-
-MASK = b"\x37\xfa\x21\x3d"
-
-
-def frame(
-    opcode: int,
-    payload: bytes = b"",
-    *,
-    fin: bool = True,
-    rsv: int = 0,
-    masked: bool = True,
-    length: str = "shortest",
-) -> bytes:
-    """A client frame as a client would send it (or not)."""
-    first = (0x80 if fin else 0) | rsv << 4 | opcode
-    bit = 0x80 if masked else 0
-    size = len(payload)
-    if length == "16-bit" or (length == "shortest" and 126 <= size < 65536):
-        head = struct.pack("!BBH", first, bit | 126, size)
-    elif length == "64-bit" or (length == "shortest" and size >= 65536):
-        head = struct.pack("!BBQ", first, bit | 127, size)
-    else:
-        head = struct.pack("!BB", first, bit | size)
-    return head + (MASK + apply_mask(payload, MASK) if masked else payload)
+from tests.unit.adapters.server.client_frames import MASK, frame
 
 
 def text(

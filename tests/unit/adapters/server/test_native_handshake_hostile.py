@@ -28,10 +28,10 @@ request that is no upgrade as uvicorn sees it (no Upgrade, a spoilt Connection) 
 HTTP, the app's: the stand-in app answers it 404, and it is sent without frames behind it
 (they would be a second, garbled request).
 
-The fakes are those of tests/unit/adapters/server/test_native_protocol.py (the transport,
-the echoing app, the gateway's uvicorn config); each example runs on an event loop of its
-own. By default the examples are few enough for the unit suite and always the same
-(derandomized). To fuzz for real:
+The fakes are those of tests/unit/adapters/server/fakes.py (the transport, the echoing
+app, the gateway's uvicorn config); each example runs on an event loop of its own. By
+default the examples are few enough for the unit suite and always the same (derandomized).
+To fuzz for real:
 
     HANDSHAKE_FUZZ_EXAMPLES=2000 HANDSHAKE_FUZZ_RANDOM=1 .venv/bin/python -m pytest \\
         tests/unit/adapters/server/test_native_handshake_hostile.py -q \\
@@ -64,11 +64,11 @@ from websockets.uri import parse_uri
 from kalami_gateway.adapters.asgi import Receive, Scope, Send
 from kalami_gateway.adapters.server.handshake_lines import allow_long_handshake_lines
 from kalami_gateway.adapters.server.native.handshake import accept_key
-from tests.unit.adapters.server.test_native_codec import frame
-from tests.unit.adapters.server.test_native_protocol import (  # noqa: F401  # the fixture, by name
+from tests.unit.adapters.server.client_frames import frame
+from tests.unit.adapters.server.fakes import (  # noqa: F401  # the fixture, by name
     EchoApp,
     FakeTransport,
-    config_for,
+    gateway_config,
     keep_uvicorns_loggers,
 )
 
@@ -490,7 +490,7 @@ async def connect(
     each read; the socket lost at ``loss``. Then the connection's end is checked: no task
     left, nothing in the server's state, nothing written after the loss."""
     app = HandshakeApp()
-    config = config_for(app, engine)
+    config = gateway_config(app, ws_engine=engine)
     state = ServerState()
     loop = asyncio.get_running_loop()
     http = config.http_protocol_class(  # type: ignore[call-arg]

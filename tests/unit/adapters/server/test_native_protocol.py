@@ -9,19 +9,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Any, Final, cast
+from typing import Any, cast
 
 import pytest
-import uvicorn
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.server import ServerState
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
-from websockets.typing import Subprotocol
+from websockets.typing import BytesLike, Subprotocol
 from websockets.uri import parse_uri
 
-from kalami_gateway.adapters.asgi import SOCKET_CONTROL, ASGIApp, Receive, Scope, Send
+from kalami_gateway.adapters.asgi import SOCKET_CONTROL, Receive, Scope, Send
 from kalami_gateway.adapters.server.close_budget import CLOSE_TIMEOUT, LINGER_SECONDS
 from kalami_gateway.adapters.server.http_protocol import GuardedHttpProtocol
 from kalami_gateway.adapters.server.native.protocol import (
@@ -32,111 +31,15 @@ from kalami_gateway.adapters.server.ws_protocol import LivelyWebSocketProtocol
 from kalami_gateway.app.factory import GatewayApp
 from kalami_gateway.app.server import uvicorn_config
 from kalami_gateway.app.settings import Settings, SettingsError
-
-SECRET: Final = "native-protocol-secret-0123456789abcdef"
-
-
-class FakeTransport(asyncio.Transport):
-    """What the protocols call on a transport, recorded."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closing = False
-        self.aborted = False
-        self.eof_written = False
-        self.reading_paused = False
-        self.write_buffer = 0
-        self.protocol: asyncio.BaseProtocol | None = None
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.out += data
-
-    def writelines(self, chunks: Any) -> None:
-        for chunk in chunks:
-            self.out += chunk
-
-    def take(self) -> bytes:
-        data = bytes(self.out)
-        self.out.clear()
-        return data
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = self.aborted = True
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof_written = True
-
-    def pause_reading(self) -> None:
-        self.reading_paused = True
-
-    def resume_reading(self) -> None:
-        self.reading_paused = False
-
-    def get_write_buffer_size(self) -> int:
-        return self.write_buffer
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        assert self.protocol is not None
-        return self.protocol
-
-
-class EchoApp:
-    """Accepts (through the socket control's ``accepted`` when there is one, as the /ws
-    handler does), echoes text and bytes, notes the scope and what it received."""
-
-    def __init__(self, refuse: bool = False, subprotocol: str | None = None) -> None:
-        self.refuse = refuse
-        self.subprotocol = subprotocol
-        self.scope: dict[str, Any] = {}
-        self.received: list[dict[str, Any]] = []
-        self.send: Send | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.scope = dict(scope)
-        self.scope["headers"] = list(scope["headers"])
-        self.scope["extensions"] = dict(scope["extensions"])
-        await receive()  # websocket.connect
-        if self.refuse:
-            await send({"type": "websocket.close"})
-            return
-        await send({"type": "websocket.accept", "subprotocol": self.subprotocol})
-        control = scope["extensions"].get(SOCKET_CONTROL)
-        if control is not None:
-            receive, send = control.accepted()
-        self.send = send
-        while True:
-            message = dict(await receive())
-            self.received.append(message)
-            if message["type"] != "websocket.receive":
-                return
-            if message.get("text") is not None:
-                await send({"type": "websocket.send", "text": message["text"]})
-            else:
-                await send({"type": "websocket.send", "bytes": message["bytes"]})
-
-
-class AppOnly:
-    """What ``uvicorn_config`` reads of a GatewayApp."""
-
-    def __init__(self, asgi: ASGIApp) -> None:
-        self.asgi = asgi
-        self.capacity = None
+from tests.unit.adapters.server.fakes import (  # noqa: F401  # the fixture, by name
+    JWT_SECRET,
+    AppOnly,
+    EchoApp,
+    FakeTransport,
+    gateway_config,
+    keep_uvicorns_loggers,
+    settle,
+)
 
 
 @dataclasses.dataclass
@@ -152,9 +55,10 @@ class Connection:
     def ws(self) -> Any:
         return self.transport.protocol
 
-    def send(self, frame: Frame) -> None:
-        """A frame from the client, as one read."""
-        self.client.send_frame(frame)
+    def send(self, *frames: Frame) -> None:
+        """Frames from the client, as one read."""
+        for frame in frames:
+            self.client.send_frame(frame)
         self.ws.data_received(b"".join(self.client.data_to_send()))
 
     def received(self) -> list[object]:
@@ -168,25 +72,10 @@ class Connection:
         await asyncio.gather(*list(self.state.tasks), return_exceptions=True)
         await settle()
 
-
-async def settle() -> None:
-    for _ in range(10):
-        await asyncio.sleep(0)
-
-
-@pytest.fixture(autouse=True)
-def keep_uvicorns_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
-    # uvicorn's Config empties the access logger's handlers and stops its propagation.
-    access = logging.getLogger("uvicorn.access")
-    monkeypatch.setattr(access, "handlers", access.handlers)
-    monkeypatch.setattr(access, "propagate", access.propagate)
-
-
-def config_for(app: EchoApp, engine: str = "native", **settings: Any) -> uvicorn.Config:
-    values: dict[str, Any] = {"jwt_secret": SECRET, "ws_engine": engine, **settings}
-    config = uvicorn_config(cast(GatewayApp, AppOnly(app)), Settings(**values))
-    config.load()
-    return config
+    async def end(self) -> None:
+        """The socket lost without an error, then the app's end awaited."""
+        self.ws.connection_lost(None)
+        await self.finish()
 
 
 def open_connection(
@@ -202,7 +91,7 @@ def open_connection(
     """A client's handshake fed to the gateway's HTTP protocol (``behind``: bytes in the
     same read after it), as uvicorn would on a new socket."""
     app = app or EchoApp()
-    config = config_for(app, engine, **settings)
+    config = gateway_config(app, ws_engine=engine, **settings)
     state = ServerState()
     http = config.http_protocol_class(  # type: ignore[call-arg]
         config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop()
@@ -224,11 +113,29 @@ def open_connection(
     return Connection(transport, client, state, app)
 
 
+async def accepted_connection(app: EchoApp | None = None, **options: Any) -> Connection:
+    """``open_connection`` (``options`` are its own), the app let accept, the 101 read."""
+    conn = open_connection(app, **options)
+    await settle()
+    conn.received()
+    return conn
+
+
 def status_of(transport: FakeTransport) -> tuple[bytes, bytes]:
     """The status line and the body of an HTTP answer written to ``transport``."""
     out = transport.take()
     head, _, body = out.partition(b"\r\n\r\n")
     return head.split(b"\r\n", 1)[0], body
+
+
+def data_of(events: list[object]) -> list[BytesLike]:
+    """The payloads of the frames the client received."""
+    return [cast(Frame, event).data for event in events]
+
+
+def close_of(event: object) -> Close:
+    """The code and reason of a close frame the client received."""
+    return Close.parse(cast(Frame, event).data)
 
 
 # -- The handshake ---------------------------------------------------------------------------
@@ -237,18 +144,15 @@ def status_of(transport: FakeTransport) -> tuple[bytes, bytes]:
 async def test_the_101_is_one_the_client_accepts_and_the_scope_is_uvicorns() -> None:
     scopes = {}
     for engine in ("uvicorn", "native"):
-        conn = open_connection(
+        conn = await accepted_connection(
             engine=engine,
             path="/ws/%61b?token=x%20y&resume=r",
             headers=[("Sec-WebSocket-Protocol", "kalami.v1, bearer.tok"), ("X-Device", "é")],
         )
-        await settle()
-        conn.received()
         assert conn.client.handshake_exc is None
         scope = conn.app.scope
         scopes[engine] = scope
-        conn.ws.connection_lost(None)
-        await conn.finish()
+        await conn.end()
     native, uvicorns = scopes["native"], scopes["uvicorn"]
     assert set(native["extensions"]) == set(uvicorns["extensions"])
     for scope in (native, uvicorns):
@@ -271,8 +175,7 @@ async def test_the_101_carries_the_chosen_subprotocol() -> None:
     assert b"\r\nSec-WebSocket-Protocol: kalami.v1" in head
     conn.received()
     assert conn.client.handshake_exc is None
-    conn.ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
 
 
 @pytest.mark.parametrize(
@@ -299,17 +202,16 @@ async def test_a_bad_handshake_is_refused_as_the_uvicorn_engine_refuses_it(
 
 
 async def test_a_good_handshake_the_fast_path_does_not_read_is_accepted_by_websockets() -> None:
-    conn = open_connection(path="/ws?token=t", headers=[("Connection", "Upgrade, HTTP2-Settings")])
-    await settle()
-    conn.received()
+    conn = await accepted_connection(
+        path="/ws?token=t", headers=[("Connection", "Upgrade, HTTP2-Settings")]
+    )
     assert conn.client.handshake_exc is None
     assert conn.app.scope["query_string"] == b"token=t"
     assert (b"connection", b"Upgrade, HTTP2-Settings") in conn.app.scope["headers"]
     conn.send(Frame(Opcode.TEXT, b"through"))
     await settle()
-    assert [cast(Frame, f).data for f in conn.received()] == [b"through"]
-    conn.ws.connection_lost(None)
-    await conn.finish()
+    assert data_of(conn.received()) == [b"through"]
+    await conn.end()
 
 
 async def test_a_close_before_the_accept_is_a_403() -> None:
@@ -319,8 +221,7 @@ async def test_a_close_before_the_accept_is_a_403() -> None:
     assert status == b"HTTP/1.1 403 Forbidden"
     assert body == b""
     assert conn.transport.closing
-    conn.ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
     assert not conn.state.connections
     assert conn.app.received == []
 
@@ -363,9 +264,7 @@ async def test_an_accept_for_a_client_already_leaving_is_a_reset(
 
 
 async def test_messages_reach_the_app_and_its_replies_the_client() -> None:
-    conn = open_connection()
-    await settle()
-    conn.received()
+    conn = await accepted_connection()
     conn.send(Frame(Opcode.TEXT, "héllo".encode()))
     assert conn.transport.reading_paused  # until the app's next receive()
     await settle()
@@ -375,28 +274,23 @@ async def test_messages_reach_the_app_and_its_replies_the_client() -> None:
     conn.send(Frame(Opcode.TEXT, b"frag", fin=False))
     conn.send(Frame(Opcode.CONT, b"mented"))
     await settle()
-    replies = conn.received()
-    assert [cast(Frame, f).data for f in replies] == [
+    assert data_of(conn.received()) == [
         "héllo".encode(),
         b"\x00" * 70_000,
         b"fragmented",
     ]
     assert conn.app.received[0] == {"type": "websocket.receive", "text": "héllo"}
     assert conn.app.received[1] == {"type": "websocket.receive", "bytes": b"\x00" * 70_000}
-    conn.ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
 
 
 async def test_a_ping_is_answered_at_once() -> None:
-    conn = open_connection()
-    await settle()
-    conn.received()
+    conn = await accepted_connection()
     conn.send(Frame(Opcode.PING, b"are you there"))
     (pong,) = conn.received()  # no task has run since
     assert cast(Frame, pong).opcode is Opcode.PONG
     assert cast(Frame, pong).data == b"are you there"
-    conn.ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
 
 
 async def test_frames_behind_the_handshake_in_the_same_read_are_answered_after_the_101() -> None:
@@ -417,32 +311,26 @@ async def test_frames_behind_the_handshake_in_the_same_read_are_answered_after_t
         (Opcode.TEXT, b"first"),
     ]
     assert conn.app.received[0] == {"type": "websocket.receive", "text": "first"}
-    conn.ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
 
 
 async def test_the_peers_close_is_answered_and_the_app_told() -> None:
-    conn = open_connection()
-    await settle()
-    conn.received()
+    conn = await accepted_connection()
     conn.send(Frame(Opcode.CLOSE, Close(1000, "bye").serialize()))
     (reply,) = conn.received()
-    assert Close.parse(cast(Frame, reply).data) == Close(1000, "bye")
+    assert close_of(reply) == Close(1000, "bye")
     assert conn.transport.closing
     await settle()
     assert conn.app.received[-1] == {"type": "websocket.disconnect", "code": 1000, "reason": "bye"}
-    conn.ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
 
 
 async def test_the_apps_close_waits_for_the_peers_reply_within_the_close_timeout() -> None:
-    conn = open_connection()
-    await settle()
-    conn.received()
+    conn = await accepted_connection()
     assert conn.app.send is not None
     await conn.app.send({"type": "websocket.close", "code": 4001, "reason": "token"})
     (frame,) = conn.received()
-    assert Close.parse(cast(Frame, frame).data) == Close(4001, "token")
+    assert close_of(frame) == Close(4001, "token")
     ws = conn.ws
     timer = ws._close_timer
     assert timer is not None
@@ -453,8 +341,7 @@ async def test_the_apps_close_waits_for_the_peers_reply_within_the_close_timeout
     conn.send(Frame(Opcode.CLOSE, Close(4001, "token").serialize()))
     assert conn.transport.closing
     assert ws._close_timer is None
-    ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
 
 
 @pytest.mark.parametrize(
@@ -468,12 +355,10 @@ async def test_the_apps_close_waits_for_the_peers_reply_within_the_close_timeout
 async def test_a_broken_protocol_gets_its_close_and_a_lingering_one(
     frame: bytes, code: int
 ) -> None:
-    conn = open_connection(max_message_bytes=1024)
-    await settle()
-    conn.received()
+    conn = await accepted_connection(max_message_bytes=1024)
     conn.ws.data_received(frame)
     (reply,) = conn.received()
-    assert Close.parse(cast(Frame, reply).data).code == code
+    assert close_of(reply).code == code
     assert conn.transport.eof_written
     assert not conn.transport.closing  # read and discarded a while first
     assert not conn.transport.reading_paused
@@ -491,28 +376,22 @@ async def test_a_broken_protocol_gets_its_close_and_a_lingering_one(
 
 
 async def test_an_unmasked_frame_fails_with_1002() -> None:
-    conn = open_connection()
-    await settle()
-    conn.received()
+    conn = await accepted_connection()
     conn.ws.data_received(b"\x81\x02hi")
     (reply,) = conn.received()
-    assert Close.parse(cast(Frame, reply).data).code == 1002
-    conn.ws.connection_lost(None)
-    await conn.finish()
+    assert close_of(reply).code == 1002
+    await conn.end()
 
 
 async def test_the_servers_shutdown_closes_with_1012() -> None:
-    conn = open_connection()
-    await settle()
-    conn.received()
+    conn = await accepted_connection()
     conn.ws.shutdown()
     (frame,) = conn.received()
-    assert Close.parse(cast(Frame, frame).data).code == 1012
+    assert close_of(frame).code == 1012
     assert conn.transport.closing
     await settle()
     assert conn.app.received[-1] == {"type": "websocket.disconnect", "code": 1012}
-    conn.ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
 
 
 async def test_a_lost_socket_ends_the_app_and_frees_the_connection() -> None:
@@ -538,54 +417,40 @@ async def test_a_lost_socket_ends_the_app_and_frees_the_connection() -> None:
 
 
 async def test_frames_over_the_budget_wait_unparsed_with_reading_paused() -> None:
-    conn = open_connection(ws_frame_rate=2)  # a burst of 4 frames
-    await settle()
-    conn.received()
-    for n in range(10):
-        conn.client.send_frame(Frame(Opcode.PING, b"%d" % n))
-    conn.ws.data_received(b"".join(conn.client.data_to_send()))
-    pongs = conn.received()
-    assert [cast(Frame, p).data for p in pongs] == [b"0", b"1", b"2", b"3"]
+    conn = await accepted_connection(ws_frame_rate=2)  # a burst of 4 frames
+    conn.send(*(Frame(Opcode.PING, b"%d" % n) for n in range(10)))
+    assert data_of(conn.received()) == [b"0", b"1", b"2", b"3"]
     assert conn.transport.reading_paused
     assert conn.ws._throttle is not None
-    conn.ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
 
 
 async def test_a_peer_that_pings_and_never_reads_is_let_go_as_a_slow_consumer() -> None:
-    conn = open_connection(ws_send_buffer_bytes=65536)
-    await settle()
-    conn.received()
+    conn = await accepted_connection(ws_send_buffer_bytes=65536)
     conn.ws.pause_writing()
     conn.transport.write_buffer = 65537
     conn.send(Frame(Opcode.PING, b"x"))
     assert conn.transport.aborted
     assert conn.ws.slow
-    conn.ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
 
 
 async def test_an_unanswered_ping_closes_with_1011_and_is_flagged() -> None:
-    conn = open_connection()
-    await settle()
-    conn.received()
+    conn = await accepted_connection()
     ws = conn.ws
     ws._ping()  # the heartbeat's callback
     (ping,) = conn.received()
     assert cast(Frame, ping).opcode is Opcode.PING
     ws._pong_timed_out()  # the pong timer's
     (close,) = conn.received()
-    assert Close.parse(cast(Frame, close).data) == Close(1011, "keepalive ping timeout")
+    assert close_of(close) == Close(1011, "keepalive ping timeout")
     assert ws.unanswered
     assert conn.transport.closing
-    ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
 
 
 async def test_a_ping_unanswered_while_the_gateway_is_not_reading_is_sent_again() -> None:
-    conn = open_connection()
-    await settle()
-    conn.received()
+    conn = await accepted_connection()
     ws = conn.ws
     ws._ping()
     conn.received()
@@ -596,39 +461,35 @@ async def test_a_ping_unanswered_while_the_gateway_is_not_reading_is_sent_again(
     assert not ws.unanswered
     assert not conn.transport.closing
     ws._read_paused = False
-    ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
 
 
 async def test_any_frame_stands_for_the_pong() -> None:
-    conn = open_connection()
-    await settle()
-    conn.received()
+    conn = await accepted_connection()
     ws = conn.ws
     ws._ping()
     conn.received()
     conn.send(Frame(Opcode.TEXT, b"busy"))
     assert ws._pong_timer is None
     assert ws._ping_timer is not None  # the next ping is due
-    ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()
 
 
 # -- The class -------------------------------------------------------------------------------
 
 
 def test_the_native_engine_refuses_permessage_deflate() -> None:
-    settings = Settings(jwt_secret=SECRET, ws_engine="native", ws_per_message_deflate=True)
+    settings = Settings(jwt_secret=JWT_SECRET, ws_engine="native", ws_per_message_deflate=True)
     with pytest.raises(SettingsError, match="WS_PER_MESSAGE_DEFLATE"):
         uvicorn_config(cast(GatewayApp, AppOnly(EchoApp())), settings)
 
 
 def test_ws_engine_chooses_the_class_and_uvicorn_stays_the_default() -> None:
-    assert Settings(jwt_secret=SECRET).ws_engine == "uvicorn"
-    default = config_for(EchoApp(), "uvicorn").ws_protocol_class
+    assert Settings(jwt_secret=JWT_SECRET).ws_engine == "uvicorn"
+    default = gateway_config(EchoApp(), ws_engine="uvicorn").ws_protocol_class
     assert isinstance(default, type)
     assert issubclass(default, LivelyWebSocketProtocol)
-    native = config_for(EchoApp(), "native", ws_frame_rate=7).ws_protocol_class
+    native = gateway_config(EchoApp(), ws_engine="native", ws_frame_rate=7).ws_protocol_class
     assert isinstance(native, type)
     assert issubclass(native, NativeWebSocketProtocol)
     assert native.frame_rate == 7.0
@@ -641,5 +502,4 @@ async def test_a_connection_is_slotted() -> None:
     await settle()
     assert not hasattr(conn.ws, "__dict__")
     assert not hasattr(conn.ws._inbox, "__dict__")
-    conn.ws.connection_lost(None)
-    await conn.finish()
+    await conn.end()

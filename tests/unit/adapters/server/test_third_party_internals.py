@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import logging
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -53,12 +52,10 @@ from websockets.uri import parse_uri
 
 from kalami_gateway.adapters.asgi import (
     SOCKET_CONTROL,
-    ASGIApp,
     Message,
     Receive,
     Scope,
     Send,
-    send_json_error,
 )
 from kalami_gateway.adapters.backend.http import HttpxBackend
 from kalami_gateway.adapters.capacity import Ceiling, SocketCapacity
@@ -80,11 +77,17 @@ from kalami_gateway.adapters.server.socket_control import SocketControl
 from kalami_gateway.adapters.server.standins import ReceiveQueue, WritableFlag
 from kalami_gateway.adapters.server.ws_protocol import LivelyWebSocketProtocol
 from kalami_gateway.app.factory import GatewayApp
-from kalami_gateway.app.server import GatewayServer, uvicorn_config
-from kalami_gateway.app.settings import Settings
+from kalami_gateway.app.server import GatewayServer
 from kalami_gateway.domain.ports import BackendError, BackendErrorKind
+from tests.unit.adapters.server.fakes import (  # noqa: F401  # the fixture, by name
+    AppOnly,
+    EchoApp,
+    FakeTransport,
+    gateway_config,
+    keep_uvicorns_loggers,
+    settle,
+)
 
-SECRET: Final = "third-party-internals-secret-0123456789"
 README: Final = "src/kalami_gateway/adapters/server/README.md"
 
 
@@ -496,95 +499,6 @@ def call_site_problem(owner: type[Any], method: str, pattern: str, ours: str) ->
 # -- Real instances on a fake transport ----------------------------------------------------
 
 
-class FakeTransport(asyncio.Transport):
-    """What uvicorn's protocols call on a transport, recorded."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closing = False
-        self.eof_written = False
-        self.reading_paused = False
-        self.protocol: asyncio.BaseProtocol | None = None
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.out += data
-
-    def take(self) -> bytes:
-        data = bytes(self.out)
-        self.out.clear()
-        return data
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof_written = True
-
-    def pause_reading(self) -> None:
-        self.reading_paused = True
-
-    def resume_reading(self) -> None:
-        self.reading_paused = False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        assert self.protocol is not None
-        return self.protocol
-
-
-class EchoApp:
-    """A WebSocket is accepted (through SocketControl when the server gives one) and its
-    text echoed; an HTTP request is answered 200, ``Connection: close`` when its query is
-    ``close``. Notes what the server handed it."""
-
-    def __init__(self) -> None:
-        self.control_at_start: object = None
-        self.accepted = False
-        self.http_scopes: list[Scope] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.http_scopes.append(scope)
-            if any(name == b"expect" for name, _ in scope["headers"]):
-                await receive()
-            await send_json_error(send, 200, "ok", close=scope["query_string"] == b"close")
-            return
-        self.control_at_start = scope["extensions"].get(SOCKET_CONTROL)
-        await receive()  # websocket.connect
-        await send({"type": "websocket.accept"})
-        if isinstance(self.control_at_start, SocketControl):
-            receive, send = self.control_at_start.accepted()
-        self.accepted = True
-        while (message := await receive())["type"] == "websocket.receive":
-            await send({"type": "websocket.send", "text": message.get("text") or ""})
-
-
-class AppOnly:
-    """What ``uvicorn_config`` reads of a GatewayApp."""
-
-    def __init__(self, asgi: ASGIApp) -> None:
-        self.asgi = asgi
-        self.capacity = None  # no ceiling
-
-
 @dataclasses.dataclass
 class Served:
     """The gateway's own uvicorn settings around an EchoApp, and the state protocols share."""
@@ -612,22 +526,10 @@ class Served:
         await settle()
 
 
-async def settle() -> None:
-    """Let ready tasks and callbacks run (no time passes)."""
-    for _ in range(10):
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> Served:
-    # uvicorn's Config empties the access logger's handlers and stops its propagation.
-    access = logging.getLogger("uvicorn.access")
-    monkeypatch.setattr(access, "handlers", access.handlers)
-    monkeypatch.setattr(access, "propagate", access.propagate)
+def served() -> Served:
     app = EchoApp()
-    config = uvicorn_config(cast(GatewayApp, AppOnly(app)), Settings(jwt_secret=SECRET))
-    config.load()
-    return Served(config, ServerState(), app)
+    return Served(gateway_config(app), ServerState(), app)
 
 
 def client_handshake(path: str = "/ws?token=abc") -> tuple[ClientProtocol, bytes]:
