@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine: `make run` and `make test`.
-# Both install exactly what uv.lock says (README: "Dependencies and the lock file").
+# Both install exactly what uv.lock says (README: "Dependencies").
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -47,14 +47,19 @@ sync-dev: lock-check
 	$(UV) sync --locked --quiet --python $(PYTHON)
 	@$(BIN)/python -m compileall -q src tests
 
+# The development secret and the stub backend only where neither the environment nor .env
+# (which the gateway reads itself) says otherwise.
 run: sync-runtime
-	@echo "Kalami Gateway on http://127.0.0.1:$${GATEWAY_PORT:-3000} (stub backend unless BACKEND_MODE is set)."
-	@echo "Playground:    http://localhost:$${GATEWAY_PORT:-3000}/playground"
-	@echo "Get a token:   JWT_SECRET=$${JWT_SECRET:-$(DEV_SECRET)} $(BIN)/kalami-gateway token --sub me"
-	@echo "A test file:   $(BIN)/python -c \"import wave; w=wave.open('hello.wav','wb'); w.setnchannels(1); w.setsampwidth(2); w.setframerate(16000); w.writeframes(bytes(32000)); w.close()\""
-	@echo "Talk to it:    JWT_SECRET=$${JWT_SECRET:-$(DEV_SECRET)} $(BIN)/kalami-gateway talk --file hello.wav"
-	JWT_SECRET=$${JWT_SECRET:-$(DEV_SECRET)} BACKEND_MODE=$${BACKEND_MODE:-stub} \
-	  $(BIN)/kalami-gateway serve
+	@given() { [ -n "$$(printenv "$$1")" ] || grep -qsE "^[[:space:]]*(export[[:space:]]+)?$$1[[:space:]]*=" .env; }; \
+	dev=""; secret=""; \
+	given JWT_SECRET || given JWT_SECRET_FILE || { dev="JWT_SECRET=$(DEV_SECRET)"; secret="$$dev "; }; \
+	given BACKEND_MODE || dev="$$dev BACKEND_MODE=stub"; \
+	echo "Kalami Gateway on http://127.0.0.1:$${GATEWAY_PORT:-3000} (stub backend unless BACKEND_MODE is set)."; \
+	echo "Playground:    http://localhost:$${GATEWAY_PORT:-3000}/playground"; \
+	echo "Get a token:   $$secret$(BIN)/kalami-gateway token --sub me"; \
+	echo "A test file:   $(BIN)/python -c \"import wave; w=wave.open('hello.wav','wb'); w.setnchannels(1); w.setsampwidth(2); w.setframerate(16000); w.writeframes(bytes(32000)); w.close()\""; \
+	echo "Talk to it:    $$secret$(BIN)/kalami-gateway talk --file hello.wav"; \
+	exec env $$dev $(BIN)/kalami-gateway serve
 
 lint: sync-dev
 	$(BIN)/ruff check src tests bench

@@ -15,7 +15,7 @@ SECRET = "s" * 32
 
 
 def test_the_default_is_far_above_what_a_well_behaved_client_sends() -> None:
-    settings = load_settings({"JWT_SECRET": SECRET}, env_file=None, stderr_is_tty=False)
+    settings = load_settings({"JWT_SECRET": SECRET}, env_file=None, stdout_is_tty=False)
     # 100 ms audio frames (10/s), 50 text messages/s (WS_MESSAGE_RATE), a ping every 30 s;
     # and WS_AUDIO_RATE in 4 KiB frames with the text rate besides: the other limits bind
     # first for them.
@@ -28,7 +28,7 @@ def test_the_default_is_far_above_what_a_well_behaved_client_sends() -> None:
 @pytest.mark.parametrize(("raw", "value"), [("0", 0), ("1", 1), ("5000", 5000)])
 def test_it_is_read_and_zero_turns_it_off(raw: str, value: int) -> None:
     settings = load_settings(
-        {"JWT_SECRET": SECRET, "WS_FRAME_RATE": raw}, env_file=None, stderr_is_tty=False
+        {"JWT_SECRET": SECRET, "WS_FRAME_RATE": raw}, env_file=None, stdout_is_tty=False
     )
     assert settings.ws_frame_rate == value
 
@@ -37,7 +37,7 @@ def test_it_is_read_and_zero_turns_it_off(raw: str, value: int) -> None:
 def test_a_bad_value_is_one_line_naming_it(raw: str) -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings(
-            {"JWT_SECRET": SECRET, "WS_FRAME_RATE": raw}, env_file=None, stderr_is_tty=False
+            {"JWT_SECRET": SECRET, "WS_FRAME_RATE": raw}, env_file=None, stdout_is_tty=False
         )
     message = str(caught.value)
     assert message.startswith("WS_FRAME_RATE: expected a whole number from 0 to 1000000")

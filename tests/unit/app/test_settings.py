@@ -10,7 +10,7 @@ SECRET = "s" * 32
 
 
 def load(env: dict[str, str], env_file: Path | None = None) -> Settings:
-    return load_settings(env, env_file=env_file, stderr_is_tty=False)
+    return load_settings(env, env_file=env_file, stdout_is_tty=False)
 
 
 def test_defaults_match_the_design() -> None:
@@ -32,7 +32,7 @@ def test_defaults_match_the_design() -> None:
 
 def test_console_logs_by_default_on_a_terminal() -> None:
     assert (
-        load_settings({"JWT_SECRET": SECRET}, env_file=None, stderr_is_tty=True).log_format
+        load_settings({"JWT_SECRET": SECRET}, env_file=None, stdout_is_tty=True).log_format
         == "console"
     )
 

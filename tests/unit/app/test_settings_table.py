@@ -88,6 +88,6 @@ def test_a_default_shown_as_a_value_reads_back_as_itself(row: Setting) -> None:
         assert row.default_text == "required"
         return
     env = {"JWT_SECRET": SECRET, row.name: as_written(row.default)}
-    loaded = load_settings(env, env_file=None, stderr_is_tty=False)
+    loaded = load_settings(env, env_file=None, stdout_is_tty=False)
     assert getattr(loaded, row.field) == row.default
     assert as_written(row.default) == row.default_text

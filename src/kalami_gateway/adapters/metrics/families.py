@@ -48,7 +48,7 @@ ACCEPTED: Final = Family(
 CLEANUP: Final = Family(
     "kalami_backend_session_cleanup",
     "Background end calls for sessions no client owns: retry (an attempt), ended, "
-    "gave_up (the retry window ran out).",
+    "gave_up (the retry window ran out), refused (the backend answered 401/403: final).",
     ("outcome",),
 )
 PARKING: Final = Family(

@@ -50,7 +50,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: Path | None = Path(".env"),
-    stderr_is_tty: bool | None = None,
+    stdout_is_tty: bool | None = None,
 ) -> Settings:
     """Settings from ``environ`` (default: the process environment) over ``env_file``."""
     env: dict[str, str] = {}
@@ -59,7 +59,7 @@ def load_settings(
     env.update(os.environ if environ is None else environ)
     problems: list[str] = []
     read_secret_files(env, problems)
-    terminal = sys.stderr.isatty() if stderr_is_tty is None else stderr_is_tty
+    terminal = sys.stdout.isatty() if stdout_is_tty is None else stdout_is_tty
     values: dict[str, Any] = {
         row.field: row.read(env, problems, terminal=terminal) for row in TABLE
     }
@@ -75,11 +75,11 @@ FILE_SUFFIX: Final = "_FILE"
 
 def read_secret_files(env: dict[str, str], problems: list[str]) -> None:
     """``NAME_FILE=<path>`` for a secret of the table (JWT_SECRET, JWT_PREVIOUS_SECRET,
-    PUSH_API_KEY, REDIS_URL): the file is read once, now, and its text (one trailing newline
-    taken off, as ``echo`` and editors leave one) is the value, as if ``NAME`` held it. So
-    the secret lives in a file a secret store mounts, never in the process environment or a
-    unit file. Setting both ``NAME`` and ``NAME_FILE`` is refused: which one wins would be a
-    guess."""
+    PUSH_API_KEY, PUSH_PREVIOUS_API_KEY, REDIS_URL): the file is read once, now, and its
+    text (one trailing newline taken off, as ``echo`` and editors leave one) is the value,
+    as if ``NAME`` held it. So the secret lives in a file a secret store mounts, never in
+    the process environment or a unit file. Setting both ``NAME`` and ``NAME_FILE`` is
+    refused: which one wins would be a guess."""
     for row in TABLE:
         if not row.variable.from_file:
             continue

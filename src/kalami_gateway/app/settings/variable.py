@@ -26,7 +26,7 @@ class Variable(Generic[T]):
     parse: Callable[[str], T]  # its text (stripped) to a value; ValueError says what it expected
     help: str  # its line in `serve --help`
     default_text: str | None = None  # the default in words, when the value does not say it
-    on_terminal: T | None = None  # the default instead when stderr is a terminal
+    on_terminal: T | None = None  # the default instead when stdout (the logs) is a tty
     shown: Callable[[str], str] = repr  # a bad value as the message repeats it
     from_file: bool = False  # a secret: NAME_FILE may name a file holding it instead
 

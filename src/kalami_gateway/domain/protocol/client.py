@@ -261,7 +261,8 @@ _PAYLOAD_HINTS: Final[dict[str, str]] = {
     + ', "session_id"?: string or integer}',
     "end_session": "{} or no payload",
     "ping": "{} or no payload",
-    "heartbeat": '{"ping"?: true} or no payload (a {"pong": true} is not answered)',
+    "heartbeat": '{} or no payload (the answer to the gateway\'s heartbeat, {"pong": true}, '
+    "is not answered)",
     "refresh": '{"token": string}',
 }
 
