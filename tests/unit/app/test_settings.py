@@ -37,6 +37,26 @@ def test_console_logs_by_default_on_a_terminal() -> None:
     )
 
 
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize(
+    ("stdout", "stderr", "expected"), [(True, False, "console"), (False, True, "json")]
+)
+def test_the_terminal_that_counts_is_stdout_where_the_logs_go(
+    monkeypatch: pytest.MonkeyPatch, stdout: bool, stderr: bool, expected: str
+) -> None:
+    # `serve > gateway.log` from a shell: stderr is still the terminal, the logs are not.
+    monkeypatch.setattr("sys.stdout", _Stream(stdout))
+    monkeypatch.setattr("sys.stderr", _Stream(stderr))
+    assert load_settings({"JWT_SECRET": SECRET}, env_file=None).log_format == expected
+
+
 def test_values_are_parsed() -> None:
     settings = load(
         {
