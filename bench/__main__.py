@@ -3,9 +3,9 @@
 Starts nginx (a fast backend stand-in plus an nginx /api proxy as the baseline) and the
 gateways (``BACKEND_MODE=http`` against nginx, ``BACKEND_MODE=stub`` for voice turns, one
 per WebSocket engine for the socket cases), all on 127.0.0.1, measures, prints three markdown
-tables (every figure; the empty apps' floor; the WebSocket engines against issue 27's
-targets), writes JSON, and stops everything by pid. Every load loop is bounded in count and
-in time.
+tables (every figure; the empty apps' floor; the WebSocket engines against the targets for
+making WS_ENGINE=native the default), writes JSON, and stops everything by pid. Every load
+loop is bounded in count and in time.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(floor_table(run.rows, run.floors))
     print()
-    print("WebSocket engines (issue 27: the native engine's targets to become the default):\n")
+    print("WebSocket engines (the targets for making WS_ENGINE=native the default):\n")
     print(engines_table(run.engines, judged=judged))
     out = args.out or default_path(args.smoke)
     write_results(

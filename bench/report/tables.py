@@ -81,7 +81,7 @@ def engines_table(lines: list[EngineLine], judged: bool = True) -> str:
 
     rows = [
         "| figure | native | uvicorn | Node | native/Node | uvicorn/Node "
-        "| issue 27 target (native) |",
+        "| target for the default (native) |",
         "|---|---|---|---|---|---|---|",
     ]
     rows += [

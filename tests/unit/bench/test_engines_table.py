@@ -129,7 +129,7 @@ def test_only_the_native_engine_is_judged() -> None:
     assert line.verdict() == ">= 1.2x Node: yes"
     assert engines_table([line]).splitlines() == [
         "| figure | native | uvicorn | Node | native/Node | uvicorn/Node "
-        "| issue 27 target (native) |",
+        "| target for the default (native) |",
         "|---|---|---|---|---|---|---|",
         "| the ping_round_trips_per_s | 60,000.0 /s | 30,000.0 /s | 50,000.0 /s "
         "| 1.20 | 0.60 | >= 1.2x Node: yes |",
