@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
+from kalami_gateway.adapters.backend.corking import backend_socket
 from kalami_gateway.adapters.backend.http import HttpxBackend, build_client
 from kalami_gateway.adapters.backend.stub import StubBackend
 from kalami_gateway.domain.ports import (
@@ -164,6 +167,31 @@ async def test_the_httpx_upload_is_the_same_request_sent_as_the_frames_come(
     [request] = [r for r in backend.requests if r.raw_path.endswith("/audio")]
     assert request.header("Transfer-Encoding") == "chunked"
     assert (request.header("Content-Type") or "").startswith("multipart/form-data; boundary=")
+
+
+async def test_only_a_streamed_uploads_socket_is_corked_and_its_turn_is_whole(
+    backend: BackendServer,
+) -> None:
+    made: list[tuple[socket.socket, bool]] = []
+
+    def recording(addr_info: tuple[Any, ...]) -> socket.socket:
+        sock = backend_socket(addr_info)
+        made.append((sock, sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) != 0))
+        return sock
+
+    async with build_client(backend.url, 5, socket_factory=recording) as client:
+        adapter = HttpxBackend(client)
+        created = await adapter.create_session(TOKEN, "profile-9", None)
+        upload = adapter.open_upload(TOKEN, created.id, "webm")
+        frames = [bytes([n]) * 4096 for n in range(1, 6)]
+        for frame in frames:
+            await upload.write(frame)
+        reply = await asyncio.wait_for(upload.finish(), 5)
+        await adapter.end_session(TOKEN, created.id)
+    assert reply.user_text
+    assert [was_corked for _, was_corked in made] == [False, True, False]  # create, turn, end
+    [seen] = backend.uploads
+    assert seen.audio == b"".join(frames)
 
 
 async def test_an_aborted_httpx_upload_is_a_broken_request_at_the_backend(

@@ -6,7 +6,8 @@ Traced (``tracing`` given), every call is a client span, child of whatever span 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Final, TypeVar
 
@@ -16,6 +17,7 @@ import msgspec
 from httpx_aiohttp import AiohttpTransport
 from opentelemetry.trace import Status, StatusCode
 
+from kalami_gateway.adapters.backend.corking import backend_socket
 from kalami_gateway.adapters.backend.deadlines import BackendDeadlines
 from kalami_gateway.adapters.backend.replies import read_turn_reply
 from kalami_gateway.adapters.backend.uploads import (
@@ -56,7 +58,11 @@ _error_decoder: Final = msgspec.json.Decoder(_ErrorBody)
 MAX_BACKEND_CONNECTIONS: Final = 200
 
 
-def build_client(base_url: str, timeout_seconds: float) -> httpx.AsyncClient:
+def build_client(
+    base_url: str,
+    timeout_seconds: float,
+    socket_factory: Callable[[tuple[Any, ...]], socket.socket] = backend_socket,
+) -> httpx.AsyncClient:
     """The one client every backend call shares: the httpx API on aiohttp's connection pool;
     its own deadlines are made from ``timeout_seconds``, BACKEND_TIMEOUT (``BackendDeadlines``).
 
@@ -64,7 +70,8 @@ def build_client(base_url: str, timeout_seconds: float) -> httpx.AsyncClient:
     against an instant backend cost 1.6 s of CPU cold and 4.0 s warm; through the
     httpx-aiohttp transport the same 250 cost 0.07 s (httpx2: 0.23/0.32 s), measured in
     bench/README.md. No cookie is ever kept: calls act for many learners, and a cookie one
-    learner's call received must never ride along on another's.
+    learner's call received must never ride along on another's. ``socket_factory`` makes
+    the sockets (``backend_socket``: a streamed upload's corked, ``corking``).
     """
     session = aiohttp.ClientSession(
         # One connection per call, closed by the backend after its answer (its TIME_WAIT,
@@ -75,7 +82,9 @@ def build_client(base_url: str, timeout_seconds: float) -> httpx.AsyncClient:
         # aiohttp releases a small answer's connection before any hook could stop it). These
         # calls are session starts, ends and turns, each seconds of backend work: a connect
         # more is nothing beside that.
-        connector=aiohttp.TCPConnector(limit=MAX_BACKEND_CONNECTIONS, force_close=True),
+        connector=aiohttp.TCPConnector(
+            limit=MAX_BACKEND_CONNECTIONS, force_close=True, socket_factory=socket_factory
+        ),
         cookie_jar=aiohttp.DummyCookieJar(),
     )
     transport = AiohttpTransport(client=session)

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import httpx
 
+from kalami_gateway.adapters.backend.corking import Cork
 from kalami_gateway.adapters.backend.replies import read_turn_reply
 from kalami_gateway.domain.ports import BackendError, BackendErrorKind, TurnReply
 from kalami_gateway.domain.protocol import AudioFormat
@@ -77,7 +78,8 @@ class StreamedUpload:
 
     Frames are not joined into larger chunks: that saved a send a frame (~25 % more audio
     through on the bench) but 200 uploads at once then took 140-170 MB instead of 72
-    (bench/README.md, "Streamed utterances").
+    (bench/README.md, "Streamed utterances"). The kernel joins them instead: the call's
+    socket is corked (``corking``) until the body's end.
 
     ``request(body, headers)``: the backend call that sends the body (``HttpxBackend``'s)."""
 
@@ -90,7 +92,8 @@ class StreamedUpload:
         self._room = asyncio.Event()  # write may add something
         self._room.set()
         self._aborted = False
-        self._task = asyncio.ensure_future(request(self._body(), form.headers))
+        self._cork = Cork()
+        self._task = self._cork.start(request(self._body(), form.headers))
         self._task.add_done_callback(self._request_done)
 
     def offer(self, chunk: bytes) -> bool:
@@ -111,6 +114,7 @@ class StreamedUpload:
     async def finish(self) -> TurnReply:
         if self._aborted:
             raise BackendError(BackendErrorKind.UNREACHABLE, "the upload was aborted.")
+        self._cork.release()  # the rest of the body, and its end, go at once
         self._queue.append(None)
         self._readable.set()
         response = await self._task
@@ -118,6 +122,7 @@ class StreamedUpload:
 
     def abort(self) -> None:
         self._aborted = True
+        self._cork.release()
         self._task.cancel()
 
     async def _body(self) -> AsyncIterator[bytes]:
@@ -152,6 +157,7 @@ class StreamedUpload:
         )
 
     def _request_done(self, task: asyncio.Future[httpx.Response]) -> None:
+        self._cork.release()
         self._room.set()  # a writer waiting for room learns of it at once
         if not task.cancelled():
             task.exception()  # retrieved here: a failure is reported by write or finish
