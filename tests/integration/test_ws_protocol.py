@@ -7,8 +7,11 @@ each test looks where that engine would keep a connection."""
 from __future__ import annotations
 
 import gc
+import struct
 
+import pytest
 from websockets.asyncio.client import connect
+from websockets.protocol import Protocol as SansioProtocol
 
 from kalami_gateway.adapters.server.http_protocol import GuardedHttpProtocol
 from tests.integration.backend_server import BackendServer
@@ -21,11 +24,24 @@ from tests.integration.conftest import (
     running_gateway,
     token_for,
 )
+from tests.integration.raw_websocket import (
+    BINARY,
+    CLOSE,
+    TEXT,
+    frame,
+    handshake,
+    raw_socket,
+    read_until,
+)
 from tests.integration.ws_engines import (
     assert_nothing_of_the_handshake_kept,
     server_side_connections,
     websocket_protocols_alive,
 )
+
+
+def sansio_protocols_alive() -> int:
+    return sum(1 for o in gc.get_objects() if issubclass(type(o), SansioProtocol))
 
 
 def protocols_alive() -> tuple[int, int]:
@@ -101,5 +117,41 @@ async def test_refused_and_reset_connections_are_freed_at_once_too(
                 ws.transport.abort()  # RST, no close frame
             await eventually(lambda: gw.app.service.instance_stats().connections == 0)
             await eventually(lambda: protocols_alive() == (0, 0))
+        finally:
+            gc.enable()
+
+
+BROKEN_FRAMES = {
+    "reserved opcode (1002)": frame(0x3, b"x"),
+    "invalid UTF-8 (1007)": frame(TEXT, b"\xff\xfe"),
+    # A header that announces more than MAX_MESSAGE_BYTES: refused before any payload.
+    "over the size limit (1009)": bytes([0x80 | BINARY, 0x80 | 127])
+    + struct.pack("!Q", (3 << 20) + 1)
+    + b"\x00" * 4,
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_FRAMES), ids=list(BROKEN_FRAMES))
+async def test_a_connection_that_breaks_the_protocol_is_freed_at_once(
+    backend: BackendServer, broken: str
+) -> None:
+    """The server's own close for a broken frame: the error the parser raised must not keep
+    the connection (its traceback holds the parser's frame, the protocol and the last frame
+    read, up to MAX_MESSAGE_BYTES) until a full collection."""
+    async with running_gateway(make_settings(backend.url)) as gw:
+        gc.collect()
+        gc.disable()
+        try:
+            for n in range(3):
+                opening = handshake(token_for(f"broken-{n}"))
+                async with raw_socket(gw.port, opening) as (reader, writer, seen):
+                    await read_until(reader, seen, TEXT)  # connected
+                    writer.write(BROKEN_FRAMES[broken])
+                    await read_until(reader, seen, CLOSE)
+                    assert seen.close_code() in (1002, 1007, 1009)
+            await eventually(lambda: gw.app.service.instance_stats().connections == 0)
+            await eventually(lambda: protocols_alive() == (0, 0))
+            # websockets' own protocol (the uvicorn engine's parser and its state) too.
+            await eventually(lambda: sansio_protocols_alive() == 0)
         finally:
             gc.enable()

@@ -265,8 +265,11 @@ class LivelyWebSocketProtocol(WebSocketsSansIOProtocol):
         scope: dict[str, Any] | None = vars(self).get("scope")  # absent: never upgraded
         if scope is not None:
             scope.clear()  # its extensions hold the socket control, which holds this protocol
-        # websockets' parser generator holds its protocol in its suspended frame.
+        # websockets' parser generator holds its protocol in its suspended frame; the error it
+        # raised on a broken frame (1002, 1007, 1009) holds it in its traceback, with the last
+        # frame read (up to MAX_MESSAGE_BYTES: one client could pile up gigabytes of them).
         self.conn.parser = None  # type: ignore[assignment]
+        self.conn.parser_exc = None
 
     # -- Keepalive --------------------------------------------------------------------------
 
