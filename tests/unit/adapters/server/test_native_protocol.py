@@ -375,6 +375,29 @@ async def test_a_broken_protocol_gets_its_close_and_a_lingering_one(
     conn.ws.connection_lost(None)
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        Frame(Opcode.TEXT, b"x" * 2048).serialize(mask=True),
+        b"\xc1\x81\x00\x00\x00\x00x",
+        Frame(Opcode.CLOSE, b"\x13\x88").serialize(mask=True),  # code 5000
+    ],
+)
+async def test_a_broken_frame_after_the_apps_close_gets_no_second_close(frame: bytes) -> None:
+    # RFC 6455 5.5.1: one close frame each way. The uvicorn engine (websockets) sends none.
+    conn = await accepted_connection(max_message_bytes=1024)
+    assert conn.app.send is not None
+    await conn.app.send({"type": "websocket.close", "code": 4002, "reason": "Invalid token"})
+    (sent,) = conn.received()
+    assert close_of(sent) == Close(4002, "Invalid token")
+    conn.ws.data_received(frame)
+    assert conn.transport.take() == b""
+    assert conn.transport.eof_written  # the lingering close: read and discarded a while
+    conn.ws.data_received(b"\x00" * 4096)
+    assert conn.transport.take() == b""
+    await conn.end()
+
+
 async def test_an_unmasked_frame_fails_with_1002() -> None:
     conn = await accepted_connection()
     conn.ws.data_received(b"\x81\x02hi")

@@ -217,11 +217,14 @@ class NativeWebSocketProtocol(Messages, Keepalive, HandshakeAnswer, AppRun, OwnS
 
     def _failed(self, failure: Failure) -> None:
         """The client broke the protocol (a frame over the size limit, say): send the close
-        frame, then the lingering close (``metered_reads.linger``)."""
-        self._inbox.put(
-            {"type": "websocket.disconnect", "code": failure.code, "reason": failure.reason}
-        )
-        self.transport.write(failure.reply)
+        frame, then the lingering close (``metered_reads.linger``). After a close of the
+        gateway's own (the app's), no second close frame: the lingering close only, as
+        websockets fails a connection that is already closing."""
+        if not self._close_sent:
+            self._inbox.put(
+                {"type": "websocket.disconnect", "code": failure.code, "reason": failure.reason}
+            )
+            self.transport.write(failure.reply)
         self._close_sent = True
         self._close_timer = linger(self, self._close_timer, self._config.ws_max_size)
 
