@@ -62,6 +62,19 @@ def _redact_secrets(
     return event_dict
 
 
+class ClientFaultsAreNotErrors(logging.Filter):
+    """uvicorn's websockets-sansio protocol (``WS_ENGINE=uvicorn``) logs a client's invalid
+    UTF-8 text message at ERROR, with a traceback: the client's fault, answered with 1007,
+    one line per connection that anyone with a token can cause (an alert flood). Dropped:
+    ``kalami_websocket_closed_total{reason="protocol_error"}`` counts it, as it counts the
+    native engine's, which logs nothing for it either."""
+
+    FAULTS = frozenset({"Invalid UTF-8 sequence received from client."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.FAULTS
+
+
 def configure_logging(level: str, log_format: str) -> None:
     levelno = _LEVELS[level]
     shared: list[Processor] = [
@@ -104,6 +117,9 @@ def configure_logging(level: str, log_format: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers = []
         logger.propagate = True
+    server_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ClientFaultsAreNotErrors) for f in server_log.filters):
+        server_log.addFilter(ClientFaultsAreNotErrors())
     # httpx logs every backend call at info; the gateway logs what matters about them itself.
     logging.getLogger("httpx").setLevel(max(levelno, logging.WARNING))
     logging.getLogger("httpcore").setLevel(max(levelno, logging.WARNING))

@@ -56,3 +56,20 @@ def test_handshake_headers_and_tracebacks_are_masked(
 )
 def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+def test_a_clients_invalid_utf8_is_not_logged_as_the_servers_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("debug", "json")
+    configure_logging("debug", "json")  # configured twice (a test, a reload): one filter
+    server_log = logging.getLogger("uvicorn.error")
+    try:
+        b"\xff".decode()
+    except UnicodeDecodeError:
+        server_log.exception("Invalid UTF-8 sequence received from client.")
+        server_log.exception("Exception in ASGI application")
+    out = capsys.readouterr().out
+    assert "Invalid UTF-8" not in out
+    assert "Exception in ASGI application" in out  # the server's own errors still are
+    assert len(server_log.filters) == 1
