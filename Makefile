@@ -47,15 +47,21 @@ sync-dev: lock-check
 	$(UV) sync --locked --quiet --python $(PYTHON)
 	@$(BIN)/python -m compileall -q src tests
 
-# The development secret and the stub backend only where neither the environment nor .env
-# (which the gateway reads itself) says otherwise.
+# The stub backend where neither the environment nor .env (which the gateway reads itself)
+# names a backend mode, and the development secret only with the stub and no secret set: a
+# gateway in front of a real backend never starts on a published secret.
 run: sync-runtime
 	@given() { [ -n "$$(printenv "$$1")" ] || grep -qsE "^[[:space:]]*(export[[:space:]]+)?$$1[[:space:]]*=" .env; }; \
+	value() { printenv "$$1" || sed -nE "s/^[[:space:]]*(export[[:space:]]+)?$$1[[:space:]]*=[[:space:]]*[\"']?([^\"' #]*).*/\2/p" .env 2>/dev/null | tail -n 1; }; \
 	dev=""; secret=""; \
-	given JWT_SECRET || given JWT_SECRET_FILE || { dev="JWT_SECRET=$(DEV_SECRET)"; secret="$$dev "; }; \
-	given BACKEND_MODE || dev="$$dev BACKEND_MODE=stub"; \
-	echo "Kalami Gateway on http://127.0.0.1:$${GATEWAY_PORT:-3000} (stub backend unless BACKEND_MODE is set)."; \
-	echo "Playground:    http://localhost:$${GATEWAY_PORT:-3000}/playground"; \
+	given BACKEND_MODE || dev="BACKEND_MODE=stub"; \
+	mode=$$(value BACKEND_MODE | tr '[:upper:]' '[:lower:]'); \
+	if [ -n "$$dev" ] || [ "$$mode" = stub ]; then \
+	  given JWT_SECRET || given JWT_SECRET_FILE || { dev="$$dev JWT_SECRET=$(DEV_SECRET)"; secret="JWT_SECRET=$(DEV_SECRET) "; }; \
+	fi; \
+	port=$$(value GATEWAY_PORT); port=$${port:-3000}; \
+	echo "Kalami Gateway on http://127.0.0.1:$$port ($${mode:-stub} backend)."; \
+	echo "Playground:    http://localhost:$$port/playground"; \
 	echo "Get a token:   $$secret$(BIN)/kalami-gateway token --sub me"; \
 	echo "A test file:   $(BIN)/python -c \"import wave; w=wave.open('hello.wav','wb'); w.setnchannels(1); w.setsampwidth(2); w.setframerate(16000); w.writeframes(bytes(32000)); w.close()\""; \
 	echo "Talk to it:    $$secret$(BIN)/kalami-gateway talk --file hello.wav"; \

@@ -130,9 +130,11 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         f"export JWT_SECRET='{SECRET}'\n"
         "GATEWAY_PORT=4000  # trailing comment\n"
         'BACKEND_MODE="stub"\n'
+        "export\tLOG_LEVEL=debug\n"  # any blank after export, as a shell takes it
         "\n"
     )
     settings = load({"GATEWAY_PORT": "5000"}, env_file)
+    assert settings.log_level == "debug"
     assert settings.jwt_secret == SECRET
     assert settings.gateway_port == 5000
     assert settings.backend_mode == "stub"

@@ -7,6 +7,7 @@ Every bad value is reported in one line that names the variable and says what is
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,9 @@ NATIVE_WITHOUT_DEFLATE: Final = (
 )
 
 
+_EXPORT: Final = re.compile(r"^export\s+")
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """``KEY=VALUE`` lines; ``#`` comments, blank lines, ``export`` and quotes allowed."""
     values: dict[str, str] = {}
@@ -34,7 +38,7 @@ def read_env_file(path: Path) -> dict[str, str]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        line = line.removeprefix("export ").strip()
+        line = _EXPORT.sub("", line, count=1)
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
             raise SettingsError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()!r}")

@@ -77,6 +77,7 @@ from kalami_gateway.adapters.server.socket_control import SocketControl
 from kalami_gateway.adapters.server.standins import ReceiveQueue, WritableFlag
 from kalami_gateway.adapters.server.ws_protocol import LivelyWebSocketProtocol
 from kalami_gateway.app.factory import GatewayApp
+from kalami_gateway.app.logs import ClientFaultsAreNotErrors
 from kalami_gateway.app.server import GatewayServer
 from kalami_gateway.domain.ports import BackendError, BackendErrorKind
 from tests.unit.adapters.server.fakes import (  # noqa: F401  # the fixture, by name
@@ -656,6 +657,17 @@ def test_uvicorn_logging_that_logs_py_rewires() -> None:
     for name in ("uvicorn.error", "uvicorn.access"):
         assert re.search(rf"getLogger\(\"{re.escape(name)}\"\)", source_of(HttpToolsProtocol)), (
             broken("uvicorn", f"its HTTP protocol no longer logs to {name!r}", "configure_logging")
+        )
+    # The client faults the filter drops, word for word, from the logger it is set on.
+    sansio = source_of(websockets_sansio_impl)
+    assert 'getLogger("uvicorn.error")' in sansio, broken(
+        "uvicorn", "its websockets-sansio protocol logs elsewhere", "ClientFaultsAreNotErrors"
+    )
+    for fault in ClientFaultsAreNotErrors.FAULTS:
+        assert f'"{fault}"' in sansio, broken(
+            "uvicorn",
+            f"its websockets-sansio protocol no longer logs {fault!r} (reworded?)",
+            "ClientFaultsAreNotErrors.FAULTS in app/logs.py",
         )
 
 
